@@ -1,0 +1,64 @@
+//! Project automation. Run from anywhere in the workspace:
+//!
+//! - `cargo xtask ci`: everything CI checks (format, lints, tests, docs, benches build, layering).
+//! - `cargo xtask layering`: only the dependency-layering check.
+
+mod ci;
+mod layering;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "ci" => ci::run(&rest),
+        "layering" => layering::check(),
+        "" | "help" | "--help" | "-h" => {
+            print_help();
+            Ok(())
+        }
+        other => {
+            print_help();
+            bail!("unknown task `{other}`")
+        }
+    }
+}
+
+fn print_help() {
+    eprintln!(
+        "usage: cargo xtask <task>\n\n\
+         tasks:\n  \
+         ci         format, clippy, tests, docs, benches build, examples, layering\n  \
+         layering   check that the pure crates stay pure"
+    );
+}
+
+/// The workspace root (the parent of the xtask crate).
+pub(crate) fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// A `cargo` command run from the workspace root.
+pub(crate) fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs a command, echoing it first, and fails if it fails.
+pub(crate) fn run(step: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("\n==> {step}: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("could not start `{step}`"))?;
+    if !status.success() {
+        bail!("`{step}` failed with {status}");
+    }
+    Ok(())
+}
