@@ -1,1 +1,3 @@
-//! e2e
+//! Cross-crate end-to-end tests.
+
+mod pure_pipeline;

@@ -12,7 +12,14 @@ pub(crate) fn run_ci(_args: &[String]) -> Result<()> {
     layering::check()?;
     run(
         "clippy",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     // One test build covers unit tests, integration tests, examples (built) and
     // benches (each benchmark runs once in test mode, so they are known to work).

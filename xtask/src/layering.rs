@@ -38,7 +38,9 @@ pub(crate) fn check() -> Result<()> {
     let mut violations = Vec::new();
     for (krate, forbidden) in rules() {
         let out = cargo()
-            .args(["tree", "-q", "-e", "normal", "--prefix", "none", "-p", krate])
+            .args([
+                "tree", "-q", "-e", "normal", "--prefix", "none", "-p", krate,
+            ])
             .output()
             .with_context(|| format!("could not run cargo tree for {krate}"))?;
         if !out.status.success() {

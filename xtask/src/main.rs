@@ -56,7 +56,9 @@ pub(crate) fn cargo() -> Command {
 /// Runs a command, echoing it first, and fails if it fails.
 pub(crate) fn run(step: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("\n==> {step}: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start `{step}`"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{step}`"))?;
     if !status.success() {
         bail!("`{step}` failed with {status}");
     }

@@ -213,16 +213,16 @@ fn is_v1_variant(key: &[u8]) -> bool {
 /// An event stored on another person's subject would break per-person ordering and
 /// optimistic concurrency: reject it.
 fn check_subject(subject: &str, envelope: &StreamingEventEnvelope) -> Result<(), DecodeError> {
-    if let Ok(parsed) = parse_event_subject(subject) {
-        if parsed.person_id != envelope.aggregate_id {
-            return Err(DecodeError::new(
-                DecodeErrorKind::InvalidField,
-                format!(
-                    "stored on subject `{subject}` but the event is about person {}",
-                    envelope.aggregate_id
-                ),
-            ));
-        }
+    if let Ok(parsed) = parse_event_subject(subject)
+        && parsed.person_id != envelope.aggregate_id
+    {
+        return Err(DecodeError::new(
+            DecodeErrorKind::InvalidField,
+            format!(
+                "stored on subject `{subject}` but the event is about person {}",
+                envelope.aggregate_id
+            ),
+        ));
     }
     Ok(())
 }
