@@ -1,3 +1,67 @@
-//! `person-streaming`: JetStream side of the Person event stream: config, client, publisher, aggregate reader, DLQ store.
+//! `person-streaming`: the JetStream side of the Person event stream.
 //!
-//! This crate is a documented shell for now; its contents arrive with later work.
+//! Depend on it to set up streams and consumers, publish events, read a person's
+//! history and work with the dead-letter queue. It builds on the pure crates
+//! (`person-metadata`, `person-events`, `person-legacy-compat`) and on `person-retry`.
+//!
+//! - [`StreamingConfig`]: stream, DLQ stream, consumers and publisher settings, with
+//!   defaults, serde (TOML/JSON) and validation naming the field.
+//! - [`StreamingClient`]: connects (credentials, TLS), ensures streams and consumers
+//!   idempotently, hands out the pieces below.
+//! - [`Publisher`]: dedup by event id, optimistic concurrency per person, atomic
+//!   multi-event append, pipelined `publish_all`, transient retries without duplicates.
+//! - [`AggregateReader`]: a person's history, in order, legacy events upcast.
+//! - [`DeadLetterQueue`]: stores, lists, replays and purges dead letters.
+//!
+//! There are no feature flags. The wire format is in `docs/wire-format.md`.
+//!
+//! # Example: the week-1 setup and publishing snippets
+//!
+//! ```no_run
+//! use person_events::{PersonEventV2, PersonId, PersonName};
+//! use person_metadata::EventMetadata;
+//! use person_streaming::{StreamingClient, StreamingConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Create configuration
+//! let config = StreamingConfig::default();
+//!
+//! // Connect with streaming
+//! let client = StreamingClient::new("nats://localhost:4222", config).await?;
+//!
+//! let event = PersonEventV2::Created {
+//!     person_id: PersonId::new(),
+//!     name: PersonName::new("John", None, "Doe")?,
+//!     source: "api".to_string(),
+//!     metadata: EventMetadata::new(),
+//! };
+//!
+//! // Publish to NATS (raw, as the week-1 system did)
+//! let subject = event.subject();
+//! let payload = serde_json::to_vec(&event)?;
+//! client.jetstream().publish(subject, payload.into()).await?;
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod config;
+mod dlq;
+mod error;
+mod publisher;
+mod reader;
+
+pub use client::{EnsureReport, StreamingClient, StreamingClientBuilder};
+pub use config::{
+    AckPolicy, ConfigError, ConfigErrorKind, ConsumerSettings, DeliverPolicy, PublisherSettings,
+    Retention, Storage, StreamSettings, StreamingConfig,
+};
+pub use dlq::{
+    DeadLetterFilter, DeadLetterQueue, REPLAY_OF_HEADER, REPLAYED_AT_HEADER, ReplayReceipt,
+    StoredDeadLetter, UNKNOWN_TOKEN,
+};
+pub use error::{StreamingError, StreamingErrorKind};
+pub use publisher::{
+    AppendReceipt, ExpectedVersion, MAX_BATCH, PublishError, PublishErrorKind, PublishReceipt,
+    Publisher,
+};
+pub use reader::AggregateReader;

@@ -1,0 +1,700 @@
+//! [`StreamingConfig`]: streams, consumers and publisher settings, loadable from TOML or
+//! JSON, with validation that names the field and the fix.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use person_events::subject::{DLQ_WILDCARD, EVENTS_WILDCARD};
+use person_retry::RetryPolicy;
+use serde::{Deserialize, Serialize};
+
+const DAY: u64 = 24 * 60 * 60;
+
+/// How the stream keeps messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Retention {
+    /// Keep until a limit (age, count, bytes) is reached. The event-store choice.
+    #[default]
+    Limits,
+    /// Keep while some consumer is interested.
+    Interest,
+    /// Keep until one consumer acknowledges.
+    WorkQueue,
+}
+
+/// Where the stream stores messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// On disk. Survives restarts.
+    #[default]
+    File,
+    /// In memory.
+    Memory,
+}
+
+/// Where a new consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverPolicy {
+    /// From the first stored message.
+    #[default]
+    All,
+    /// Only messages stored after the consumer is created.
+    New,
+    /// From the last stored message.
+    Last,
+    /// The last message of every subject.
+    LastPerSubject,
+}
+
+/// How a consumer's messages are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPolicy {
+    /// Every message individually (required by the subscription runtime).
+    #[default]
+    Explicit,
+    /// Acknowledging one acknowledges all before it.
+    All,
+    /// No acknowledgement.
+    None,
+}
+
+/// The event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    /// Stream name.
+    pub name: String,
+    /// Subjects the stream captures.
+    pub subjects: Vec<String>,
+    /// Retention policy.
+    pub retention: Retention,
+    /// Storage type. Cannot be changed on an existing stream.
+    pub storage: Storage,
+    /// Maximum message age, in seconds (0: unlimited).
+    pub max_age_secs: u64,
+    /// Maximum number of messages (-1: unlimited).
+    pub max_messages: i64,
+    /// Maximum total bytes (-1: unlimited).
+    pub max_bytes: i64,
+    /// Server-side dedup window for `Nats-Msg-Id`, in seconds.
+    pub duplicate_window_secs: u64,
+    /// Replicas: 1, or 3 on a 3-node cluster.
+    pub replicas: usize,
+    /// Allow atomic batch publish (needed for multi-event appends; server 2.12+).
+    pub allow_atomic: bool,
+    /// Free-form description.
+    pub description: Option<String>,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            name: "PERSON_EVENTS".into(),
+            subjects: vec![EVENTS_WILDCARD.into()],
+            retention: Retention::Limits,
+            storage: Storage::File,
+            max_age_secs: 365 * DAY,
+            max_messages: 10_000_000,
+            max_bytes: 10 * 1024 * 1024 * 1024,
+            duplicate_window_secs: 120,
+            replicas: 1,
+            allow_atomic: true,
+            description: Some("Person domain events".into()),
+        }
+    }
+}
+
+impl StreamSettings {
+    /// The dead-letter stream's defaults: `PERSON_EVENTS_DLQ` on `person.dlq.>`, 30 days.
+    pub fn dead_letter_default() -> Self {
+        Self {
+            name: "PERSON_EVENTS_DLQ".into(),
+            subjects: vec![DLQ_WILDCARD.into()],
+            max_age_secs: 30 * DAY,
+            max_messages: -1,
+            max_bytes: -1,
+            allow_atomic: false,
+            description: Some("Person events that failed processing".into()),
+            ..Self::default()
+        }
+    }
+
+    /// `max_age_secs` as a duration.
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs(self.max_age_secs)
+    }
+
+    /// `duplicate_window_secs` as a duration.
+    pub fn duplicate_window(&self) -> Duration {
+        Duration::from_secs(self.duplicate_window_secs)
+    }
+}
+
+/// One durable pull consumer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Durable name (a valid subject token: it also names the DLQ subjects).
+    pub durable_name: String,
+    /// Filter subjects, each inside the stream's subjects.
+    pub filter_subjects: Vec<String>,
+    /// Where a new consumer starts.
+    pub deliver_policy: DeliverPolicy,
+    /// Acknowledgement policy.
+    pub ack_policy: AckPolicy,
+    /// Deliveries before a message is dead-lettered. Defaults to the retry policy's
+    /// attempts.
+    pub max_deliver: i64,
+    /// How long the server waits for an ack before redelivering, in seconds.
+    pub ack_wait_secs: u64,
+    /// Maximum unacknowledged messages in flight.
+    pub max_ack_pending: i64,
+    /// The retry policy: drives in-process retries and the broker-side `backoff` list.
+    pub retry: RetryPolicy,
+    /// Free-form description.
+    pub description: Option<String>,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        let retry = RetryPolicy::default();
+        Self {
+            durable_name: String::new(),
+            filter_subjects: vec![EVENTS_WILDCARD.into()],
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            max_deliver: i64::from(retry.max_attempts()),
+            ack_wait_secs: 30,
+            max_ack_pending: 1_000,
+            retry,
+            description: None,
+        }
+    }
+}
+
+impl ConsumerSettings {
+    /// A consumer with the given durable name, filters and description, other fields
+    /// default.
+    pub fn new(durable_name: &str, filters: &[&str], description: &str) -> Self {
+        Self {
+            durable_name: durable_name.into(),
+            filter_subjects: filters.iter().map(|f| (*f).to_owned()).collect(),
+            description: Some(description.into()),
+            ..Self::default()
+        }
+    }
+
+    /// `ack_wait_secs` as a duration.
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
+    }
+
+    /// The broker-side redelivery schedule, from the retry policy, at most
+    /// `max_deliver` entries.
+    pub fn backoff(&self) -> Vec<Duration> {
+        let mut schedule = self.retry.schedule();
+        if let Ok(max) = usize::try_from(self.max_deliver)
+            && max > 0
+        {
+            schedule.truncate(max);
+        }
+        schedule
+    }
+}
+
+/// Publisher settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublisherSettings {
+    /// `ce-source` of every event.
+    pub source: String,
+    /// Publishes awaiting their ack at once in `publish_all` (backpressure beyond that).
+    pub max_in_flight: usize,
+    /// How long to wait for one publish ack, in milliseconds.
+    pub ack_timeout_ms: u64,
+    /// Retries of transient publish failures (timeouts, no responders during an
+    /// election, reconnects), always with the same `Nats-Msg-Id`.
+    pub retry: RetryPolicy,
+}
+
+impl Default for PublisherSettings {
+    fn default() -> Self {
+        Self {
+            source: "/person-domain".into(),
+            max_in_flight: 256,
+            ack_timeout_ms: 5_000,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Everything the streaming layer sets up and uses.
+///
+/// ```
+/// use person_streaming::StreamingConfig;
+/// let config = StreamingConfig::default();
+/// assert_eq!(config.stream.name, "PERSON_EVENTS");
+/// assert_eq!(config.dlq.name, "PERSON_EVENTS_DLQ");
+/// assert_eq!(config.consumers.len(), 4);
+/// config.validate().unwrap();
+///
+/// let from_toml = StreamingConfig::from_toml_str("[stream]\nreplicas = 3\n").unwrap();
+/// assert_eq!(from_toml.stream.replicas, 3);
+/// assert_eq!(from_toml.consumers, config.consumers, "unspecified sections keep defaults");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// The event stream.
+    pub stream: StreamSettings,
+    /// The dead-letter stream.
+    pub dlq: StreamSettings,
+    /// Durable consumers to create.
+    pub consumers: Vec<ConsumerSettings>,
+    /// Publisher settings.
+    pub publisher: PublisherSettings,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            stream: StreamSettings::default(),
+            dlq: StreamSettings::dead_letter_default(),
+            consumers: vec![
+                ConsumerSettings::new(
+                    "person-projection-summary",
+                    &[EVENTS_WILDCARD],
+                    "Person summary projection",
+                ),
+                ConsumerSettings::new(
+                    "person-projection-search",
+                    &[EVENTS_WILDCARD],
+                    "Person search index projection",
+                ),
+                ConsumerSettings::new(
+                    "person-to-location",
+                    &[
+                        "person.events.*.location_assigned",
+                        "person.events.*.person.location_assigned",
+                    ],
+                    "Cross-domain sync of person locations",
+                ),
+                ConsumerSettings::new(
+                    "policy-engine",
+                    &[EVENTS_WILDCARD],
+                    "Policy engine evaluation of person events",
+                ),
+            ],
+            publisher: PublisherSettings::default(),
+        }
+    }
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigErrorKind {
+    /// The file could not be read.
+    Io,
+    /// The text is not valid TOML/JSON, or a field has the wrong type or is unknown.
+    Parse,
+    /// A value is out of range or inconsistent with another.
+    Invalid,
+}
+
+/// A configuration problem. Names the field and says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    kind: ConfigErrorKind,
+    field: String,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "`{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: ConfigErrorKind::Invalid,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ConfigErrorKind {
+        self.kind
+    }
+
+    /// The field at fault, as a path (`consumers[1].filter_subjects[0]`); empty when
+    /// the whole input is at fault.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+}
+
+impl StreamingConfig {
+    /// Parses TOML and validates.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError {
+            kind: ConfigErrorKind::Parse,
+            field: String::new(),
+            message: format!("invalid TOML configuration: {}", e.to_string().trim()),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses JSON and validates.
+    pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = serde_json::from_str(text).map_err(|e| ConfigError {
+            kind: ConfigErrorKind::Parse,
+            field: String::new(),
+            message: format!("invalid JSON configuration: {e}"),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a `.toml` or `.json` file (by extension; anything else is read as TOML).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            kind: ConfigErrorKind::Io,
+            field: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        {
+            Self::from_json_str(&text)
+        } else {
+            Self::from_toml_str(&text)
+        }
+    }
+
+    /// Looks up a consumer by durable name.
+    pub fn consumer(&self, durable_name: &str) -> Option<&ConsumerSettings> {
+        self.consumers
+            .iter()
+            .find(|c| c.durable_name == durable_name)
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_stream("stream", &self.stream)?;
+        validate_stream("dlq", &self.dlq)?;
+        for (i, s) in self.stream.subjects.iter().enumerate() {
+            for d in &self.dlq.subjects {
+                if subjects_overlap(s, d) {
+                    return Err(ConfigError::invalid(
+                        "dlq.subjects",
+                        format!(
+                            "`{d}` overlaps the event stream subject `{s}` (stream.subjects[{i}]): give dead letters their own subject space such as person.dlq.>"
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.stream.name == self.dlq.name {
+            return Err(ConfigError::invalid(
+                "dlq.name",
+                "must differ from stream.name",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in self.consumers.iter().enumerate() {
+            let at = |f: &str| format!("consumers[{i}].{f}");
+            person_events::subject::validate_token("durable_name", &c.durable_name)
+                .map_err(|e| ConfigError::invalid(at("durable_name"), e.to_string()))?;
+            if !names.insert(c.durable_name.as_str()) {
+                return Err(ConfigError::invalid(
+                    at("durable_name"),
+                    format!(
+                        "`{}` is used twice: durable names must be unique",
+                        c.durable_name
+                    ),
+                ));
+            }
+            if c.filter_subjects.is_empty() {
+                return Err(ConfigError::invalid(
+                    at("filter_subjects"),
+                    "must name at least one subject, e.g. person.events.>",
+                ));
+            }
+            for (j, f) in c.filter_subjects.iter().enumerate() {
+                check_subject(&at(&format!("filter_subjects[{j}]")), f)?;
+                if !self.stream.subjects.iter().any(|s| subject_within(f, s)) {
+                    return Err(ConfigError::invalid(
+                        at(&format!("filter_subjects[{j}]")),
+                        format!(
+                            "`{f}` is outside the stream's subjects {:?}: use a subject under one of them",
+                            self.stream.subjects
+                        ),
+                    ));
+                }
+            }
+            if c.max_deliver < 1 {
+                return Err(ConfigError::invalid(
+                    at("max_deliver"),
+                    "must be at least 1 (unlimited redelivery would never dead-letter a poison message)",
+                ));
+            }
+            if c.ack_wait_secs == 0 {
+                return Err(ConfigError::invalid(
+                    at("ack_wait_secs"),
+                    "must be at least 1",
+                ));
+            }
+            if c.max_ack_pending < 1 {
+                return Err(ConfigError::invalid(
+                    at("max_ack_pending"),
+                    "must be at least 1",
+                ));
+            }
+            let schedule = c.retry.schedule();
+            if i64::try_from(schedule.len()).unwrap_or(i64::MAX) > c.max_deliver {
+                return Err(ConfigError::invalid(
+                    at("retry"),
+                    format!(
+                        "its backoff list has {} entries but max_deliver is {}: JetStream needs backoff entries <= max_deliver; lower retry.max_attempts or raise max_deliver",
+                        schedule.len(),
+                        c.max_deliver
+                    ),
+                ));
+            }
+        }
+        if self.publisher.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "publisher.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        if self.publisher.ack_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "publisher.ack_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.publisher.source.trim().is_empty()
+            || self.publisher.source.chars().any(char::is_control)
+        {
+            return Err(ConfigError::invalid(
+                "publisher.source",
+                "must be a non-empty URI reference without control characters, e.g. /person-domain",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_stream(at: &str, s: &StreamSettings) -> Result<(), ConfigError> {
+    let field = |f: &str| format!("{at}.{f}");
+    if s.name.trim().is_empty() {
+        return Err(ConfigError::invalid(field("name"), "must not be empty"));
+    }
+    if s.name
+        .chars()
+        .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace())
+    {
+        return Err(ConfigError::invalid(
+            field("name"),
+            "must not contain `.`, `*`, `>`, `/`, `\\` or white space",
+        ));
+    }
+    if s.subjects.is_empty() {
+        return Err(ConfigError::invalid(
+            field("subjects"),
+            "must name at least one subject",
+        ));
+    }
+    for (i, subject) in s.subjects.iter().enumerate() {
+        check_subject(&field(&format!("subjects[{i}]")), subject)?;
+    }
+    if s.replicas == 0 || s.replicas > 5 {
+        return Err(ConfigError::invalid(
+            field("replicas"),
+            "must be between 1 and 5 (1 for a single server, 3 for a 3-node cluster)",
+        ));
+    }
+    if s.duplicate_window_secs == 0 {
+        return Err(ConfigError::invalid(
+            field("duplicate_window_secs"),
+            "must be at least 1: publisher dedup relies on it",
+        ));
+    }
+    if s.max_age_secs != 0 && s.duplicate_window_secs > s.max_age_secs {
+        return Err(ConfigError::invalid(
+            field("duplicate_window_secs"),
+            format!(
+                "{} s is longer than max_age_secs ({} s): shorten the window or raise max_age_secs",
+                s.duplicate_window_secs, s.max_age_secs
+            ),
+        ));
+    }
+    if s.max_messages == 0 || s.max_messages < -1 {
+        return Err(ConfigError::invalid(
+            field("max_messages"),
+            "must be -1 (unlimited) or positive",
+        ));
+    }
+    if s.max_bytes == 0 || s.max_bytes < -1 {
+        return Err(ConfigError::invalid(
+            field("max_bytes"),
+            "must be -1 (unlimited) or positive",
+        ));
+    }
+    Ok(())
+}
+
+fn check_subject(field: &str, subject: &str) -> Result<(), ConfigError> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let bad = subject.is_empty()
+        || tokens
+            .iter()
+            .any(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        || tokens.iter().enumerate().any(|(i, t)| {
+            (t.contains('*') && *t != "*")
+                || (t.contains('>') && (*t != ">" || i + 1 != tokens.len()))
+        });
+    if bad {
+        return Err(ConfigError::invalid(
+            field,
+            format!(
+                "`{subject}` is not a valid NATS subject (dot-separated non-empty tokens; `*` and `>` only as whole tokens, `>` last)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `true` when every subject matched by `filter` is also matched by `pattern`.
+pub(crate) fn subject_within(filter: &str, pattern: &str) -> bool {
+    let f: Vec<&str> = filter.split('.').collect();
+    let p: Vec<&str> = pattern.split('.').collect();
+    for (i, pt) in p.iter().enumerate() {
+        if *pt == ">" {
+            return f.len() > i;
+        }
+        let Some(ft) = f.get(i) else { return false };
+        match (*pt, *ft) {
+            (_, ">") => return false,
+            ("*", _) => {}
+            (_, "*") => return false,
+            (a, b) if a == b => {}
+            _ => return false,
+        }
+    }
+    f.len() == p.len()
+}
+
+/// `true` when some subject matches both patterns.
+fn subjects_overlap(a: &str, b: &str) -> bool {
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    for i in 0..a.len().max(b.len()) {
+        match (a.get(i), b.get(i)) {
+            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => return true,
+            (Some(x), Some(y)) if *x == "*" || *y == "*" || x == y => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_rules() {
+        assert!(subject_within("person.events.>", "person.events.>"));
+        assert!(subject_within("person.events.*.created", "person.events.>"));
+        assert!(subject_within("person.events.a.b.c", "person.events.>"));
+        assert!(!subject_within("person.>", "person.events.>"));
+        assert!(!subject_within("person.events", "person.events.>"));
+        assert!(!subject_within("person.events.>", "person.events.*"));
+        assert!(subject_within("person.events.x", "person.events.*"));
+        assert!(!subject_within("person.dlq.>", "person.events.>"));
+        assert!(subjects_overlap("person.>", "person.dlq.>"));
+        assert!(!subjects_overlap("person.events.>", "person.dlq.>"));
+    }
+
+    fn err(mutate: impl FnOnce(&mut StreamingConfig)) -> ConfigError {
+        let mut c = StreamingConfig::default();
+        mutate(&mut c);
+        c.validate().unwrap_err()
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let e = err(|c| c.consumers[1].filter_subjects = vec!["orders.>".into()]);
+        assert_eq!(e.field(), "consumers[1].filter_subjects[0]");
+        assert!(e.to_string().contains("outside the stream"), "{e}");
+
+        let e = err(|c| c.consumers[0].max_deliver = 2);
+        assert_eq!(e.field(), "consumers[0].retry", "{e}");
+        assert!(e.to_string().contains("max_deliver"), "{e}");
+
+        let e = err(|c| c.stream.replicas = 0);
+        assert_eq!(e.field(), "stream.replicas");
+
+        let e = err(|c| c.stream.name = " ".into());
+        assert_eq!(e.field(), "stream.name");
+
+        let e = err(|c| c.consumers[2].durable_name = String::new());
+        assert_eq!(e.field(), "consumers[2].durable_name");
+
+        let e = err(|c| c.dlq.duplicate_window_secs = 31 * DAY);
+        assert_eq!(e.field(), "dlq.duplicate_window_secs");
+        assert!(e.to_string().contains("max_age"), "{e}");
+
+        let e = err(|c| c.consumers[3].durable_name = "person-projection-summary".into());
+        assert!(e.to_string().contains("twice"), "{e}");
+
+        let e = err(|c| c.dlq.subjects = vec!["person.>".into()]);
+        assert_eq!(e.field(), "dlq.subjects");
+    }
+
+    #[test]
+    fn files_with_unknown_fields_or_wrong_types_are_rejected() {
+        let e = StreamingConfig::from_toml_str("[stream]\nreplica = 3\n").unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Parse);
+        assert!(e.to_string().contains("replica"), "{e}");
+        let e =
+            StreamingConfig::from_json_str(r#"{"stream": {"max_age_secs": "1y"}}"#).unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Parse);
+        assert!(
+            e.to_string().contains("max_age_secs") || e.to_string().contains("string"),
+            "{e}"
+        );
+        let e = StreamingConfig::from_toml_str(
+            "[[consumers]]\ndurable_name = \"x\"\nmax_deliver = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field(), "consumers[0].max_deliver");
+    }
+
+    #[test]
+    fn round_trips_through_toml_and_json() {
+        let c = StreamingConfig::default();
+        let toml_text = toml::to_string(&c).unwrap();
+        assert_eq!(StreamingConfig::from_toml_str(&toml_text).unwrap(), c);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(StreamingConfig::from_json_str(&json).unwrap(), c);
+    }
+}

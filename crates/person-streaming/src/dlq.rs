@@ -1,0 +1,301 @@
+//! [`DeadLetterQueue`]: stores, lists, replays and purges dead letters on the DLQ stream.
+
+use async_nats::header::{self, HeaderMap, HeaderValue};
+use async_nats::jetstream;
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use person_events::subject;
+use person_retry::{DeadLetter, DeadLetterSink, SinkError, SinkErrorKind};
+
+use crate::StreamingConfig;
+use crate::client::js_error;
+use crate::error::{StreamingError, StreamingErrorKind};
+use crate::reader::scan;
+
+/// Header on a replayed event naming the DLQ sequence it was replayed from.
+pub const REPLAY_OF_HEADER: &str = "Person-Replay-Of";
+/// Header on a replayed event with the time of the replay.
+pub const REPLAYED_AT_HEADER: &str = "Person-Replayed-At";
+
+/// The token used in DLQ subjects when the person or event type is unknown (an
+/// undecodable message).
+pub const UNKNOWN_TOKEN: &str = "unknown";
+
+/// A dead letter as stored, with its place in the DLQ stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDeadLetter {
+    /// Its sequence in the DLQ stream: the id to `get`, `replay` or delete it by.
+    pub dlq_sequence: u64,
+    /// The record.
+    pub letter: DeadLetter,
+}
+
+/// Which dead letters to list or purge. Empty means all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    /// Only this consumer's.
+    pub consumer: Option<String>,
+    /// Only this person's.
+    pub person_id: Option<String>,
+    /// Only those whose reason contains this text.
+    pub reason_contains: Option<String>,
+    /// Only those whose last failure is at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only those whose last failure is before this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl DeadLetterFilter {
+    /// The subject filter covering the consumer and person given.
+    fn subject(&self) -> Result<String, StreamingError> {
+        let consumer = self.consumer.as_deref().unwrap_or("*");
+        let person = self.person_id.as_deref().unwrap_or("*");
+        for (part, token) in [("consumer", consumer), ("person", person)] {
+            if token != "*" {
+                subject::validate_token(part, token).map_err(|e| {
+                    StreamingError::with_source(
+                        StreamingErrorKind::InvalidInput,
+                        "invalid dead-letter filter",
+                        e,
+                    )
+                })?;
+            }
+        }
+        Ok(format!("{}.{consumer}.{person}.*", subject::DLQ_PREFIX))
+    }
+
+    fn matches(&self, letter: &DeadLetter) -> bool {
+        self.reason_contains
+            .as_deref()
+            .is_none_or(|r| letter.reason.contains(r))
+            && self.since.is_none_or(|t| letter.last_failure_at >= t)
+            && self.until.is_none_or(|t| letter.last_failure_at < t)
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayReceipt {
+    /// The DLQ sequence replayed (now deleted from the DLQ).
+    pub dlq_sequence: u64,
+    /// Where the event now sits in the event stream.
+    pub stream_sequence: u64,
+}
+
+/// The dead-letter store on the DLQ stream. Implements [`DeadLetterSink`].
+///
+/// ```no_run
+/// use person_streaming::{DeadLetterFilter, StreamingClient, StreamingConfig};
+/// # async fn run() -> Result<(), person_streaming::StreamingError> {
+/// let client = StreamingClient::new("nats://localhost:4222", StreamingConfig::default()).await?;
+/// let dlq = client.dead_letters();
+/// let filter = DeadLetterFilter { consumer: Some("person-projection-summary".into()), ..Default::default() };
+/// for stored in dlq.list(&filter).await? {
+///     println!("{} {} {}", stored.dlq_sequence, stored.letter.subject, stored.letter.reason);
+///     dlq.replay(stored.dlq_sequence).await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct DeadLetterQueue {
+    js: jetstream::Context,
+    dlq_stream: String,
+}
+
+impl DeadLetterQueue {
+    pub(crate) fn new(js: jetstream::Context, config: &StreamingConfig) -> Self {
+        Self {
+            js,
+            dlq_stream: config.dlq.name.clone(),
+        }
+    }
+
+    /// Stores a dead letter and waits for the server's ack. Storing the same letter
+    /// again (same stream, sequence and consumer) inside the DLQ's duplicate window
+    /// keeps one copy. Returns the DLQ sequence.
+    pub async fn put(&self, letter: &DeadLetter) -> Result<u64, StreamingError> {
+        let subject = subject::dlq_subject(
+            &letter.consumer,
+            letter.person_id.as_deref().unwrap_or(UNKNOWN_TOKEN),
+            letter.event_type.as_deref().unwrap_or(UNKNOWN_TOKEN),
+        )
+        .or_else(|_| subject::dlq_subject(&letter.consumer, UNKNOWN_TOKEN, UNKNOWN_TOKEN))
+        .map_err(|e| {
+            StreamingError::with_source(
+                StreamingErrorKind::InvalidInput,
+                "invalid dead-letter subject",
+                e,
+            )
+        })?;
+        let body = serde_json::to_vec(letter).map_err(|e| {
+            StreamingError::with_source(
+                StreamingErrorKind::InvalidInput,
+                "cannot encode dead letter",
+                e,
+            )
+        })?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::NATS_MESSAGE_ID,
+            HeaderValue::from(letter.dedup_id().as_str()),
+        );
+        headers.insert(
+            person_metadata::headers::CONTENT_TYPE,
+            HeaderValue::from("application/json"),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, Bytes::from(body))
+            .await
+            .map_err(|e| js_error(format!("cannot publish dead letter to {subject}"), e))?
+            .await
+            .map_err(|e| {
+                js_error(
+                    format!("the DLQ stream did not store the dead letter on {subject}"),
+                    e,
+                )
+            })?;
+        Ok(ack.sequence)
+    }
+
+    /// Dead letters matching `filter`, oldest first.
+    pub async fn list(
+        &self,
+        filter: &DeadLetterFilter,
+    ) -> Result<Vec<StoredDeadLetter>, StreamingError> {
+        let mut out = Vec::new();
+        scan(&self.js, &self.dlq_stream, &filter.subject()?, |msg| {
+            let letter: DeadLetter = serde_json::from_slice(&msg.payload).map_err(|e| {
+                StreamingError::with_source(
+                    StreamingErrorKind::Decode,
+                    format!("DLQ message {} is not a dead letter", msg.sequence),
+                    e,
+                )
+            })?;
+            if filter.matches(&letter) {
+                out.push(StoredDeadLetter {
+                    dlq_sequence: msg.sequence,
+                    letter,
+                });
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// One dead letter by its DLQ sequence.
+    pub async fn get(&self, dlq_sequence: u64) -> Result<StoredDeadLetter, StreamingError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.dlq_stream)
+            .await
+            .map_err(|e| js_error(format!("cannot open stream {}", self.dlq_stream), e))?;
+        let msg = stream.get_raw_message(dlq_sequence).await.map_err(|e| {
+            StreamingError::with_source(
+                StreamingErrorKind::NotFound,
+                format!("no dead letter at DLQ sequence {dlq_sequence}"),
+                e,
+            )
+        })?;
+        let letter: DeadLetter = serde_json::from_slice(&msg.payload).map_err(|e| {
+            StreamingError::with_source(
+                StreamingErrorKind::Decode,
+                format!("DLQ message {dlq_sequence} is not a dead letter"),
+                e,
+            )
+        })?;
+        Ok(StoredDeadLetter {
+            dlq_sequence,
+            letter,
+        })
+    }
+
+    /// Puts the original event back on its original subject, bytes and headers untouched
+    /// except for a fresh `Nats-Msg-Id` (inside the duplicate window the old one would
+    /// make the server drop the replay silently) and two headers recording the replay.
+    /// The dead letter is deleted only after the replay publish is acknowledged.
+    pub async fn replay(&self, dlq_sequence: u64) -> Result<ReplayReceipt, StreamingError> {
+        let stored = self.get(dlq_sequence).await?;
+        let letter = &stored.letter;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &letter.headers {
+            if name.eq_ignore_ascii_case(header::NATS_MESSAGE_ID.as_ref())
+                || name.eq_ignore_ascii_case(REPLAY_OF_HEADER)
+                || name.eq_ignore_ascii_case(REPLAYED_AT_HEADER)
+                || name.to_ascii_lowercase().starts_with("nats-expected")
+            {
+                continue;
+            }
+            headers.append(name.as_str(), value.as_str());
+        }
+        let replay_id = format!(
+            "replay:{}:{dlq_sequence}:{}",
+            letter.dedup_id(),
+            uuid::Uuid::now_v7()
+        );
+        headers.insert(
+            header::NATS_MESSAGE_ID,
+            HeaderValue::from(replay_id.as_str()),
+        );
+        headers.insert(
+            REPLAY_OF_HEADER,
+            HeaderValue::from(dlq_sequence.to_string().as_str()),
+        );
+        headers.insert(
+            REPLAYED_AT_HEADER,
+            HeaderValue::from(Utc::now().to_rfc3339().as_str()),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(letter.subject.clone(), headers, letter.payload.clone())
+            .await
+            .map_err(|e| js_error(format!("cannot replay to {}", letter.subject), e))?
+            .await
+            .map_err(|e| js_error(format!("replay to {} was not stored", letter.subject), e))?;
+        self.delete(dlq_sequence).await?;
+        Ok(ReplayReceipt {
+            dlq_sequence,
+            stream_sequence: ack.sequence,
+        })
+    }
+
+    /// Deletes one dead letter.
+    pub async fn delete(&self, dlq_sequence: u64) -> Result<(), StreamingError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.dlq_stream)
+            .await
+            .map_err(|e| js_error(format!("cannot open stream {}", self.dlq_stream), e))?;
+        stream
+            .delete_message(dlq_sequence)
+            .await
+            .map_err(|e| js_error(format!("cannot delete dead letter {dlq_sequence}"), e))?;
+        Ok(())
+    }
+
+    /// Deletes every dead letter matching `filter`; returns how many.
+    pub async fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, StreamingError> {
+        let matching = self.list(filter).await?;
+        for stored in &matching {
+            self.delete(stored.dlq_sequence).await?;
+        }
+        Ok(matching.len())
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for DeadLetterQueue {
+    async fn store(&self, letter: &DeadLetter) -> Result<(), SinkError> {
+        self.put(letter).await.map(|_| ()).map_err(|e| {
+            let kind = match e.kind() {
+                StreamingErrorKind::TimedOut => SinkErrorKind::Timeout,
+                StreamingErrorKind::InvalidInput => SinkErrorKind::Encode,
+                StreamingErrorKind::Authentication => SinkErrorKind::Rejected,
+                _ => SinkErrorKind::Unavailable,
+            };
+            SinkError::with_source(kind, "cannot store the dead letter on the DLQ stream", e)
+        })
+    }
+}

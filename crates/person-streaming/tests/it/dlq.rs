@@ -1,0 +1,162 @@
+use bytes::Bytes;
+use chrono::Utc;
+use person_events::PersonId;
+use person_retry::{DeadLetter, DeadLetterSink, ErrorClass};
+use person_streaming::{DeadLetterFilter, StreamingConfig};
+
+use crate::support::{created, start, stream_messages};
+
+fn letter_for(
+    subject: &str,
+    sequence: u64,
+    payload: Bytes,
+    headers: Vec<(String, String)>,
+    person: &PersonId,
+) -> DeadLetter {
+    DeadLetter {
+        subject: subject.to_owned(),
+        stream: "PERSON_EVENTS".into(),
+        stream_sequence: sequence,
+        payload,
+        headers,
+        reason: "projection rejected the event".into(),
+        error_class: ErrorClass::Permanent,
+        delivery_count: 1,
+        first_failure_at: Utc::now(),
+        last_failure_at: Utc::now(),
+        consumer: "person-projection-summary".into(),
+        handler: "summary".into(),
+        metadata: None,
+        event_id: None,
+        person_id: Some(person.to_string()),
+        event_type: Some("created".into()),
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_stored_twice_is_kept_once_and_replay_restores_the_event() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let person = PersonId::new();
+    let env = created(person, 1);
+    let receipt = client.publisher().publish(&env).await.unwrap();
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    let original = stream
+        .get_raw_message(receipt.stream_sequence)
+        .await
+        .unwrap();
+    let headers: Vec<(String, String)> = original
+        .headers
+        .iter()
+        .flat_map(|(n, vs)| vs.iter().map(move |v| (n.to_string(), v.to_string())))
+        .collect();
+    let letter = letter_for(
+        &original.subject,
+        original.sequence,
+        original.payload.clone(),
+        headers,
+        &person,
+    );
+
+    let dlq = client.dead_letters();
+    dlq.store(&letter).await.unwrap();
+    dlq.store(&letter).await.unwrap();
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS_DLQ").await, 1);
+
+    let listed = dlq
+        .list(&DeadLetterFilter {
+            person_id: Some(person.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].letter, letter);
+    assert!(
+        dlq.list(&DeadLetterFilter {
+            consumer: Some("policy-engine".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert!(
+        dlq.list(&DeadLetterFilter {
+            reason_contains: Some("timeout".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+
+    // Inside the duplicate window, the replay is still stored (fresh Nats-Msg-Id)...
+    let replay = dlq.replay(listed[0].dlq_sequence).await.unwrap();
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 2);
+    let replayed = stream
+        .get_raw_message(replay.stream_sequence)
+        .await
+        .unwrap();
+    assert_eq!(replayed.subject, original.subject);
+    assert_eq!(replayed.payload, original.payload);
+    assert_eq!(replayed.headers.get("ce-id"), original.headers.get("ce-id"));
+    assert_ne!(
+        replayed.headers.get("Nats-Msg-Id"),
+        original.headers.get("Nats-Msg-Id")
+    );
+    assert_eq!(
+        replayed
+            .headers
+            .get(person_streaming::REPLAY_OF_HEADER)
+            .unwrap()
+            .as_str(),
+        listed[0].dlq_sequence.to_string()
+    );
+    // ...and the dead letter is gone.
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS_DLQ").await, 0);
+    assert!(
+        dlq.list(&DeadLetterFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn purge_by_filter() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let dlq = client.dead_letters();
+    let a = PersonId::new();
+    let b = PersonId::new();
+    for (i, p) in [a, a, b].iter().enumerate() {
+        let l = letter_for(
+            &format!("person.events.{p}.created"),
+            i as u64 + 1,
+            Bytes::from_static(b"{}"),
+            vec![],
+            p,
+        );
+        dlq.put(&l).await.unwrap();
+    }
+    let purged = dlq
+        .purge(&DeadLetterFilter {
+            person_id: Some(a.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(purged, 2);
+    let left = dlq.list(&DeadLetterFilter::default()).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].letter.person_id.as_deref(),
+        Some(b.to_string().as_str())
+    );
+    let got = dlq.get(left[0].dlq_sequence).await.unwrap();
+    assert_eq!(got, left[0]);
+    assert!(dlq.get(999).await.is_err());
+}
