@@ -351,7 +351,14 @@ pub(crate) fn stream_config(s: &StreamSettings) -> stream::Config {
     }
 }
 
-pub(crate) fn consumer_config(c: &ConsumerSettings) -> consumer::pull::Config {
+/// The JetStream pull-consumer configuration for `c`.
+///
+/// `max_deliver` is left unlimited on the server: the subscription runtime counts
+/// deliveries itself and dead-letters at `c.max_deliver`, so a message is never dropped
+/// by the server giving up while the DLQ is unwritable. The server-side `backoff` list
+/// is set only when `c.server_backoff` is on, because JetStream applies its first entry
+/// as the ack wait of the first delivery.
+pub fn consumer_config(c: &ConsumerSettings) -> consumer::pull::Config {
     let (filter_subject, filter_subjects) = match c.filter_subjects.as_slice() {
         [one] => (one.clone(), Vec::new()),
         many => (String::new(), many.to_vec()),
@@ -372,10 +379,14 @@ pub(crate) fn consumer_config(c: &ConsumerSettings) -> consumer::pull::Config {
             AckPolicy::All => consumer::AckPolicy::All,
             AckPolicy::None => consumer::AckPolicy::None,
         },
-        max_deliver: c.max_deliver,
+        max_deliver: -1,
         ack_wait: c.ack_wait(),
         max_ack_pending: c.max_ack_pending,
-        backoff: c.backoff(),
+        backoff: if c.server_backoff {
+            c.backoff()
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     }
 }

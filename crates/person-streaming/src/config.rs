@@ -156,6 +156,10 @@ pub struct ConsumerSettings {
     pub max_ack_pending: i64,
     /// The retry policy: drives in-process retries and the broker-side `backoff` list.
     pub retry: RetryPolicy,
+    /// Also give the server the retry policy's schedule as the consumer `backoff` list
+    /// (redelivery after an ack timeout, e.g. a crashed consumer). Off by default:
+    /// JetStream uses the first entry as the first delivery's ack wait.
+    pub server_backoff: bool,
     /// Free-form description.
     pub description: Option<String>,
 }
@@ -172,6 +176,7 @@ impl Default for ConsumerSettings {
             ack_wait_secs: 30,
             max_ack_pending: 1_000,
             retry,
+            server_backoff: false,
             description: None,
         }
     }

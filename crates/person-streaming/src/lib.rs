@@ -50,7 +50,7 @@ mod error;
 mod publisher;
 mod reader;
 
-pub use client::{EnsureReport, StreamingClient, StreamingClientBuilder};
+pub use client::{EnsureReport, StreamingClient, StreamingClientBuilder, consumer_config};
 pub use config::{
     AckPolicy, ConfigError, ConfigErrorKind, ConsumerSettings, DeliverPolicy, PublisherSettings,
     Retention, Storage, StreamSettings, StreamingConfig,

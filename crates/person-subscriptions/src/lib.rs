@@ -1,3 +1,35 @@
-//! `person-subscriptions`: Handler runtime for Person events: pull, decode/upcast, handle, ack/nak/term, DLQ, breaker, ordering.
+//! `person-subscriptions`: the runtime that turns stored Person events into handled ones.
 //!
-//! This crate is a documented shell for now; its contents arrive with later work.
+//! Depend on it to run projections and cross-domain sync. Register
+//! [`StreamingEventHandler`]s on a [`SubscriptionManager`] and start a configured
+//! consumer; the runtime then:
+//!
+//! - pulls with bounded prefetch (memory is bounded whatever the backlog);
+//! - decodes with the legacy-compat decoder, so V1 and week-1 events arrive upcast;
+//!   an undecodable message goes to the DLQ with the reason;
+//! - handles events of different people concurrently and each person's events strictly
+//!   in stream order, even while an earlier event waits for its redelivery;
+//! - acks after success; on a transient failure NAKs with the delay the retry policy
+//!   gives for JetStream's own delivery count (shared across instances, survives
+//!   restarts); on a permanent failure or exhausted deliveries stores a dead letter,
+//!   waits for the server's ack, then TERMinates the message; if the DLQ write fails the
+//!   message comes back later: nothing is dropped;
+//! - parks a person's later events behind a dead-lettered one ([`DeadLetterPolicy`]);
+//! - stops pulling while a handler's circuit breaker is open;
+//! - shuts down gracefully, acking only what succeeded.
+//!
+//! There are no feature flags.
+
+mod handler;
+mod manager;
+mod options;
+mod stats;
+mod worker;
+
+pub use handler::{DomainResult, HandlerError, StreamingEventHandler};
+pub use manager::{
+    SubscriptionError, SubscriptionErrorKind, SubscriptionHandle, SubscriptionManager,
+};
+pub use options::{DeadLetterPolicy, SubscriptionOptions};
+pub use person_events::StreamingEventEnvelope;
+pub use stats::Stats;

@@ -1,0 +1,275 @@
+//! [`SubscriptionManager`] and the [`SubscriptionHandle`] of a running consumer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use person_retry::{BreakerState, DeadLetterSink};
+use person_streaming::StreamingClient;
+use tokio::task::JoinHandle;
+
+use crate::handler::StreamingEventHandler;
+use crate::options::SubscriptionOptions;
+use crate::stats::{Counters, Stats};
+use crate::worker::Worker;
+
+/// Why a consumer could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscriptionErrorKind {
+    /// No consumer of that name in the [`person_streaming::StreamingConfig`].
+    UnknownConsumer,
+    /// No handler is registered.
+    NoHandlers,
+    /// A handler name is not a subject-safe token, or two handlers share a name.
+    InvalidHandlerName,
+}
+
+/// A consumer could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SubscriptionError {
+    kind: SubscriptionErrorKind,
+    message: String,
+}
+
+impl SubscriptionError {
+    /// What went wrong.
+    pub fn kind(&self) -> SubscriptionErrorKind {
+        self.kind
+    }
+}
+
+/// Runs handlers on durable consumers.
+///
+/// Each handler gets its own durable consumer, so one handler's failure is never hidden
+/// by another's success, and each has its own progress, retries, breaker and dead
+/// letters. With one handler registered, the consumer is the configured durable itself;
+/// with several, each handler runs on `<durable>-<handler name>`, created from the same
+/// settings.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use async_trait::async_trait;
+/// use person_events::StreamingEventEnvelope;
+/// use person_streaming::{StreamingClient, StreamingConfig};
+/// use person_subscriptions::{DomainResult, StreamingEventHandler, SubscriptionManager};
+///
+/// struct Summary;
+/// #[async_trait]
+/// impl StreamingEventHandler for Summary {
+///     async fn handle_event(&self, _envelope: StreamingEventEnvelope) -> DomainResult<()> { Ok(()) }
+///     fn name(&self) -> &str { "summary" }
+/// }
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = StreamingClient::new("nats://localhost:4222", StreamingConfig::default()).await?;
+/// let mut manager = SubscriptionManager::new(client);
+/// manager.register_handler(Arc::new(Summary));
+/// let handle = manager.start_consumer("person-projection-summary").await?;
+/// // ... later
+/// println!("{:?}", handle.stats());
+/// handle.shutdown(std::time::Duration::from_secs(10)).await;
+/// # Ok(()) }
+/// ```
+pub struct SubscriptionManager {
+    client: StreamingClient,
+    handlers: Vec<Arc<dyn StreamingEventHandler>>,
+    options: SubscriptionOptions,
+    sink: Option<Arc<dyn DeadLetterSink>>,
+}
+
+impl fmt::Debug for SubscriptionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionManager")
+            .field(
+                "handlers",
+                &self
+                    .handlers
+                    .iter()
+                    .map(|h| h.name().to_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SubscriptionManager {
+    /// A manager on `client`'s streams, with default options and the client's DLQ.
+    pub fn new(client: StreamingClient) -> Self {
+        Self {
+            client,
+            handlers: Vec::new(),
+            options: SubscriptionOptions::default(),
+            sink: None,
+        }
+    }
+
+    /// Replaces the runtime options.
+    pub fn with_options(mut self, options: SubscriptionOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Stores dead letters somewhere other than the client's DLQ stream.
+    pub fn with_dead_letter_sink(mut self, sink: Arc<dyn DeadLetterSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Adds a handler; it runs on every consumer started afterwards.
+    pub fn register_handler(&mut self, handler: Arc<dyn StreamingEventHandler>) -> &mut Self {
+        self.handlers.push(handler);
+        self
+    }
+
+    /// Starts the handlers on the named consumer from the configuration.
+    pub async fn start_consumer(
+        &self,
+        consumer: &str,
+    ) -> Result<SubscriptionHandle, SubscriptionError> {
+        let settings = self
+            .client
+            .config()
+            .consumer(consumer)
+            .cloned()
+            .ok_or_else(|| SubscriptionError {
+                kind: SubscriptionErrorKind::UnknownConsumer,
+                message: format!(
+                    "no consumer `{consumer}` in the streaming configuration (known: {})",
+                    self.client
+                        .config()
+                        .consumers
+                        .iter()
+                        .map(|c| c.durable_name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })?;
+        if self.handlers.is_empty() {
+            return Err(SubscriptionError {
+                kind: SubscriptionErrorKind::NoHandlers,
+                message: "register a handler before starting a consumer".into(),
+            });
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for h in &self.handlers {
+            person_events::subject::validate_token("handler name", h.name()).map_err(|e| {
+                SubscriptionError {
+                    kind: SubscriptionErrorKind::InvalidHandlerName,
+                    message: e.to_string(),
+                }
+            })?;
+            if !names.insert(h.name().to_owned()) {
+                return Err(SubscriptionError {
+                    kind: SubscriptionErrorKind::InvalidHandlerName,
+                    message: format!(
+                        "two handlers are named `{}`: names must be unique",
+                        h.name()
+                    ),
+                });
+            }
+        }
+        let sink: Arc<dyn DeadLetterSink> = match &self.sink {
+            Some(s) => s.clone(),
+            None => Arc::new(self.client.dead_letters()),
+        };
+        let single = self.handlers.len() == 1;
+        let mut workers = Vec::new();
+        for handler in &self.handlers {
+            let mut s = settings.clone();
+            if !single {
+                s.durable_name = format!("{}-{}", settings.durable_name, handler.name());
+            }
+            let mut options = self.options.clone();
+            options.max_in_hand = options
+                .max_in_hand
+                .min(usize::try_from(s.max_ack_pending).unwrap_or(usize::MAX))
+                .max(1);
+            let counters = Arc::new(Counters::default());
+            let worker = Worker::new(
+                self.client.jetstream().clone(),
+                self.client.config().stream.name.clone(),
+                s,
+                handler.clone(),
+                options,
+                sink.clone(),
+                counters,
+            );
+            let task = tokio::spawn(worker.clone().run());
+            workers.push((worker, task));
+        }
+        Ok(SubscriptionHandle { workers })
+    }
+}
+
+/// A running consumer: its stats, and its shutdown.
+pub struct SubscriptionHandle {
+    workers: Vec<(Arc<Worker>, JoinHandle<()>)>,
+}
+
+impl fmt::Debug for SubscriptionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionHandle")
+            .field("consumers", &self.consumer_names())
+            .finish()
+    }
+}
+
+impl SubscriptionHandle {
+    /// The durable consumer names in use, one per handler.
+    pub fn consumer_names(&self) -> Vec<String> {
+        self.workers
+            .iter()
+            .map(|(w, _)| w.settings.durable_name.clone())
+            .collect()
+    }
+
+    /// Counters summed over every handler.
+    pub fn stats(&self) -> Stats {
+        self.handler_stats()
+            .into_iter()
+            .fold(Stats::default(), |a, (_, s)| Stats {
+                processed: a.processed + s.processed,
+                retried: a.retried + s.retried,
+                dead_lettered: a.dead_lettered + s.dead_lettered,
+                parked: a.parked + s.parked,
+                breaker_transitions: a.breaker_transitions + s.breaker_transitions,
+                in_flight: a.in_flight + s.in_flight,
+                in_hand: a.in_hand + s.in_hand,
+                lag: a.lag + s.lag,
+                reconnects: a.reconnects + s.reconnects,
+            })
+    }
+
+    /// Counters per handler name.
+    pub fn handler_stats(&self) -> Vec<(String, Stats)> {
+        self.workers
+            .iter()
+            .map(|(w, _)| (w.handler.name().to_owned(), w.counters.snapshot()))
+            .collect()
+    }
+
+    /// The circuit breaker state of each handler.
+    pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
+        self.workers
+            .iter()
+            .map(|(w, _)| (w.handler.name().to_owned(), w.breaker.state()))
+            .collect()
+    }
+
+    /// Stops pulling, lets running handlers finish within `timeout`, acks what
+    /// succeeded and NAKs the rest, so the next start resumes where this one stopped.
+    pub async fn shutdown(self, timeout: Duration) {
+        for (worker, _) in &self.workers {
+            worker
+                .stopping
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        for (worker, task) in self.workers {
+            worker.shutdown(timeout).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! One handler on one durable consumer: pull, decode, order per person, handle,
+//! settle (ack / delayed NAK / dead letter + TERM), breaker, shutdown.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use chrono::Utc;
+use futures::StreamExt;
+use person_events::codec::DecodeError;
+use person_events::subject::parse_event_subject;
+use person_events::{PersonId, StreamingEventEnvelope};
+use person_legacy_compat::{RawMessage, decode_message};
+use person_retry::{
+    BreakerState, CircuitBreaker, DeadLetter, DeadLetterSink, ErrorClass, RetryPolicy,
+};
+use person_streaming::ConsumerSettings;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+
+use crate::handler::StreamingEventHandler;
+use crate::options::{DeadLetterPolicy, SubscriptionOptions};
+use crate::stats::Counters;
+
+/// A fetched message and what the runtime knows about it.
+struct Held {
+    msg: jetstream::Message,
+    seq: u64,
+    delivered: u64,
+    decoded: Result<StreamingEventEnvelope, DecodeError>,
+}
+
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<Held>,
+    /// A lane task is running for this person.
+    running: bool,
+    /// The message being handled now (for progress acks and shutdown).
+    current: Option<jetstream::Message>,
+    /// An earlier event was NAKed and will be redelivered: nothing of this person runs
+    /// before it.
+    waiting_for: Option<u64>,
+    /// An earlier event was dead-lettered; later ones are parked behind it.
+    parked_behind: Option<String>,
+    task: Option<AbortHandle>,
+}
+
+enum Outcome {
+    Done,
+    WaitFor(u64),
+    DeadLettered(String),
+    Released,
+}
+
+pub(crate) struct Worker {
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: String,
+    pub(crate) settings: ConsumerSettings,
+    pub(crate) handler: Arc<dyn StreamingEventHandler>,
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) sink: Arc<dyn DeadLetterSink>,
+    pub(crate) breaker: CircuitBreaker,
+    pub(crate) counters: Arc<Counters>,
+    lanes: Mutex<HashMap<PersonId, Lane>>,
+    pub(crate) stopping: AtomicBool,
+    settled: Notify,
+    semaphore: Semaphore,
+    retry: RetryPolicy,
+    max_deliver: u64,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        js: jetstream::Context,
+        stream: String,
+        settings: ConsumerSettings,
+        handler: Arc<dyn StreamingEventHandler>,
+        options: SubscriptionOptions,
+        sink: Arc<dyn DeadLetterSink>,
+        counters: Arc<Counters>,
+    ) -> Arc<Self> {
+        let breaker_counters = counters.clone();
+        let breaker = CircuitBreaker::builder(options.breaker.clone())
+            .name(handler.name().to_owned())
+            .on_transition(move |t| {
+                Counters::add(&breaker_counters.breaker_transitions);
+                tracing::info!(transition = %t, "circuit breaker changed state");
+            })
+            .build();
+        let retry = settings.retry.clone();
+        let max_deliver = u64::try_from(settings.max_deliver).unwrap_or(1).max(1);
+        Arc::new(Self {
+            semaphore: Semaphore::new(options.concurrency.max(1)),
+            js,
+            stream,
+            settings,
+            handler,
+            options,
+            sink,
+            breaker,
+            counters,
+            lanes: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            settled: Notify::new(),
+            retry,
+            max_deliver,
+        })
+    }
+
+    fn consumer_name(&self) -> &str {
+        &self.settings.durable_name
+    }
+
+    async fn open_consumer(&self) -> Result<consumer::PullConsumer, String> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|e| format!("cannot open stream {}: {e}", self.stream))?;
+        stream
+            .create_consumer(person_streaming::consumer_config(&self.settings))
+            .await
+            .map_err(|e| format!("cannot create consumer {}: {e}", self.consumer_name()))
+    }
+
+    /// The pull loop. Returns when stopping.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let ticker = tokio::spawn(self.clone().progress_ticker());
+        let mut consumer = None;
+        let mut failures = 0u32;
+        while !self.stopping.load(Ordering::Acquire) {
+            // While the breaker is open nothing is pulled: an outage must not burn
+            // delivery attempts or fill the DLQ.
+            if self.breaker.state() == BreakerState::Open {
+                let mut watch = self.breaker.subscribe();
+                let _ = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
+                continue;
+            }
+            let in_hand = self.counters.in_hand.load(Ordering::Relaxed) as usize;
+            let room = self.options.max_in_hand.saturating_sub(in_hand);
+            if room == 0 {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), self.settled.notified()).await;
+                continue;
+            }
+            let c = match &consumer {
+                Some(c) => c,
+                None => match self.open_consumer().await {
+                    Ok(c) => {
+                        failures = 0;
+                        consumer.insert(c)
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        Counters::add(&self.counters.reconnects);
+                        tracing::warn!(consumer = self.consumer_name(), error = %e, "consumer unavailable; retrying");
+                        tokio::time::sleep(reconnect_delay(failures)).await;
+                        continue;
+                    }
+                },
+            };
+            let batch = c
+                .fetch()
+                .max_messages(room)
+                .expires(self.options.fetch_expiry)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(consumer = self.consumer_name(), error = %e, "pull failed; recreating the consumer");
+                    consumer = None;
+                    continue;
+                }
+            };
+            while let Some(item) = batch.next().await {
+                match item {
+                    Ok(msg) => self.dispatch(msg),
+                    Err(e) => {
+                        tracing::debug!(consumer = self.consumer_name(), error = %e, "pull interrupted; recreating the consumer");
+                        consumer = None;
+                        break;
+                    }
+                }
+            }
+        }
+        ticker.abort();
+    }
+
+    fn dispatch(self: &Arc<Self>, msg: jetstream::Message) {
+        let (seq, delivered, pending) = match msg.info() {
+            Ok(i) => (
+                i.stream_sequence,
+                u64::try_from(i.delivered).unwrap_or(1),
+                i.pending,
+            ),
+            Err(_) => return,
+        };
+        self.counters.lag.store(pending, Ordering::Relaxed);
+        Counters::add(&self.counters.in_hand);
+        let headers = &msg.headers;
+        let decoded = decode_message(&RawMessage {
+            subject: Some(msg.subject.as_str()),
+            payload: &msg.payload,
+            content_type: headers
+                .as_ref()
+                .and_then(|h| h.get(person_metadata::headers::CONTENT_TYPE))
+                .map(|v| v.as_str()),
+            stream_sequence: Some(seq),
+        })
+        .map(|d| d.envelope);
+        let person = match &decoded {
+            Ok(env) => Some(env.aggregate_id),
+            Err(_) => parse_event_subject(msg.subject.as_str())
+                .ok()
+                .map(|s| s.person_id),
+        };
+        let held = Held {
+            msg,
+            seq,
+            delivered,
+            decoded,
+        };
+        let Some(person) = person else {
+            // No person to order by: dead-letter it on its own.
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _ = this.process(held, None).await;
+            });
+            return;
+        };
+        let mut lanes = self.lanes.lock().expect("lanes lock");
+        let lane = lanes.entry(person).or_default();
+        if let Some(existing) = lane.queue.iter_mut().find(|h| h.seq == held.seq) {
+            // A redelivery of a message we already hold: keep the newest copy.
+            *existing = held;
+            Counters::sub(&self.counters.in_hand);
+        } else if lane.waiting_for == Some(held.seq) {
+            lane.waiting_for = None;
+            lane.queue.push_front(held);
+        } else if lane
+            .current
+            .as_ref()
+            .is_some_and(|m| m.info().is_ok_and(|i| i.stream_sequence == held.seq))
+        {
+            // Redelivered while being handled (the handler outran the ack wait): the
+            // running attempt settles it; drop this copy without acking.
+            Counters::sub(&self.counters.in_hand);
+            return;
+        } else {
+            let at = lane
+                .queue
+                .iter()
+                .position(|h| h.seq > held.seq)
+                .unwrap_or(lane.queue.len());
+            lane.queue.insert(at, held);
+        }
+        if !lane.running && lane.waiting_for.is_none() {
+            lane.running = true;
+            let this = self.clone();
+            let task = tokio::spawn(async move { this.run_lane(person).await });
+            lane.task = Some(task.abort_handle());
+        }
+    }
+
+    async fn run_lane(self: Arc<Self>, person: PersonId) {
+        loop {
+            let (held, parked) = {
+                let mut lanes = self.lanes.lock().expect("lanes lock");
+                let Some(lane) = lanes.get_mut(&person) else {
+                    return;
+                };
+                if lane.waiting_for.is_some() || self.stopping.load(Ordering::Acquire) {
+                    lane.running = false;
+                    lane.task = None;
+                    return;
+                }
+                match lane.queue.pop_front() {
+                    Some(h) => {
+                        lane.current = Some(h.msg.clone());
+                        (h, lane.parked_behind.clone())
+                    }
+                    None => {
+                        lane.running = false;
+                        lane.task = None;
+                        if lane.parked_behind.is_none() {
+                            lanes.remove(&person);
+                        }
+                        return;
+                    }
+                }
+            };
+            let outcome = self.process(held, parked).await;
+            let mut lanes = self.lanes.lock().expect("lanes lock");
+            if let Some(lane) = lanes.get_mut(&person) {
+                lane.current = None;
+                match outcome {
+                    Outcome::Done | Outcome::Released => {}
+                    Outcome::WaitFor(seq) => lane.waiting_for = Some(seq),
+                    Outcome::DeadLettered(label) => {
+                        if self.options.dead_letter_policy == DeadLetterPolicy::Park {
+                            lane.parked_behind.get_or_insert(label);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn process(self: &Arc<Self>, held: Held, parked: Option<String>) -> Outcome {
+        let envelope = match (&held.decoded, parked) {
+            (_, Some(blocker)) if self.options.dead_letter_policy == DeadLetterPolicy::Park => {
+                let reason = format!("blocked by {blocker}");
+                return self
+                    .dead_letter(held, reason, ErrorClass::Permanent, true, blocker)
+                    .await;
+            }
+            (Err(e), _) => {
+                let reason = format!("undecodable: {e}");
+                let label = format!("stream sequence {}", held.seq);
+                return self
+                    .dead_letter(held, reason, ErrorClass::Permanent, false, label)
+                    .await;
+            }
+            (Ok(env), _) => env.clone(),
+        };
+        let span = tracing::info_span!(
+            "person_event",
+            event_id = %envelope.event_id,
+            correlation_id = %envelope.metadata().correlation_id,
+            causation_id = ?envelope.metadata().causation_id.map(|c| c.to_string()),
+            person = %envelope.aggregate_id,
+            consumer = %self.settings.durable_name,
+            handler = %self.handler.name(),
+            delivered = held.delivered,
+        );
+        self.handle(held, envelope).instrument(span).await
+    }
+
+    async fn handle(self: &Arc<Self>, held: Held, envelope: StreamingEventEnvelope) -> Outcome {
+        let _slot = match self.semaphore.acquire().await {
+            Ok(p) => p,
+            Err(_) => return self.release(held).await,
+        };
+        // Wait while the breaker rejects calls; keep the message alive meanwhile so its
+        // delivery count is not burned.
+        let permit = loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return self.release(held).await;
+            }
+            match self.breaker.try_acquire() {
+                Ok(permit) => break permit,
+                Err(open) => {
+                    let wait = open.retry_in().unwrap_or(Duration::from_millis(100));
+                    let wait = wait.clamp(Duration::from_millis(10), self.progress_every());
+                    let mut watch = self.breaker.subscribe();
+                    let _ = tokio::time::timeout(wait, watch.changed()).await;
+                    let _ = held.msg.ack_with(AckKind::Progress).await;
+                }
+            }
+        };
+        let attempts = self.options.in_process_attempts.max(1);
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            Counters::add(&self.counters.in_flight);
+            let result = self.call_handler(&held, envelope.clone()).await;
+            Counters::sub(&self.counters.in_flight);
+            match result {
+                Err(ref e) if e.class().is_retryable() && attempt < attempts => {
+                    Counters::add(&self.counters.retried);
+                    let delay = e
+                        .class()
+                        .retry_after()
+                        .unwrap_or_else(|| self.retry.delay(attempt));
+                    tracing::debug!(attempt, ?delay, error = %e, "handler failed; retrying in process");
+                    tokio::time::sleep(delay.min(self.progress_every())).await;
+                    let _ = held.msg.ack_with(AckKind::Progress).await;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(()) => {
+                permit.success();
+                self.settle(&held.msg, AckKind::Ack).await;
+                Counters::add(&self.counters.processed);
+                Outcome::Done
+            }
+            Err(e) if e.class() == ErrorClass::Permanent => {
+                // Bad data is not a downstream outage: it does not count against the breaker.
+                permit.success();
+                let label = envelope.event_id.to_string();
+                self.dead_letter(
+                    held,
+                    format!("permanent failure: {e}"),
+                    ErrorClass::Permanent,
+                    false,
+                    label,
+                )
+                .await
+            }
+            Err(e) => {
+                permit.failure();
+                if held.delivered >= self.max_deliver {
+                    let label = envelope.event_id.to_string();
+                    let reason = format!("gave up after {} deliveries: {e}", held.delivered);
+                    return self
+                        .dead_letter(held, reason, e.class(), false, label)
+                        .await;
+                }
+                Counters::add(&self.counters.retried);
+                let delay = e
+                    .class()
+                    .retry_after()
+                    .unwrap_or_else(|| self.retry.nak_delay(held.delivered));
+                tracing::debug!(?delay, error = %e, "handler failed; redelivery requested");
+                self.settle(&held.msg, AckKind::Nak(Some(delay))).await;
+                Outcome::WaitFor(held.seq)
+            }
+        }
+    }
+
+    async fn call_handler(
+        &self,
+        held: &Held,
+        envelope: StreamingEventEnvelope,
+    ) -> Result<(), crate::HandlerError> {
+        let call = tokio::time::timeout(
+            self.options.handler_timeout,
+            self.handler.handle_event(envelope),
+        );
+        tokio::pin!(call);
+        let mut tick = tokio::time::interval(self.progress_every());
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut call => {
+                    return r.unwrap_or_else(|_| Err(crate::HandlerError::transient(format!(
+                        "handler timed out after {:?}", self.options.handler_timeout
+                    ))));
+                }
+                _ = tick.tick() => {
+                    // Longer than the ack wait is fine: tell the server we are working.
+                    let _ = held.msg.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    }
+
+    /// Stores a dead letter, waits for the server's ack, then terminates the message. If
+    /// the store fails, the message is NAKed with a delay and comes back later.
+    async fn dead_letter(
+        &self,
+        held: Held,
+        reason: String,
+        class: ErrorClass,
+        parked: bool,
+        label: String,
+    ) -> Outcome {
+        let env = held.decoded.as_ref().ok();
+        let headers: Vec<(String, String)> = held
+            .msg
+            .headers
+            .as_ref()
+            .map(|h| {
+                h.iter()
+                    .flat_map(|(n, vs)| vs.iter().map(move |v| (n.to_string(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = Utc::now();
+        let letter = DeadLetter {
+            subject: held.msg.subject.to_string(),
+            stream: self.stream.clone(),
+            stream_sequence: held.seq,
+            payload: held.msg.payload.clone(),
+            headers,
+            reason: reason.clone(),
+            error_class: class,
+            delivery_count: held.delivered,
+            first_failure_at: now,
+            last_failure_at: now,
+            consumer: self.settings.durable_name.clone(),
+            handler: self.handler.name().to_owned(),
+            metadata: env.map(|e| e.metadata().clone()),
+            event_id: env.map(|e| e.event_id.to_string()),
+            person_id: env.map(|e| e.aggregate_id.to_string()).or_else(|| {
+                parse_event_subject(held.msg.subject.as_str())
+                    .ok()
+                    .map(|s| s.person_id.to_string())
+            }),
+            event_type: env.map(|e| e.event.event_type().to_owned()),
+        };
+        match self.sink.store(&letter).await {
+            Ok(()) => {
+                self.settle(&held.msg, AckKind::Term).await;
+                Counters::add(&self.counters.dead_lettered);
+                if parked {
+                    Counters::add(&self.counters.parked);
+                }
+                tracing::warn!(seq = held.seq, %reason, "dead-lettered");
+                Outcome::DeadLettered(label)
+            }
+            Err(e) => {
+                let delay = self
+                    .retry
+                    .nak_delay(held.delivered)
+                    .max(Duration::from_millis(500));
+                tracing::warn!(seq = held.seq, error = %e, ?delay, "cannot store the dead letter; the message will come back");
+                self.settle(&held.msg, AckKind::Nak(Some(delay))).await;
+                Outcome::WaitFor(held.seq)
+            }
+        }
+    }
+
+    async fn release(&self, held: Held) -> Outcome {
+        self.settle(&held.msg, AckKind::Nak(None)).await;
+        Outcome::Released
+    }
+
+    async fn settle(&self, msg: &jetstream::Message, kind: AckKind) {
+        let result = match kind {
+            // Success and termination are confirmed by the server, so shutdown can say
+            // exactly what was settled.
+            AckKind::Ack => msg.double_ack().await,
+            other => msg.ack_with(other).await,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "could not settle a message; the server will redeliver it");
+        }
+        Counters::sub(&self.counters.in_hand);
+        self.settled.notify_waiters();
+    }
+
+    fn progress_every(&self) -> Duration {
+        (self.settings.ack_wait() / 3).max(Duration::from_millis(200))
+    }
+
+    /// Keeps held (queued) messages alive while they wait for their person's turn.
+    async fn progress_ticker(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.progress_every());
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let msgs: Vec<jetstream::Message> = {
+                let lanes = self.lanes.lock().expect("lanes lock");
+                lanes
+                    .values()
+                    .flat_map(|l| l.queue.iter().map(|h| h.msg.clone()))
+                    .collect()
+            };
+            for m in msgs {
+                let _ = m.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+
+    /// Stops pulling, lets running handlers finish within `timeout`, then NAKs whatever
+    /// did not finish or never started. Nothing unfinished is acked.
+    pub(crate) async fn shutdown(self: &Arc<Self>, timeout: Duration) {
+        self.stopping.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let busy = {
+                let lanes = self.lanes.lock().expect("lanes lock");
+                lanes.values().any(|l| l.current.is_some())
+            };
+            if !busy || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let leftovers: Vec<jetstream::Message> = {
+            let mut lanes = self.lanes.lock().expect("lanes lock");
+            let mut out = Vec::new();
+            for lane in lanes.values_mut() {
+                if let Some(task) = lane.task.take() {
+                    task.abort();
+                }
+                out.extend(lane.current.take());
+                out.extend(lane.queue.drain(..).map(|h| h.msg));
+            }
+            lanes.clear();
+            out
+        };
+        for m in leftovers {
+            self.settle(&m, AckKind::Nak(None)).await;
+        }
+        let _ = self.js.client().flush().await;
+    }
+}
+
+fn reconnect_delay(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(5))).min(Duration::from_secs(3))
+}

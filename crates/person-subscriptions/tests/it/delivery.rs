@@ -1,0 +1,245 @@
+//! Delivery, retries, ordering, dead letters and parking.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use person_events::EventId;
+use person_streaming::DeadLetterFilter;
+use person_subscriptions::{
+    DeadLetterPolicy, HandlerError, SubscriptionManager, SubscriptionOptions,
+};
+use rand::Rng;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn every_event_arrives_once_with_its_payload_and_metadata() {
+    let (_server, client) = start(config(5)).await;
+    let (_, events) = workload(10, 10);
+    publish(&client, &events).await;
+    let recorder = Arc::new(Recorder::new("summary"));
+    let mut manager = SubscriptionManager::new(client.clone());
+    manager.register_handler(recorder.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(30, "100 events handled", || {
+        recorder.seen.lock().unwrap().len() >= 100
+    })
+    .await;
+    eventually(10, "consumer idle", || true).await;
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 100);
+    for sent in &events {
+        let got = seen
+            .iter()
+            .find(|e| e.event_id == sent.event_id)
+            .expect("every event arrives");
+        assert_eq!(got.event, sent.event, "payload and metadata intact");
+        assert_eq!(got.sequence, sent.sequence);
+        assert!(got.stream_position.is_some());
+    }
+    assert_eq!(handle.stats().processed, 100);
+    handle.shutdown(std::time::Duration::from_secs(5)).await;
+    assert!(consumer_idle(&client, CONSUMER).await);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_order_per_person_holds() {
+    let (_server, client) = start(config(5)).await;
+    let (_, events) = workload(16, 63); // 1,008 events
+    publish(&client, &events).await;
+    let mut rng = rand::rng();
+    let flaky: HashSet<EventId> = events
+        .iter()
+        .filter(|_| rng.random_bool(0.05))
+        .map(|e| e.event_id)
+        .collect();
+    assert!(!flaky.is_empty());
+    let recorder = Arc::new(Recorder::failing("search", move |env, call| {
+        (call == 1 && flaky.contains(&env.event_id))
+            .then(|| HandlerError::transient("search index busy"))
+    }));
+    let mut manager = SubscriptionManager::new(client.clone())
+        .with_options(SubscriptionOptions::default().concurrency(8));
+    manager.register_handler(recorder.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(60, "every event handled", || {
+        recorder.distinct() == events.len()
+    })
+    .await;
+    assert_eq!(
+        recorder.seen.lock().unwrap().len(),
+        events.len(),
+        "no event applied twice"
+    );
+    for (person, order) in recorder.order_by_person() {
+        assert_eq!(
+            order,
+            (1..=63).collect::<Vec<u64>>(),
+            "person {person} out of order"
+        );
+    }
+    assert!(handle.stats().retried > 0);
+    assert_eq!(handle.stats().dead_lettered, 0);
+    handle.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn permanent_failures_go_to_the_dlq_and_nothing_is_left_pending() {
+    let (_server, client) = start(config(5)).await;
+    let (_, events) = workload(500, 20); // 10,000 events
+    publish(&client, &events).await;
+    let mut rng = rand::rng();
+    let mut poison = HashSet::new();
+    while poison.len() < 100 {
+        poison.insert(events[rng.random_range(0..events.len())].event_id);
+    }
+    let poison_for_handler = poison.clone();
+    let recorder = Arc::new(Recorder::failing("summary", move |env, _| {
+        poison_for_handler
+            .contains(&env.event_id)
+            .then(|| HandlerError::permanent("summary cannot apply this event"))
+    }));
+    let mut manager = SubscriptionManager::new(client.clone()).with_options(
+        SubscriptionOptions::default()
+            .concurrency(32)
+            .dead_letter_policy(DeadLetterPolicy::Continue),
+    );
+    manager.register_handler(recorder.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(120, "9,900 events handled and 100 dead-lettered", || {
+        recorder.distinct() == 9_900 && handle.stats().dead_lettered == 100
+    })
+    .await;
+    let dlq = client
+        .dead_letters()
+        .list(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(dlq.len(), 100);
+    let dead: HashSet<EventId> = dlq
+        .iter()
+        .map(|d| d.letter.event_id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(dead, poison);
+    assert!(
+        dlq.iter()
+            .all(|d| d.letter.reason.contains("summary cannot apply"))
+    );
+    assert!(
+        dlq.iter()
+            .all(|d| d.letter.consumer == CONSUMER && d.letter.handler == "summary")
+    );
+    eventually(10, "ack floor caught up", || handle.stats().in_hand == 0).await;
+    assert!(consumer_idle(&client, CONSUMER).await);
+    handle.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn exhausted_deliveries_end_in_one_dead_letter() {
+    let (_server, client) = start(config(5)).await;
+    let (_, events) = workload(1, 1);
+    publish(&client, &events).await;
+    let recorder = Arc::new(Recorder::failing("sync", |_, _| {
+        Some(HandlerError::transient("downstream 503"))
+    }));
+    let mut manager = SubscriptionManager::new(client.clone());
+    manager.register_handler(recorder.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(30, "one dead letter", || handle.stats().dead_lettered == 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(
+        recorder
+            .total_calls
+            .load(std::sync::atomic::Ordering::SeqCst),
+        5,
+        "exactly max_deliver calls"
+    );
+    let dlq = client
+        .dead_letters()
+        .list(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(dlq.len(), 1);
+    let letter = &dlq[0].letter;
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    let original = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(letter.payload, original.payload, "original bytes");
+    assert_eq!(letter.subject, original.subject.as_str());
+    assert_eq!(letter.stream_sequence, 1);
+    assert_eq!(letter.consumer, CONSUMER);
+    assert_eq!(letter.delivery_count, 5);
+    assert!(
+        letter
+            .headers
+            .iter()
+            .any(|(n, v)| n == "Nats-Msg-Id" && *v == events[0].event_id.to_string())
+    );
+    assert!(letter.reason.contains("5 deliveries"), "{}", letter.reason);
+    assert!(
+        consumer_idle(&client, CONSUMER).await,
+        "no further deliveries"
+    );
+    handle.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn later_events_of_a_dead_lettered_person_are_parked() {
+    let (_server, client) = start(config(5)).await;
+    let (people, events) = workload(4, 6);
+    publish(&client, &events).await;
+    let victim = people[0];
+    let recorder = Arc::new(Recorder::failing("summary", move |env, _| {
+        (env.aggregate_id == victim && env.sequence == 3)
+            .then(|| HandlerError::permanent("corrupt"))
+    }));
+    let mut manager = SubscriptionManager::new(client.clone());
+    manager.register_handler(recorder.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(30, "others done and victim parked", || {
+        recorder.seen.lock().unwrap().len() == 3 * 6 + 2 && handle.stats().dead_lettered == 4
+    })
+    .await;
+    let order = recorder.order_by_person();
+    assert_eq!(
+        order[&victim],
+        vec![1, 2],
+        "nothing after the failed event is applied"
+    );
+    for p in &people[1..] {
+        assert_eq!(order[p], (1..=6).collect::<Vec<u64>>());
+    }
+    assert_eq!(handle.stats().parked, 3);
+    let dlq = client
+        .dead_letters()
+        .list(&DeadLetterFilter {
+            person_id: Some(victim.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dlq.len(), 4);
+    let first = dlq[0].letter.event_id.clone().unwrap();
+    assert!(dlq[0].letter.reason.contains("corrupt"));
+    for d in &dlq[1..] {
+        assert_eq!(d.letter.reason, format!("blocked by {first}"));
+    }
+    // Replaying in DLQ order, with the handler fixed, applies them in order.
+    handle.shutdown(std::time::Duration::from_secs(5)).await;
+    let fixed = Arc::new(Recorder::new("summary"));
+    let mut manager = SubscriptionManager::new(client.clone());
+    manager.register_handler(fixed.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    for d in &dlq {
+        client.dead_letters().replay(d.dlq_sequence).await.unwrap();
+    }
+    eventually(30, "replayed events applied", || {
+        fixed.seen.lock().unwrap().len() == 4
+    })
+    .await;
+    assert_eq!(fixed.order_by_person()[&victim], vec![3, 4, 5, 6]);
+    handle.shutdown(std::time::Duration::from_secs(5)).await;
+}

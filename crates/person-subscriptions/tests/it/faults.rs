@@ -1,0 +1,217 @@
+//! Faults: an unwritable DLQ, a downstream outage behind the breaker, shutdown with work
+//! in flight, a server restart, and bad messages in the stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use person_retry::CircuitBreakerConfig;
+use person_streaming::DeadLetterFilter;
+use person_subscriptions::{HandlerError, SubscriptionManager, SubscriptionOptions};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_missing_dlq_delays_the_dead_letter_but_never_drops_it() {
+    let (_server, client) = start(config(5)).await;
+    let (_, events) = workload(1, 1);
+    publish(&client, &events).await;
+    client
+        .jetstream()
+        .delete_stream("PERSON_EVENTS_DLQ")
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::failing("summary", |_, _| {
+        Some(HandlerError::permanent("bad"))
+    }));
+    let mut manager = SubscriptionManager::new(client.clone());
+    manager.register_handler(recorder.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(20, "the handler failed at least twice", || {
+        recorder.total_calls.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(handle.stats().dead_lettered, 0);
+    assert!(
+        !consumer_idle(&client, CONSUMER).await,
+        "the failing message is not acked"
+    );
+    // The DLQ comes back.
+    client.ensure().await.unwrap();
+    eventually(30, "dead letter stored", || {
+        handle.stats().dead_lettered == 1
+    })
+    .await;
+    let dlq = client
+        .dead_letters()
+        .list(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(dlq.len(), 1);
+    eventually(10, "terminated", || handle.stats().in_hand == 0).await;
+    assert!(consumer_idle(&client, CONSUMER).await);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_open_breaker_stops_calls_and_fills_no_dlq() {
+    let (_server, client) = start(config(5)).await;
+    let (_, events) = workload(100, 10);
+    publish(&client, &events).await;
+    let down = Arc::new(AtomicBool::new(true));
+    let down_h = down.clone();
+    let recorder = Arc::new(Recorder::failing("sync", move |_, _| {
+        down_h
+            .load(Ordering::SeqCst)
+            .then(|| HandlerError::transient("downstream unavailable"))
+    }));
+    let breaker = CircuitBreakerConfig::builder()
+        .failure_threshold(5)
+        .open_timeout(Duration::from_millis(700))
+        .half_open_max_probes(1)
+        .success_threshold(1)
+        .build()
+        .unwrap();
+    let mut manager = SubscriptionManager::new(client.clone()).with_options(
+        SubscriptionOptions::default()
+            .concurrency(4)
+            .breaker(breaker),
+    );
+    manager.register_handler(recorder.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(10, "breaker open", || {
+        handle.breaker_states()[0].1 == person_retry::BreakerState::Open
+    })
+    .await;
+    // During the outage, only the failures that opened the breaker and one probe per
+    // open period reach the handler.
+    let before = recorder.total_calls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = recorder.total_calls.load(Ordering::SeqCst) - before;
+    assert!(
+        during <= 6,
+        "{during} handler calls during a 2 s outage with the breaker open"
+    );
+    down.store(false, Ordering::SeqCst);
+    eventually(60, "all 1,000 handled", || recorder.distinct() == 1_000).await;
+    assert_eq!(handle.stats().dead_lettered, 0);
+    assert_eq!(
+        client
+            .dead_letters()
+            .list(&DeadLetterFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert!(handle.stats().breaker_transitions >= 2);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_work_and_the_next_start_resumes() {
+    let (_server, client) = start(config(5)).await;
+    let (_, events) = workload(50, 2);
+    publish(&client, &events).await;
+    let slow = Arc::new(Recorder::new("summary").with_delay(Duration::from_millis(600)));
+    let mut manager = SubscriptionManager::new(client.clone())
+        .with_options(SubscriptionOptions::default().concurrency(50));
+    manager.register_handler(slow.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(10, "50 handlers in flight", || {
+        handle.stats().in_flight == 50
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+    let first_run = slow.seen_ids();
+    assert_eq!(first_run.len(), 50, "the 50 in flight finished");
+
+    let next = Arc::new(Recorder::new("summary"));
+    let mut manager = SubscriptionManager::new(client.clone());
+    manager.register_handler(next.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(30, "the rest handled", || {
+        next.seen.lock().unwrap().len() >= 50
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut all = first_run.clone();
+    all.extend(next.seen_ids());
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), 100, "everything handled");
+    assert_eq!(all.len(), 100, "nothing acked was delivered again");
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_server_restart_mid_stream_loses_nothing() {
+    let (mut server, client) = start(config(5)).await;
+    let (_, events) = workload(20, 50);
+    publish(&client, &events).await;
+    let recorder = Arc::new(Recorder::new("summary").with_delay(Duration::from_millis(2)));
+    let mut manager = SubscriptionManager::new(client.clone())
+        .with_options(SubscriptionOptions::default().concurrency(8));
+    manager.register_handler(recorder.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(20, "some progress", || recorder.distinct() > 100).await;
+    server.restart().await.unwrap();
+    eventually(90, "all 1,000 handled after the restart", || {
+        recorder.distinct() == 1_000
+    })
+    .await;
+    assert_eq!(handle.stats().dead_lettered, 0);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn legacy_events_arrive_upcast_and_garbage_goes_to_the_dlq() {
+    let (_server, client) = start(config(5)).await;
+    let js = client.jetstream();
+    let person = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+    let v1 = format!(
+        r#"{{"PersonDeactivated": {{"person_id": {{"id": "{person}"}}, "reason": "left", "deactivated_at": "2025-07-20T17:00:00Z"}}}}"#
+    );
+    js.publish(format!("person.events.{person}.suspended"), v1.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    js.publish("person.events.not-a-uuid.created", "\u{1}garbage".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (_, events) = workload(3, 2);
+    publish(&client, &events).await;
+    let recorder = Arc::new(Recorder::new("summary"));
+    let mut manager = SubscriptionManager::new(client.clone());
+    manager.register_handler(recorder.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(20, "everything but the garbage handled", || {
+        recorder.seen.lock().unwrap().len() == 7
+    })
+    .await;
+    eventually(10, "garbage dead-lettered", || {
+        handle.stats().dead_lettered == 1
+    })
+    .await;
+    let seen = recorder.seen.lock().unwrap().clone();
+    let legacy = seen
+        .iter()
+        .find(|e| e.aggregate_id.to_string() == person)
+        .unwrap();
+    assert_eq!(legacy.event.event_type(), "suspended");
+    let dlq = client
+        .dead_letters()
+        .list(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert!(
+        dlq[0].letter.reason.contains("undecodable"),
+        "{}",
+        dlq[0].letter.reason
+    );
+    assert_eq!(&dlq[0].letter.payload[..], b"\x01garbage");
+    handle.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the subscription runtime against real nats-server processes.
+
+mod delivery;
+mod faults;
+mod support;
