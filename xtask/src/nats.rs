@@ -27,8 +27,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
     }
 
-    let server = nats_harness::provision::nats_server()
-        .context("could not find or install nats-server")?;
+    let server =
+        nats_harness::provision::nats_server().context("could not find or install nats-server")?;
     if path_only {
         println!("{}", server.path.display());
         return Ok(());

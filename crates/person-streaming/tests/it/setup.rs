@@ -54,10 +54,11 @@ async fn ensure_is_idempotent_and_updates_what_it_can() {
         .clone();
     assert_eq!(consumer_before, consumer_after);
     assert_eq!(consumer_after.filter_subjects.len(), 2);
-    assert!(
-        !consumer_after.backoff.is_empty(),
-        "backoff comes from the retry policy"
+    assert_eq!(
+        consumer_after.max_deliver, -1,
+        "the runtime enforces max_deliver, never the server"
     );
+    assert!(consumer_after.backoff.is_empty(), "server backoff is opt-in");
 
     // A new client with a changed max_age updates the stream in place.
     let mut changed = StreamingConfig::default();
