@@ -2,9 +2,11 @@
 //!
 //! - `cargo xtask ci`: everything CI checks (format, lints, tests, docs, benches build, layering).
 //! - `cargo xtask layering`: only the dependency-layering check.
+//! - `cargo xtask nats`: install (if needed) the pinned nats-server and print its path.
 
 mod ci;
 mod layering;
+mod nats;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,6 +20,7 @@ fn main() -> Result<()> {
     match task.as_str() {
         "ci" => ci::run(&rest),
         "layering" => layering::check(),
+        "nats" => nats::run(&rest),
         "" | "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -34,7 +37,8 @@ fn print_help() {
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
          ci         format, clippy, tests, docs, benches build, examples, layering\n  \
-         layering   check that the pure crates stay pure"
+         layering   check that the pure crates stay pure\n  \
+         nats       install the pinned nats-server if needed and print its path"
     );
 }
 
