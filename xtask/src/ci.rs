@@ -4,13 +4,13 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::{cargo, layering, run};
+use crate::{cargo, layering, step};
 
-pub(crate) fn run_ci(_args: &[String]) -> Result<()> {
+pub(crate) fn run(_args: &[String]) -> Result<()> {
     let started = Instant::now();
-    run("format", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("format", cargo().args(["fmt", "--all", "--", "--check"]))?;
     layering::check()?;
-    run(
+    step(
         "clippy",
         cargo().args([
             "clippy",
@@ -23,12 +23,12 @@ pub(crate) fn run_ci(_args: &[String]) -> Result<()> {
     )?;
     // One test build covers unit tests, integration tests, examples (built) and
     // benches (each benchmark runs once in test mode, so they are known to work).
-    run(
+    step(
         "tests",
         cargo().args(["test", "--workspace", "--all-targets", "--no-fail-fast"]),
     )?;
-    run("doc-tests", cargo().args(["test", "--workspace", "--doc"]))?;
-    run(
+    step("doc-tests", cargo().args(["test", "--workspace", "--doc"]))?;
+    step(
         "docs",
         cargo()
             .args(["doc", "--workspace", "--no-deps"])
@@ -38,4 +38,3 @@ pub(crate) fn run_ci(_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) use run_ci as run;

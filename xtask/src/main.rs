@@ -58,7 +58,7 @@ pub(crate) fn cargo() -> Command {
 }
 
 /// Runs a command, echoing it first, and fails if it fails.
-pub(crate) fn run(step: &str, cmd: &mut Command) -> Result<()> {
+pub(crate) fn step(step: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("\n==> {step}: {cmd:?}");
     let status = cmd
         .status()
