@@ -37,4 +37,3 @@ pub(crate) fn run(_args: &[String]) -> Result<()> {
     eprintln!("\nci: all steps passed in {:.0?}", started.elapsed());
     Ok(())
 }
-

@@ -820,8 +820,16 @@ impl<C: Clock> CircuitBreaker<C> {
     /// ```
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_, C>, BreakerOpen> {
+        let w = self.inner.word.load(Ordering::Acquire);
+        if state_of(w) == CLOSED {
+            return Ok(Permit::new(&self.inner, epoch_of(w), false));
+        }
+        self.acquire_slow(w)
+    }
+
+    /// Open and HalfOpen (and races with transitions).
+    fn acquire_slow(&self, mut w: u64) -> Result<Permit<'_, C>, BreakerOpen> {
         let inner = &*self.inner;
-        let mut w = inner.word.load(Ordering::Acquire);
         loop {
             match state_of(w) {
                 CLOSED => return Ok(Permit::new(inner, epoch_of(w), false)),

@@ -58,7 +58,10 @@ async fn ensure_is_idempotent_and_updates_what_it_can() {
         consumer_after.max_deliver, -1,
         "the runtime enforces max_deliver, never the server"
     );
-    assert!(consumer_after.backoff.is_empty(), "server backoff is opt-in");
+    assert!(
+        consumer_after.backoff.is_empty(),
+        "server backoff is opt-in"
+    );
 
     // A new client with a changed max_age updates the stream in place.
     let mut changed = StreamingConfig::default();
