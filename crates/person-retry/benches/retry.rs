@@ -10,13 +10,16 @@ use std::task::{Context, Poll, Waker};
 use criterion::{Criterion, criterion_group, criterion_main};
 use person_retry::{CircuitBreaker, CircuitBreakerConfig, RetryHandler, RetryPolicy};
 
-/// Polls a future that must complete at once.
-fn poll_once<F: Future>(future: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut cx) {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the benchmarked future did not complete on its first poll"),
-    }
+/// Polls a future that must complete at once. Pinned where it is built, so the
+/// measurement does not include moving the future's state machine around.
+macro_rules! poll_once {
+    ($future:expr $(,)?) => {{
+        let future = pin!($future);
+        match future.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(output) => output,
+            Poll::Pending => panic!("the benchmarked future did not complete on its first poll"),
+        }
+    }};
 }
 
 fn breaker(c: &mut Criterion) {
@@ -41,7 +44,7 @@ fn breaker(c: &mut Criterion) {
     });
     c.bench_function("breaker/state", |b| b.iter(|| black_box(&breaker).state()));
     c.bench_function("breaker/closed_call", |b| {
-        b.iter(|| poll_once(black_box(&breaker).call(|| async { Ok::<_, ()>(black_box(1u32)) })))
+        b.iter(|| poll_once!(black_box(&breaker).call(|| async { Ok::<_, ()>(black_box(1u32)) })))
     });
 }
 
@@ -49,7 +52,7 @@ fn retry(c: &mut Criterion) {
     let handler = RetryHandler::new(RetryPolicy::default());
     c.bench_function("retry/first_attempt_success", |b| {
         b.iter(|| {
-            poll_once(
+            poll_once!(
                 black_box(&handler)
                     .execute_with_retry(|| async { Ok::<_, &str>(black_box(1u32)) }, "bench"),
             )
@@ -58,7 +61,7 @@ fn retry(c: &mut Criterion) {
     // The seed's call shape: includes one `Box` allocation per attempt.
     c.bench_function("retry/first_attempt_success_boxed", |b| {
         b.iter(|| {
-            poll_once(black_box(&handler).execute_with_retry(
+            poll_once!(black_box(&handler).execute_with_retry(
                 || Box::pin(async { Ok::<_, &str>(black_box(1u32)) }),
                 "bench",
             ))
@@ -72,7 +75,7 @@ fn retry(c: &mut Criterion) {
     );
     c.bench_function("retry/first_attempt_success_with_budget", |b| {
         b.iter(|| {
-            poll_once(
+            poll_once!(
                 black_box(&budgeted)
                     .execute_with_retry(|| async { Ok::<_, &str>(black_box(1u32)) }, "bench"),
             )

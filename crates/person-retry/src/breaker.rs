@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -993,7 +994,6 @@ pub struct Permit<'a, C: Clock = TokioClock> {
     inner: &'a Inner<C>,
     epoch: u32,
     probe: bool,
-    done: bool,
 }
 
 impl<C: Clock> fmt::Debug for Permit<'_, C> {
@@ -1012,7 +1012,6 @@ impl<'a, C: Clock> Permit<'a, C> {
             inner,
             epoch,
             probe,
-            done: false,
         }
     }
 
@@ -1023,23 +1022,24 @@ impl<'a, C: Clock> Permit<'a, C> {
 
     /// The call succeeded.
     #[inline]
-    pub fn success(mut self) {
-        self.done = true;
-        if !self.inner.success_is_noop(self.epoch, self.probe) {
-            self.inner.on_success(self.epoch, self.probe);
+    pub fn success(self) {
+        // Recorded here, so the permit's `Drop` (which frees a probe slot) must not run.
+        let this = ManuallyDrop::new(self);
+        if !this.inner.success_is_noop(this.epoch, this.probe) {
+            this.inner.on_success(this.epoch, this.probe);
         }
     }
 
     /// The call failed in a way that reflects the downstream's health.
-    pub fn failure(mut self) {
-        self.done = true;
-        self.inner.on_failure(self.epoch, self.probe);
+    pub fn failure(self) {
+        let this = ManuallyDrop::new(self);
+        this.inner.on_failure(this.epoch, this.probe);
     }
 }
 
 impl<C: Clock> Drop for Permit<'_, C> {
     fn drop(&mut self) {
-        if !self.done && self.probe {
+        if self.probe {
             self.inner.release_probe(self.epoch);
         }
     }
