@@ -84,7 +84,10 @@ pub fn decode(bytes: &[u8]) -> Result<StreamingEventEnvelope, DecodeError> {
             };
         }
     }
-    let wire: WireOwned = serde_json::from_slice(bytes).map_err(|e| diagnose(&e, bytes))?;
+    // One UTF-8 check of the whole body, then the `&str` reader, which does not
+    // re-validate every string it meets.
+    let text = as_utf8(bytes)?;
+    let wire: WireOwned = serde_json::from_str(text).map_err(|e| diagnose(&e, bytes))?;
     Ok(wire.into())
 }
 
@@ -97,6 +100,16 @@ pub fn decode_value(value: serde_json::Value) -> Result<StreamingEventEnvelope, 
         DecodeError::from_json(&e, wrapped.as_ref())
     })?;
     Ok(wire.into())
+}
+
+/// The body as text, or a malformed-JSON error (JSON is UTF-8).
+pub fn as_utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        DecodeError::new(
+            DecodeErrorKind::MalformedJson,
+            format!("the body is not UTF-8 ({e})"),
+        )
+    })
 }
 
 fn diagnose(err: &serde_json::Error, bytes: &[u8]) -> DecodeError {

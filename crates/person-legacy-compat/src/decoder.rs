@@ -122,7 +122,7 @@ impl Decoder {
             Shape::Envelope { .. } => self.decode_value(parse(payload)?),
             Shape::Other => match codec::first_key(payload) {
                 Some((key, _)) if is_v1_variant(key) => {
-                    let v1: PersonEvent = serde_json::from_slice(payload)
+                    let v1: PersonEvent = serde_json::from_str(codec::as_utf8(payload)?)
                         .map_err(|e| DecodeError::from_json(&e, None))?;
                     Ok(legacy(&v1))
                 }
