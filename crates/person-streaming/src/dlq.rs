@@ -115,6 +115,20 @@ impl DeadLetterQueue {
     /// again (same stream, sequence and consumer) inside the DLQ's duplicate window
     /// keeps one copy. Returns the DLQ sequence.
     pub async fn put(&self, letter: &DeadLetter) -> Result<u64, StreamingError> {
+        self.put_with_id(letter, &letter.dedup_id()).await
+    }
+
+    /// Stores a record that is not tied to a stream message (a failed operation), with
+    /// its `event_id` as dedup id.
+    pub(crate) async fn put_unique(&self, letter: &DeadLetter) -> Result<u64, StreamingError> {
+        let id = letter
+            .event_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        self.put_with_id(letter, &id).await
+    }
+
+    async fn put_with_id(&self, letter: &DeadLetter, msg_id: &str) -> Result<u64, StreamingError> {
         let subject = subject::dlq_subject(
             &letter.consumer,
             letter.person_id.as_deref().unwrap_or(UNKNOWN_TOKEN),
@@ -136,10 +150,7 @@ impl DeadLetterQueue {
             )
         })?;
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::NATS_MESSAGE_ID,
-            HeaderValue::from(letter.dedup_id().as_str()),
-        );
+        headers.insert(header::NATS_MESSAGE_ID, HeaderValue::from(msg_id));
         headers.insert(
             person_metadata::headers::CONTENT_TYPE,
             HeaderValue::from("application/json"),

@@ -12,6 +12,7 @@
 //!   multi-event append, pipelined `publish_all`, transient retries without duplicates.
 //! - [`AggregateReader`]: a person's history, in order, legacy events upcast.
 //! - [`DeadLetterQueue`]: stores, lists, replays and purges dead letters.
+//! - [`RetryHandler`]: the week-1 `RetryHandler::new(client, jetstream, policy, dlq)`.
 //!
 //! There are no feature flags. The wire format is in `docs/wire-format.md`.
 //!
@@ -49,6 +50,7 @@ mod dlq;
 mod error;
 mod publisher;
 mod reader;
+mod retry;
 
 pub use client::{EnsureReport, StreamingClient, StreamingClientBuilder, consumer_config};
 pub use config::{
@@ -60,8 +62,10 @@ pub use dlq::{
     StoredDeadLetter, UNKNOWN_TOKEN,
 };
 pub use error::{StreamingError, StreamingErrorKind};
+pub use person_retry::RetryPolicy;
 pub use publisher::{
     AppendReceipt, ExpectedVersion, MAX_BATCH, PublishError, PublishErrorKind, PublishReceipt,
     Publisher,
 };
 pub use reader::AggregateReader;
+pub use retry::{RETRY_HANDLER_CONSUMER, RetryHandler};

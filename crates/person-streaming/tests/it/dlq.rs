@@ -160,3 +160,50 @@ async fn purge_by_filter() {
     assert_eq!(got, left[0]);
     assert!(dlq.get(999).await.is_err());
 }
+
+#[tokio::test]
+async fn the_seed_retry_handler_records_final_failures_in_the_dlq() {
+    use person_streaming::{RetryHandler, RetryPolicy};
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let policy = RetryPolicy::builder()
+        .max_attempts(3)
+        .initial_backoff(std::time::Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let retry_handler = RetryHandler::new(
+        client.client().clone(),
+        client.jetstream().clone(),
+        policy,
+        "person.dlq.>".to_string(),
+    );
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let result: Result<(), std::io::Error> = retry_handler
+        .execute_with_retry(
+            || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Box::pin(async { Err(std::io::Error::other("projection store down")) })
+            },
+            "process_event",
+        )
+        .await;
+    assert_eq!(result.unwrap_err().to_string(), "projection store down");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let ok: Result<u8, std::io::Error> = retry_handler
+        .execute_with_retry(|| Box::pin(async { Ok(7) }), "process_event")
+        .await;
+    assert_eq!(ok.unwrap(), 7);
+    let letters = client
+        .dead_letters()
+        .list(&DeadLetterFilter {
+            consumer: Some(person_streaming::RETRY_HANDLER_CONSUMER.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].letter.reason, "projection store down");
+    assert_eq!(
+        letters[0].letter.event_type.as_deref(),
+        Some("process_event")
+    );
+}
