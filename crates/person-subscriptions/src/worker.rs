@@ -281,6 +281,15 @@ impl Worker {
                 match lane.queue.pop_front() {
                     Some(h) => {
                         lane.current = Some(h.msg.clone());
+                        // The replay of the event a person is parked behind un-parks
+                        // the person: it and the replays after it run in order.
+                        if lane
+                            .parked_behind
+                            .as_deref()
+                            .is_some_and(|b| is_replay_of(&h, b))
+                        {
+                            lane.parked_behind = None;
+                        }
                         (h, lane.parked_behind.clone())
                     }
                     None => {
@@ -592,6 +601,20 @@ impl Worker {
         }
         let _ = self.js.client().flush().await;
     }
+}
+
+/// `true` when `held` is a DLQ replay of the event labelled `blocker`.
+fn is_replay_of(held: &Held, blocker: &str) -> bool {
+    let replayed = held
+        .msg
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(person_streaming::REPLAY_OF_HEADER).is_some());
+    replayed
+        && match &held.decoded {
+            Ok(env) => env.event_id.to_string() == blocker,
+            Err(_) => blocker == format!("stream sequence {}", held.seq),
+        }
 }
 
 fn reconnect_delay(failures: u32) -> Duration {

@@ -192,8 +192,12 @@ async fn later_events_of_a_dead_lettered_person_are_parked() {
     let (people, events) = workload(4, 6);
     publish(&client, &events).await;
     let victim = people[0];
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fixed_in_handler = fixed.clone();
     let recorder = Arc::new(Recorder::failing("summary", move |env, _| {
-        (env.aggregate_id == victim && env.sequence == 3)
+        (!fixed_in_handler.load(std::sync::atomic::Ordering::SeqCst)
+            && env.aggregate_id == victim
+            && env.sequence == 3)
             .then(|| HandlerError::permanent("corrupt"))
     }));
     let mut manager = SubscriptionManager::new(client.clone());
@@ -227,19 +231,20 @@ async fn later_events_of_a_dead_lettered_person_are_parked() {
     for d in &dlq[1..] {
         assert_eq!(d.letter.reason, format!("blocked by {first}"));
     }
-    // Replaying in DLQ order, with the handler fixed, applies them in order.
-    handle.shutdown(std::time::Duration::from_secs(5)).await;
-    let fixed = Arc::new(Recorder::new("summary"));
-    let mut manager = SubscriptionManager::new(client.clone());
-    manager.register_handler(fixed.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    // With the handler fixed, replaying in DLQ order un-parks the person in the running
+    // consumer and applies the events in order.
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
     for d in &dlq {
         client.dead_letters().replay(d.dlq_sequence).await.unwrap();
     }
     eventually(30, "replayed events applied", || {
-        fixed.seen.lock().unwrap().len() == 4
+        recorder.seen.lock().unwrap().len() == 24
     })
     .await;
-    assert_eq!(fixed.order_by_person()[&victim], vec![3, 4, 5, 6]);
+    assert_eq!(
+        recorder.order_by_person()[&victim],
+        (1..=6).collect::<Vec<u64>>()
+    );
+    assert_eq!(handle.stats().dead_lettered, 4, "nothing parked again");
     handle.shutdown(std::time::Duration::from_secs(5)).await;
 }
