@@ -235,7 +235,12 @@ impl DeadLetterQueue {
             if name.eq_ignore_ascii_case(header::NATS_MESSAGE_ID.as_ref())
                 || name.eq_ignore_ascii_case(REPLAY_OF_HEADER)
                 || name.eq_ignore_ascii_case(REPLAYED_AT_HEADER)
-                || name.to_ascii_lowercase().starts_with("nats-expected")
+                || {
+                    // Publish-time controls of the original write (expectations, atomic
+                    // batch membership) do not apply to the replay.
+                    let lower = name.to_ascii_lowercase();
+                    lower.starts_with("nats-expected") || lower.starts_with("nats-batch")
+                }
             {
                 continue;
             }
