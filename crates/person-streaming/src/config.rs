@@ -695,6 +695,27 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_file_loads() {
+        let text = r#"
+[stream]
+replicas = 3
+max_age_secs = 31536000
+
+[[consumers]]
+durable_name = "person-projection-summary"
+filter_subjects = ["person.events.>"]
+max_deliver = 5
+ack_wait_secs = 30
+retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, multiplier = 2.0, jitter = "full" }
+"#;
+        let c = StreamingConfig::from_toml_str(text).unwrap();
+        assert_eq!(c.stream.replicas, 3);
+        assert_eq!(c.consumers.len(), 1);
+        assert_eq!(c.consumers[0].retry.max_attempts(), 5);
+        assert_eq!(c.dlq, StreamSettings::dead_letter_default());
+    }
+
+    #[test]
     fn round_trips_through_toml_and_json() {
         let c = StreamingConfig::default();
         let toml_text = toml::to_string(&c).unwrap();
