@@ -159,7 +159,23 @@ impl StreamingClientBuilder {
         if self.retry_on_initial_connect {
             options = options.retry_on_initial_connect();
         }
-        let client = options.connect(self.url.as_str()).await.map_err(|e| {
+        // A comma-separated list names several servers of one cluster.
+        let addrs = self
+            .url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                StreamingError::with_source(
+                    StreamingErrorKind::InvalidConfig,
+                    format!(
+                        "`{}` is not a NATS URL (or a comma-separated list of them)",
+                        self.url
+                    ),
+                    e,
+                )
+            })?;
+        let client = options.connect(addrs).await.map_err(|e| {
             let kind = match e.kind() {
                 ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
                     StreamingErrorKind::Authentication
