@@ -215,3 +215,29 @@ async fn legacy_events_arrive_upcast_and_garbage_goes_to_the_dlq() {
     assert_eq!(&dlq[0].letter.payload[..], b"\x01garbage");
     handle.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_deleted_consumer_is_recreated_and_consumption_goes_on() {
+    let (_server, client) = start(config(5)).await;
+    let (_, first) = workload(5, 10);
+    publish(&client, &first).await;
+    let recorder = Arc::new(Recorder::new("summary"));
+    let mut manager = SubscriptionManager::new(client.clone());
+    manager.register_handler(recorder.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(20, "first 50 handled", || recorder.distinct() == 50).await;
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    stream.delete_consumer(CONSUMER).await.unwrap();
+    let (_, second) = workload(5, 10);
+    publish(&client, &second).await;
+    eventually(30, "events published after the deletion handled", || {
+        recorder.distinct() == 100
+    })
+    .await;
+    assert_eq!(handle.stats().dead_lettered, 0);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
