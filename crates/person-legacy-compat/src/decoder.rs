@@ -8,7 +8,7 @@ use person_events::subject::parse_event_subject;
 use serde_json::Value;
 
 use crate::chain::UpcasterChain;
-use crate::upcast::upcast;
+use crate::upcast::upcast_owned;
 use crate::v1::{PersonEvent, VARIANTS};
 
 /// A message as read from the stream: what the decoder needs of it.
@@ -124,7 +124,7 @@ impl Decoder {
                 Some((key, _)) if is_v1_variant(key) => {
                     let v1: PersonEvent = serde_json::from_str(codec::as_utf8(payload)?)
                         .map_err(|e| DecodeError::from_json(&e, None))?;
-                    Ok(legacy(&v1))
+                    Ok(legacy(v1))
                 }
                 _ => self.decode_value(parse(payload)?),
             },
@@ -180,7 +180,7 @@ impl Decoder {
             }
             let v1: PersonEvent =
                 serde_json::from_value(value).map_err(|e| DecodeError::from_json(&e, None))?;
-            return Ok(legacy(&v1));
+            return Ok(legacy(v1));
         }
         Err(DecodeError::new(
             DecodeErrorKind::UnrecognizedShape,
@@ -195,9 +195,9 @@ pub fn decode_message(msg: &RawMessage<'_>) -> Result<Decoded, DecodeError> {
     DEFAULT.get_or_init(Decoder::default).decode(msg)
 }
 
-fn legacy(v1: &PersonEvent) -> Decoded {
+fn legacy(v1: PersonEvent) -> Decoded {
     Decoded {
-        envelope: upcast(v1),
+        envelope: upcast_owned(v1),
         origin: Origin::LegacyV1,
     }
 }

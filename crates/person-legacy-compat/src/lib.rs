@@ -58,5 +58,5 @@ pub use chain::{UpcastStep, UpcasterChain, WEEK1_VARIANTS};
 pub use decoder::{Decoded, Decoder, Origin, RawMessage, decode_message};
 pub use upcast::{
     LEGACY_NAMESPACE, NotRepresentableInV1, UPCAST_CONTEXT_KEY, UPCAST_FROM_V1, legacy_event_id,
-    upcast, upcast_event,
+    upcast, upcast_event, upcast_owned,
 };

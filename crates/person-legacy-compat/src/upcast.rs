@@ -21,7 +21,10 @@ pub const UPCAST_FROM_V1: &str = "PersonEvent.v1";
 pub fn legacy_event_id(event: &PersonEvent) -> EventId {
     // Serializing these plain types cannot fail; fall back to the debug form just in case,
     // which is deterministic too.
-    let canonical = serde_json::to_vec(event).unwrap_or_else(|_| format!("{event:?}").into_bytes());
+    let mut canonical = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut canonical, event).is_err() {
+        canonical = format!("{event:?}").into_bytes();
+    }
     EventId::from_uuid(Uuid::new_v5(&LEGACY_NAMESPACE, &canonical))
 }
 
@@ -43,11 +46,16 @@ pub fn legacy_event_id(event: &PersonEvent) -> EventId {
 /// assert_eq!(a, upcast(&v1), "deterministic, event id included");
 /// ```
 pub fn upcast(event: &PersonEvent) -> StreamingEventEnvelope {
-    let event_id = legacy_event_id(event);
+    upcast_owned(event.clone())
+}
+
+/// [`upcast`], taking the event by value (no copy).
+pub fn upcast_owned(event: PersonEvent) -> StreamingEventEnvelope {
+    let event_id = legacy_event_id(&event);
     let metadata = EventMetadata::with_correlation(CorrelationId::from(event_id))
         .with_timestamp(event.occurred_at())
         .with_context(UPCAST_CONTEXT_KEY, UPCAST_FROM_V1);
-    let v2 = upcast_event(event.clone(), metadata);
+    let v2 = upcast_event(event, metadata);
     StreamingEventEnvelope {
         event_id,
         aggregate_id: v2.aggregate_id(),
