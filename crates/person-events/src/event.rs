@@ -227,6 +227,30 @@ pub const EVENT_TYPES: [(&str, &str); 16] = [
     ("identity_linked", "IdentityLinked"),
 ];
 
+/// Every variant carries `metadata`; one match serves `&self` and `&mut self`.
+macro_rules! metadata_of {
+    ($event:expr) => {
+        match $event {
+            Self::Created { metadata, .. }
+            | Self::Activated { metadata, .. }
+            | Self::Suspended { metadata, .. }
+            | Self::Archived { metadata, .. }
+            | Self::Updated { metadata, .. }
+            | Self::NameUpdated { metadata, .. }
+            | Self::BirthDateSet { metadata, .. }
+            | Self::DeathRecorded { metadata, .. }
+            | Self::ComponentAdded { metadata, .. }
+            | Self::ComponentUpdated { metadata, .. }
+            | Self::ComponentRemoved { metadata, .. }
+            | Self::ComponentDataUpdated { metadata, .. }
+            | Self::PersonMerged { metadata, .. }
+            | Self::LocationAssigned { metadata, .. }
+            | Self::EmploymentAdded { metadata, .. }
+            | Self::IdentityLinked { metadata, .. } => metadata,
+        }
+    };
+}
+
 impl PersonEventV2 {
     fn index(&self) -> usize {
         match self {
@@ -275,46 +299,12 @@ impl PersonEventV2 {
 
     /// The event's metadata.
     pub fn metadata(&self) -> &EventMetadata {
-        match self {
-            Self::Created { metadata, .. }
-            | Self::Activated { metadata, .. }
-            | Self::Suspended { metadata, .. }
-            | Self::Archived { metadata, .. }
-            | Self::Updated { metadata, .. }
-            | Self::NameUpdated { metadata, .. }
-            | Self::BirthDateSet { metadata, .. }
-            | Self::DeathRecorded { metadata, .. }
-            | Self::ComponentAdded { metadata, .. }
-            | Self::ComponentUpdated { metadata, .. }
-            | Self::ComponentRemoved { metadata, .. }
-            | Self::ComponentDataUpdated { metadata, .. }
-            | Self::PersonMerged { metadata, .. }
-            | Self::LocationAssigned { metadata, .. }
-            | Self::EmploymentAdded { metadata, .. }
-            | Self::IdentityLinked { metadata, .. } => metadata,
-        }
+        metadata_of!(self)
     }
 
     /// The event's metadata, mutably.
     pub fn metadata_mut(&mut self) -> &mut EventMetadata {
-        match self {
-            Self::Created { metadata, .. }
-            | Self::Activated { metadata, .. }
-            | Self::Suspended { metadata, .. }
-            | Self::Archived { metadata, .. }
-            | Self::Updated { metadata, .. }
-            | Self::NameUpdated { metadata, .. }
-            | Self::BirthDateSet { metadata, .. }
-            | Self::DeathRecorded { metadata, .. }
-            | Self::ComponentAdded { metadata, .. }
-            | Self::ComponentUpdated { metadata, .. }
-            | Self::ComponentRemoved { metadata, .. }
-            | Self::ComponentDataUpdated { metadata, .. }
-            | Self::PersonMerged { metadata, .. }
-            | Self::LocationAssigned { metadata, .. }
-            | Self::EmploymentAdded { metadata, .. }
-            | Self::IdentityLinked { metadata, .. } => metadata,
-        }
+        metadata_of!(self)
     }
 
     /// The snake_case event type token used in subjects and `ce-type` (`created`,
