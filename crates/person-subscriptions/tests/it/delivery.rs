@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use person_events::EventId;
 use person_streaming::DeadLetterFilter;
-use person_subscriptions::{
-    DeadLetterPolicy, HandlerError, SubscriptionManager, SubscriptionOptions,
-};
+use person_subscriptions::{DeadLetterPolicy, HandlerError, SubscriptionOptions};
 use rand::Rng;
 
 use crate::support::*;
@@ -18,9 +16,7 @@ async fn every_event_arrives_once_with_its_payload_and_metadata() {
     let (_, events) = workload(10, 10);
     publish(&client, &events).await;
     let recorder = Arc::new(Recorder::new("summary"));
-    let mut manager = SubscriptionManager::new(client.clone());
-    manager.register_handler(recorder.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    let handle = run(&client, recorder.clone(), SubscriptionOptions::default()).await;
     eventually(30, "100 events handled", || {
         recorder.seen.lock().unwrap().len() >= 100
     })
@@ -58,10 +54,12 @@ async fn transient_failures_are_retried_and_order_per_person_holds() {
         (call == 1 && flaky.contains(&env.event_id))
             .then(|| HandlerError::transient("search index busy"))
     }));
-    let mut manager = SubscriptionManager::new(client.clone())
-        .with_options(SubscriptionOptions::default().concurrency(8));
-    manager.register_handler(recorder.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    let handle = run(
+        &client,
+        recorder.clone(),
+        SubscriptionOptions::default().concurrency(8),
+    )
+    .await;
     eventually(60, "every event handled", || {
         recorder.distinct() == events.len()
     })
@@ -99,13 +97,14 @@ async fn permanent_failures_go_to_the_dlq_and_nothing_is_left_pending() {
             .contains(&env.event_id)
             .then(|| HandlerError::permanent("summary cannot apply this event"))
     }));
-    let mut manager = SubscriptionManager::new(client.clone()).with_options(
+    let handle = run(
+        &client,
+        recorder.clone(),
         SubscriptionOptions::default()
             .concurrency(32)
             .dead_letter_policy(DeadLetterPolicy::Continue),
-    );
-    manager.register_handler(recorder.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    )
+    .await;
     eventually(120, "9,900 events handled and 100 dead-lettered", || {
         recorder.distinct() == 9_900 && handle.stats().dead_lettered == 100
     })
@@ -142,9 +141,7 @@ async fn exhausted_deliveries_end_in_one_dead_letter() {
     let recorder = Arc::new(Recorder::failing("sync", |_, _| {
         Some(HandlerError::transient("downstream 503"))
     }));
-    let mut manager = SubscriptionManager::new(client.clone());
-    manager.register_handler(recorder.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    let handle = run(&client, recorder.clone(), SubscriptionOptions::default()).await;
     eventually(30, "one dead letter", || handle.stats().dead_lettered == 1).await;
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert_eq!(
@@ -200,9 +197,7 @@ async fn later_events_of_a_dead_lettered_person_are_parked() {
             && env.sequence == 3)
             .then(|| HandlerError::permanent("corrupt"))
     }));
-    let mut manager = SubscriptionManager::new(client.clone());
-    manager.register_handler(recorder.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    let handle = run(&client, recorder.clone(), SubscriptionOptions::default()).await;
     eventually(30, "others done and victim parked", || {
         recorder.seen.lock().unwrap().len() == 3 * 6 + 2 && handle.stats().dead_lettered == 4
     })

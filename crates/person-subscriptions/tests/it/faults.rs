@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use person_retry::CircuitBreakerConfig;
 use person_streaming::DeadLetterFilter;
-use person_subscriptions::{HandlerError, SubscriptionManager, SubscriptionOptions};
+use person_subscriptions::{HandlerError, SubscriptionOptions};
 
 use crate::support::*;
 
@@ -24,9 +24,7 @@ async fn a_missing_dlq_delays_the_dead_letter_but_never_drops_it() {
     let recorder = Arc::new(Recorder::failing("summary", |_, _| {
         Some(HandlerError::permanent("bad"))
     }));
-    let mut manager = SubscriptionManager::new(client.clone());
-    manager.register_handler(recorder.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    let handle = run(&client, recorder.clone(), SubscriptionOptions::default()).await;
     eventually(20, "the handler failed at least twice", || {
         recorder.total_calls.load(Ordering::SeqCst) >= 2
     })
@@ -72,13 +70,14 @@ async fn an_open_breaker_stops_calls_and_fills_no_dlq() {
         .success_threshold(1)
         .build()
         .unwrap();
-    let mut manager = SubscriptionManager::new(client.clone()).with_options(
+    let handle = run(
+        &client,
+        recorder.clone(),
         SubscriptionOptions::default()
             .concurrency(4)
             .breaker(breaker),
-    );
-    manager.register_handler(recorder.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    )
+    .await;
     eventually(10, "breaker open", || {
         handle.breaker_states()[0].1 == person_retry::BreakerState::Open
     })
@@ -114,10 +113,12 @@ async fn shutdown_finishes_in_flight_work_and_the_next_start_resumes() {
     let (_, events) = workload(50, 2);
     publish(&client, &events).await;
     let slow = Arc::new(Recorder::new("summary").with_delay(Duration::from_millis(600)));
-    let mut manager = SubscriptionManager::new(client.clone())
-        .with_options(SubscriptionOptions::default().concurrency(50));
-    manager.register_handler(slow.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    let handle = run(
+        &client,
+        slow.clone(),
+        SubscriptionOptions::default().concurrency(50),
+    )
+    .await;
     eventually(10, "50 handlers in flight", || {
         handle.stats().in_flight == 50
     })
@@ -127,9 +128,7 @@ async fn shutdown_finishes_in_flight_work_and_the_next_start_resumes() {
     assert_eq!(first_run.len(), 50, "the 50 in flight finished");
 
     let next = Arc::new(Recorder::new("summary"));
-    let mut manager = SubscriptionManager::new(client.clone());
-    manager.register_handler(next.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    let handle = run(&client, next.clone(), SubscriptionOptions::default()).await;
     eventually(30, "the rest handled", || {
         next.seen.lock().unwrap().len() >= 50
     })
@@ -149,10 +148,12 @@ async fn a_server_restart_mid_stream_loses_nothing() {
     let (_, events) = workload(20, 50);
     publish(&client, &events).await;
     let recorder = Arc::new(Recorder::new("summary").with_delay(Duration::from_millis(2)));
-    let mut manager = SubscriptionManager::new(client.clone())
-        .with_options(SubscriptionOptions::default().concurrency(8));
-    manager.register_handler(recorder.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    let handle = run(
+        &client,
+        recorder.clone(),
+        SubscriptionOptions::default().concurrency(8),
+    )
+    .await;
     eventually(20, "some progress", || recorder.distinct() > 100).await;
     server.restart().await.unwrap();
     eventually(90, "all 1,000 handled after the restart", || {
@@ -184,9 +185,7 @@ async fn legacy_events_arrive_upcast_and_garbage_goes_to_the_dlq() {
     let (_, events) = workload(3, 2);
     publish(&client, &events).await;
     let recorder = Arc::new(Recorder::new("summary"));
-    let mut manager = SubscriptionManager::new(client.clone());
-    manager.register_handler(recorder.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    let handle = run(&client, recorder.clone(), SubscriptionOptions::default()).await;
     eventually(20, "everything but the garbage handled", || {
         recorder.seen.lock().unwrap().len() == 7
     })
@@ -222,9 +221,7 @@ async fn a_deleted_consumer_is_recreated_and_consumption_goes_on() {
     let (_, first) = workload(5, 10);
     publish(&client, &first).await;
     let recorder = Arc::new(Recorder::new("summary"));
-    let mut manager = SubscriptionManager::new(client.clone());
-    manager.register_handler(recorder.clone());
-    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    let handle = run(&client, recorder.clone(), SubscriptionOptions::default()).await;
     eventually(20, "first 50 handled", || recorder.distinct() == 50).await;
     let stream = client
         .jetstream()

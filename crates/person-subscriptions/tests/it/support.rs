@@ -1,6 +1,6 @@
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,7 +10,10 @@ use person_events::{EventId, PersonEventV2, PersonId, StreamingEventEnvelope};
 use person_metadata::EventMetadata;
 use person_retry::RetryPolicy;
 use person_streaming::{ConsumerSettings, StreamingClient, StreamingConfig};
-use person_subscriptions::{DomainResult, HandlerError, StreamingEventHandler};
+use person_subscriptions::{
+    DomainResult, HandlerError, StreamingEventHandler, SubscriptionHandle, SubscriptionManager,
+    SubscriptionOptions,
+};
 
 pub(crate) const CONSUMER: &str = "test-projection";
 
@@ -178,4 +181,15 @@ pub(crate) async fn consumer_idle(client: &StreamingClient, durable: &str) -> bo
         .unwrap();
     let info = stream.consumer_info(durable).await.unwrap();
     info.num_pending == 0 && info.num_ack_pending == 0
+}
+
+/// Starts `handler` on the test consumer with `options`.
+pub(crate) async fn run(
+    client: &StreamingClient,
+    handler: Arc<Recorder>,
+    options: SubscriptionOptions,
+) -> SubscriptionHandle {
+    let mut manager = SubscriptionManager::new(client.clone()).with_options(options);
+    manager.register_handler(handler);
+    manager.start_consumer(CONSUMER).await.unwrap()
 }
