@@ -160,7 +160,7 @@ async fn main() -> Result<()> {
         "published             {published} (+{legacy} legacy V1), duplicates rejected {duplicates}"
     );
     println!(
-        "summary projection    handled {}, retried {}, dead-lettered {} (it saw the {replayed} replays too, and skipped them by event id)",
+        "summary projection    handled {}, retried {}, dead-lettered {} (replays reach it too; it skips them by event id)",
         s.processed, s.retried, s.dead_lettered
     );
     println!(
