@@ -323,3 +323,52 @@ async fn aggregate_reader_upcasts_legacy_events_in_order() {
     );
     assert_eq!(client.reader().last_version(nobody).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn publishing_through_a_server_crash_loses_and_duplicates_nothing() {
+    let (mut server, client) = crate::support::start_with(
+        StreamingConfig::default(),
+        Some("jetstream { sync_interval: always }"),
+    )
+    .await;
+    let publisher = client.publisher();
+    let people: Vec<PersonId> = (0..20).map(|_| PersonId::new()).collect();
+    let events: Vec<StreamingEventEnvelope> = (0..3_000u64)
+        .map(|i| activated(people[(i % 20) as usize], i / 20 + 1))
+        .collect();
+    let ids: std::collections::HashSet<_> = events.iter().map(|e| e.event_id).collect();
+    let task = tokio::spawn(async move {
+        let results: Vec<_> = publisher.publish_all(events).collect().await;
+        results
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.start_again().await.unwrap();
+    let results = task.await.unwrap();
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} publishes failed, first: {}",
+        failed.len(),
+        failed[0]
+    );
+    // Every event id is stored exactly once.
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    let mut stored = std::collections::HashSet::new();
+    let count = stream_messages(&client, "PERSON_EVENTS").await;
+    for seq in 1..=count {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let env = person_events::codec::decode(&msg.payload).unwrap();
+        assert!(
+            stored.insert(env.event_id),
+            "event {} stored twice",
+            env.event_id
+        );
+    }
+    assert_eq!(stored, ids);
+}
