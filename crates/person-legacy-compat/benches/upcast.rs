@@ -29,6 +29,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("decoder/current", |b| {
         b.iter(|| decode_message(&RawMessage::from_payload(black_box(&current))).unwrap())
     });
+    c.bench_function("decoder/codec_only_same_payload", |b| {
+        b.iter(|| codec::decode(black_box(&current)).unwrap())
+    });
     c.bench_function("decoder/v1_upcast", |b| {
         b.iter(|| decode_message(&RawMessage::from_payload(black_box(V1.as_bytes()))).unwrap())
     });

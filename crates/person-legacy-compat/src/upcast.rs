@@ -19,13 +19,34 @@ pub const UPCAST_FROM_V1: &str = "PersonEvent.v1";
 /// The same stored V1 event always gets the same id, so a redelivered legacy event is
 /// recognised as the same event by idempotent handlers and by server-side dedup.
 pub fn legacy_event_id(event: &PersonEvent) -> EventId {
-    // Serializing these plain types cannot fail; fall back to the debug form just in case,
-    // which is deterministic too.
-    let mut canonical = Vec::with_capacity(512);
-    if serde_json::to_writer(&mut canonical, event).is_err() {
-        canonical = format!("{event:?}").into_bytes();
+    use sha1::Digest;
+
+    /// Feeds serialized JSON straight into the hash, with no intermediate buffer.
+    struct HashWriter(sha1::Sha1);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    EventId::from_uuid(Uuid::new_v5(&LEGACY_NAMESPACE, &canonical))
+
+    // UUID v5 is SHA-1 over namespace bytes then name bytes; this computes exactly
+    // `Uuid::new_v5(&LEGACY_NAMESPACE, canonical_json)` with a faster SHA-1.
+    let mut hasher = HashWriter(sha1::Sha1::new());
+    hasher.0.update(LEGACY_NAMESPACE.as_bytes());
+    if serde_json::to_writer(&mut hasher, event).is_err() {
+        // Serializing these plain types cannot fail; the debug form is deterministic too.
+        hasher = HashWriter(sha1::Sha1::new());
+        hasher.0.update(LEGACY_NAMESPACE.as_bytes());
+        hasher.0.update(format!("{event:?}").as_bytes());
+    }
+    let digest = hasher.0.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    EventId::from_uuid(uuid::Builder::from_sha1_bytes(bytes).into_uuid())
 }
 
 /// Upcasts a V1 event to a V2 envelope. Total and deterministic.
@@ -284,5 +305,25 @@ impl TryFrom<PersonEventV2> for PersonEvent {
                 });
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_ids_are_plain_uuid_v5_over_canonical_json() {
+        let json = r#"{"PersonReactivated": {"person_id": {"id": "7c9e6679-7425-40de-944b-e07fc1f90ae7"}, "reason": "rehired", "reactivated_at": "2025-08-01T09:00:00Z"}}"#;
+        let event: PersonEvent = serde_json::from_str(json).unwrap();
+        let canonical = serde_json::to_vec(&event).unwrap();
+        let expected = Uuid::new_v5(&LEGACY_NAMESPACE, &canonical);
+        assert_eq!(*legacy_event_id(&event).as_uuid(), expected);
+        assert_eq!(expected.get_version_num(), 5);
+        // Pinned: stored ids must never change across releases.
+        assert_eq!(
+            legacy_event_id(&event).to_string(),
+            "a5ee8ade-203c-5b2b-8abb-464f9a06a879"
+        );
     }
 }
