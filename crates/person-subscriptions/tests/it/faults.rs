@@ -238,3 +238,68 @@ async fn a_deleted_consumer_is_recreated_and_consumption_goes_on() {
     assert_eq!(handle.stats().dead_lettered, 0);
     handle.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_handler_slower_than_the_ack_wait_keeps_its_message() {
+    let mut cfg = config(5);
+    cfg.consumers[0].ack_wait_secs = 1;
+    let (_server, client) = start(cfg).await;
+    let (_, events) = workload(2, 1);
+    publish(&client, &events).await;
+    let slow = Arc::new(Recorder::new("summary").with_delay(Duration::from_millis(3_500)));
+    let handle = run(&client, slow.clone(), SubscriptionOptions::default()).await;
+    eventually(20, "both handled", || slow.seen.lock().unwrap().len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // In-progress acks kept both messages: each handler ran once, nothing was redelivered.
+    assert_eq!(slow.total_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(handle.stats().retried, 0);
+    assert!(consumer_idle(&client, CONSUMER).await);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_hung_handler_times_out_as_a_transient_failure() {
+    let (_server, client) = start(config(5)).await;
+    let (_, events) = workload(2, 2);
+    publish(&client, &events).await;
+    let first = events[0].event_id;
+    // The first event's first call hangs; every other call is quick.
+    let hung = Arc::new(Recorder::failing("summary", |_, _| None));
+    let hang = Arc::new(Hang {
+        inner: hung.clone(),
+        event: first,
+        hung: AtomicBool::new(false),
+    });
+    let mut manager = person_subscriptions::SubscriptionManager::new(client.clone())
+        .with_options(SubscriptionOptions::default().handler_timeout(Duration::from_millis(500)));
+    manager.register_handler(hang.clone());
+    let handle = manager.start_consumer(CONSUMER).await.unwrap();
+    eventually(20, "all four handled", || hung.distinct() == 4).await;
+    assert!(hang.hung.load(Ordering::SeqCst));
+    assert!(handle.stats().retried >= 1);
+    assert_eq!(handle.stats().dead_lettered, 0);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+struct Hang {
+    inner: Arc<Recorder>,
+    event: person_events::EventId,
+    hung: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl person_subscriptions::StreamingEventHandler for Hang {
+    async fn handle_event(
+        &self,
+        envelope: person_events::StreamingEventEnvelope,
+    ) -> person_subscriptions::DomainResult<()> {
+        if envelope.event_id == self.event && !self.hung.swap(true, Ordering::SeqCst) {
+            futures::future::pending::<()>().await;
+        }
+        self.inner.handle_event(envelope).await
+    }
+
+    fn name(&self) -> &str {
+        "summary"
+    }
+}
