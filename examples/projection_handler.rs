@@ -54,15 +54,17 @@ impl StreamingEventHandler for StatusProjection {
 #[tokio::main]
 async fn main() -> Result<()> {
     let server = person_examples::server().await?;
-    let mut config = StreamingConfig::default();
-    config.consumers = vec![
-        ConsumerSettings::new("status-a", &["person.events.>"], "status projection"),
-        ConsumerSettings::new(
-            "status-b",
-            &["person.events.>"],
-            "the same projection, again",
-        ),
-    ];
+    let config = StreamingConfig {
+        consumers: vec![
+            ConsumerSettings::new("status-a", &["person.events.>"], "status projection"),
+            ConsumerSettings::new(
+                "status-b",
+                &["person.events.>"],
+                "the same projection, again",
+            ),
+        ],
+        ..StreamingConfig::default()
+    };
     let client = StreamingClient::new(&server.url, config).await?;
     for _ in 0..10 {
         let person_id = PersonId::new();

@@ -2,8 +2,10 @@
 //!
 //! - `cargo xtask ci`: everything CI checks (format, lints, tests, docs, benches build, layering).
 //! - `cargo xtask layering`: only the dependency-layering check.
+//! - `cargo xtask bench [--quick]`: the product against raw async-nats, end to end.
 //! - `cargo xtask nats`: install (if needed) the pinned nats-server and print its path.
 
+mod bench;
 mod ci;
 mod layering;
 mod nats;
@@ -21,6 +23,7 @@ fn main() -> Result<()> {
         "ci" => ci::run(&rest),
         "layering" => layering::check(),
         "nats" => nats::run(&rest),
+        "bench" => bench::run(&rest),
         "" | "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -38,7 +41,8 @@ fn print_help() {
          tasks:\n  \
          ci         format, clippy, tests, docs, benches build, examples, layering\n  \
          layering   check that the pure crates stay pure\n  \
-         nats       install the pinned nats-server if needed and print its path"
+         nats       install the pinned nats-server if needed and print its path\n  \
+         bench      product vs raw async-nats benchmarks (--quick for a short run)"
     );
 }
 

@@ -1,0 +1,392 @@
+//! End-to-end benchmarks: the product against raw `async-nats` doing the same work, in
+//! one process, against one fresh file-storage server, pair by pair.
+//!
+//! Run with `cargo xtask bench` (release build) or `cargo xtask bench --quick`. Prints a
+//! table and writes `target/bench/summary.json`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, consumer};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use nats_harness::NatsServer;
+use person_events::{PersonEventV2, PersonId, PersonName, StreamingEventEnvelope, codec};
+use person_metadata::EventMetadata;
+use person_streaming::{ConsumerSettings, StreamingClient, StreamingConfig};
+use person_subscriptions::{
+    DomainResult, StreamingEventHandler, SubscriptionManager, SubscriptionOptions,
+};
+
+struct Figure {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+    ratio: Option<f64>,
+    target: &'static str,
+    met: Option<bool>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (events_n, reps) = if quick { (10_000, 3) } else { (100_000, 3) };
+    let server = NatsServer::start().await.context("starting nats-server")?;
+    println!(
+        "server {} (file storage), {events_n} events per run, median of {reps}",
+        server.url()
+    );
+    let mut figures = Vec::new();
+
+    // 1. Pipelined publish: product vs raw, same bytes, same in-flight window.
+    let window = 256;
+    let mut product = Vec::new();
+    let mut raw = Vec::new();
+    for rep in 0..reps {
+        let client = fresh(&server, &format!("PUB{rep}"), window).await?;
+        let events = workload(events_n, 1_000);
+        let started = Instant::now();
+        let results: Vec<_> = client.publisher().publish_all(events).collect().await;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(results.iter().all(|r| r.is_ok()), "product publish failed");
+        product.push(events_n as f64 / elapsed.as_secs_f64());
+
+        let client = fresh(&server, &format!("RAW{rep}"), window).await?;
+        let prepared = prepare(workload(events_n, 1_000));
+        let js = client.jetstream().clone();
+        let started = Instant::now();
+        raw_publish(&js, prepared, window).await?;
+        raw.push(events_n as f64 / started.elapsed().as_secs_f64());
+    }
+    push_pair(
+        &mut figures,
+        "publish_pipelined",
+        median(product),
+        median(raw),
+        0.9,
+        ">= 0.9x raw",
+    );
+
+    // 6. Sync publish: await each ack.
+    let sync_n = events_n / 20;
+    let mut product = Vec::new();
+    let mut raw = Vec::new();
+    for rep in 0..reps {
+        let client = fresh(&server, &format!("SYNC{rep}"), window).await?;
+        let events = workload(sync_n, 100);
+        let publisher = client.publisher();
+        let started = Instant::now();
+        for e in &events {
+            publisher.publish(e).await?;
+        }
+        product.push(sync_n as f64 / started.elapsed().as_secs_f64());
+        let client = fresh(&server, &format!("SYNCRAW{rep}"), window).await?;
+        let prepared = prepare(workload(sync_n, 100));
+        let started = Instant::now();
+        for (subject, headers, payload) in prepared {
+            client
+                .jetstream()
+                .publish_with_headers(subject, headers, payload)
+                .await?
+                .await?;
+        }
+        raw.push(sync_n as f64 / started.elapsed().as_secs_f64());
+    }
+    push_pair(
+        &mut figures,
+        "publish_sync",
+        median(product),
+        median(raw),
+        0.9,
+        ">= 0.9x raw (under 10% added)",
+    );
+
+    // 2. Consume: product (no-op handler, ordering on, concurrency 8) vs raw messages()+ack().
+    let mut product = Vec::new();
+    let mut raw = Vec::new();
+    for rep in 0..reps {
+        let client = fresh(&server, &format!("CON{rep}"), window).await?;
+        let _: Vec<_> = client
+            .publisher()
+            .publish_all(workload(events_n, 1_000))
+            .collect()
+            .await;
+        let counter = Arc::new(Count::default());
+        let mut manager = SubscriptionManager::new(client.clone()).with_options(
+            SubscriptionOptions::default()
+                .concurrency(8)
+                .max_in_hand(1_000),
+        );
+        manager.register_handler(counter.clone());
+        let started = Instant::now();
+        let handle = manager.start_consumer("bench").await?;
+        while counter.0.load(Ordering::Relaxed) < events_n as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        product.push(events_n as f64 / started.elapsed().as_secs_f64());
+        handle.shutdown(Duration::from_secs(5)).await;
+
+        let stream = client.jetstream().get_stream(format!("CON{rep}")).await?;
+        let c = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("raw".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                max_ack_pending: 1_000,
+                ..Default::default()
+            })
+            .await?;
+        let started = Instant::now();
+        let mut messages = c.messages().await?;
+        let mut n = 0;
+        while n < events_n {
+            let m = messages.next().await.context("stream ended")??;
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            n += 1;
+        }
+        raw.push(events_n as f64 / started.elapsed().as_secs_f64());
+    }
+    push_pair(
+        &mut figures,
+        "consume",
+        median(product),
+        median(raw),
+        0.8,
+        ">= 0.8x raw",
+    );
+
+    // 3. Concurrency: 2 ms handlers over 1,000 people at concurrency 64, against the
+    // ideal 64 / 2 ms; and, for contrast, the seed's design: one message at a time.
+    let conc_n = if quick { 4_000 } else { 10_000 };
+    let rate = consume_rate(&server, "CONC", conc_n, 64, Duration::from_millis(2)).await?;
+    let ideal = 64.0 / 0.002;
+    figures.push(Figure {
+        name: "concurrency_2ms_x64",
+        value: rate,
+        unit: "events/s",
+        ratio: Some(rate / ideal),
+        target: ">= 0.7x of 64/2ms",
+        met: Some(rate / ideal >= 0.7),
+    });
+    let seq = consume_rate(&server, "SEQ", 500, 1, Duration::from_millis(2)).await?;
+    figures.push(Figure {
+        name: "sequential_2ms_seed_design",
+        value: seq,
+        unit: "events/s",
+        ratio: Some(rate / seq),
+        target: "contrast (ratio: x64 speed-up)",
+        met: None,
+    });
+
+    report(&figures)?;
+    drop(server);
+    Ok(())
+}
+
+async fn consume_rate(
+    server: &NatsServer,
+    stream: &str,
+    n: usize,
+    concurrency: usize,
+    delay: Duration,
+) -> Result<f64> {
+    let client = fresh(server, stream, 256).await?;
+    let _: Vec<_> = client
+        .publisher()
+        .publish_all(workload(n, 1_000))
+        .collect()
+        .await;
+    let counter = Arc::new(Count::with_delay(delay));
+    let mut manager = SubscriptionManager::new(client.clone()).with_options(
+        SubscriptionOptions::default()
+            .concurrency(concurrency)
+            .max_in_hand(1_000),
+    );
+    manager.register_handler(counter.clone());
+    let started = Instant::now();
+    let handle = manager.start_consumer("bench").await?;
+    while counter.0.load(Ordering::Relaxed) < n as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    handle.shutdown(Duration::from_secs(5)).await;
+    Ok(rate)
+}
+
+#[derive(Default)]
+struct Count(AtomicU64, Duration);
+
+impl Count {
+    fn with_delay(d: Duration) -> Self {
+        Self(AtomicU64::new(0), d)
+    }
+}
+
+#[async_trait]
+impl StreamingEventHandler for Count {
+    async fn handle_event(&self, _envelope: StreamingEventEnvelope) -> DomainResult<()> {
+        if !self.1.is_zero() {
+            tokio::time::sleep(self.1).await;
+        }
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "count"
+    }
+}
+
+/// A fresh stream (and a "bench" consumer) per run, so runs do not share state.
+async fn fresh(server: &NatsServer, stream: &str, window: usize) -> Result<StreamingClient> {
+    let mut config = StreamingConfig::default();
+    config.stream.name = stream.to_owned();
+    config.stream.subjects = vec!["person.events.>".into()];
+    config.dlq.name = format!("{stream}_DLQ");
+    config.dlq.subjects = vec![format!("person.dlq.{}.>", stream.to_lowercase())];
+    config.publisher.max_in_flight = window;
+    let mut c = ConsumerSettings::new("bench", &["person.events.>"], "benchmark consumer");
+    c.max_ack_pending = 1_000;
+    config.consumers = vec![c];
+    // One stream owns person.events.> at a time: remove the previous run's streams.
+    let bare = async_nats::connect(server.url()).await?;
+    let js = jetstream::new(bare);
+    let mut names = js.stream_names();
+    let mut old = Vec::new();
+    while let Some(n) = names.next().await {
+        old.push(n?);
+    }
+    for n in old {
+        js.delete_stream(&n).await?;
+    }
+    Ok(StreamingClient::new(&server.url(), config).await?)
+}
+
+fn workload(n: usize, people: usize) -> Vec<StreamingEventEnvelope> {
+    let ids: Vec<PersonId> = (0..people).map(|_| PersonId::new()).collect();
+    let name = PersonName::new("Jane", Some("Q"), "Doe").expect("name");
+    (0..n)
+        .map(|i| {
+            let person_id = ids[i % people];
+            StreamingEventEnvelope::new(
+                person_id,
+                (i / people) as u64 + 1,
+                PersonEventV2::NameUpdated {
+                    person_id,
+                    old_name: name.clone(),
+                    new_name: name.clone(),
+                    change_reason: Some("benchmark".into()),
+                    metadata: EventMetadata::new().with_actor("bench"),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The same bytes and headers the product sends, built ahead of time for the raw runs.
+fn prepare(events: Vec<StreamingEventEnvelope>) -> Vec<(String, async_nats::HeaderMap, Bytes)> {
+    events
+        .into_iter()
+        .map(|e| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", e.event_id.to_string().as_str());
+            person_metadata::headers::write_headers(
+                e.metadata(),
+                &person_metadata::headers::CloudEventAttributes {
+                    id: e.event_id,
+                    source: "/person-domain",
+                    event_type: e.event.event_type(),
+                    subject: None,
+                },
+                |n, v| headers.insert(n, v),
+            );
+            (
+                e.subject(),
+                headers,
+                Bytes::from(codec::encode(&e).expect("encode")),
+            )
+        })
+        .collect()
+}
+
+async fn raw_publish(
+    js: &jetstream::Context,
+    prepared: Vec<(String, async_nats::HeaderMap, Bytes)>,
+    window: usize,
+) -> Result<()> {
+    let mut pending = futures::stream::FuturesOrdered::new();
+    for (subject, headers, payload) in prepared {
+        let ack = js.publish_with_headers(subject, headers, payload).await?;
+        pending.push_back(ack.into_future());
+        if pending.len() >= window {
+            pending.next().await.context("ack")??;
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn push_pair(
+    figures: &mut Vec<Figure>,
+    name: &'static str,
+    product: f64,
+    raw: f64,
+    min: f64,
+    target: &'static str,
+) {
+    figures.push(Figure {
+        name,
+        value: product,
+        unit: "events/s",
+        ratio: Some(product / raw),
+        target,
+        met: Some(product / raw >= min),
+    });
+    figures.push(Figure {
+        name: leak(format!("{name}_raw")),
+        value: raw,
+        unit: "events/s",
+        ratio: None,
+        target: "",
+        met: None,
+    });
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn report(figures: &[Figure]) -> Result<()> {
+    println!(
+        "\n{:<28} {:>14} {:<10} {:>7}  {:<28}",
+        "figure", "value", "unit", "ratio", "target"
+    );
+    let mut json = Vec::new();
+    for f in figures {
+        let ratio = f.ratio.map_or(String::new(), |r| format!("{r:.2}"));
+        let met = match f.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!(
+            "{:<28} {:>14.0} {:<10} {:>7}  {:<28} {met}",
+            f.name, f.value, f.unit, ratio, f.target
+        );
+        json.push(serde_json::json!({"name": f.name, "value": f.value, "unit": f.unit, "ratio": f.ratio, "target": f.target, "met": f.met}));
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(&json)?)?;
+    println!("\nwritten to target/bench/summary.json");
+    Ok(())
+}
