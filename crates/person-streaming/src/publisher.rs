@@ -278,29 +278,33 @@ impl Publisher {
         &'a self,
         envelope: StreamingEventEnvelope,
     ) -> BoxFuture<'a, Result<PublishReceipt, PublishError>> {
-        let out = match self.outgoing(&envelope) {
+        let Outgoing {
+            subject,
+            headers,
+            payload,
+            event_id,
+        } = match self.outgoing(&envelope) {
             Ok(out) => out,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
+        // The headers move into the first attempt; a retry rebuilds them from the
+        // envelope, so the common path never copies a header map.
         let sent = self
             .js
-            .publish_with_headers(
-                out.subject.clone(),
-                out.headers.clone(),
-                out.payload.clone(),
-            )
+            .publish_with_headers(subject.clone(), headers, payload)
             .await;
         Box::pin(async move {
             let first = match sent {
-                Ok(ack) => self.await_ack(ack, out.event_id).await,
+                Ok(ack) => self.await_ack(ack, event_id).await,
                 Err(e) => Err(e),
             };
             match first {
                 Ok(receipt) => Ok(receipt),
-                Err(e) if self.retryable(&e, &out.subject) => {
+                Err(e) if self.retryable(&e, &subject) => {
+                    let out = self.outgoing(&envelope)?;
                     self.publish_with_retry(out, Some(1)).await
                 }
-                Err(e) => Err(self.classify(e, &out.subject, None).await),
+                Err(e) => Err(self.classify(e, &subject, None).await),
             }
         })
     }

@@ -532,12 +532,9 @@ impl Worker {
     }
 
     async fn settle(&self, msg: &jetstream::Message, kind: AckKind) {
-        let result = match kind {
-            // Success and termination are confirmed by the server, so shutdown can say
-            // exactly what was settled.
-            AckKind::Ack => msg.double_ack().await,
-            other => msg.ack_with(other).await,
-        };
+        // Fire-and-forget, like a raw consumer; `shutdown` flushes the connection, so
+        // every ack sent before it reaches the server before the next start.
+        let result = msg.ack_with(kind).await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "could not settle a message; the server will redeliver it");
         }
