@@ -140,11 +140,24 @@ impl Worker {
                 continue;
             }
             let in_hand = self.counters.in_hand.load(Ordering::Relaxed) as usize;
-            let room = self.options.max_in_hand.saturating_sub(in_hand);
+            let mut room = self.options.max_in_hand.saturating_sub(in_hand);
             if room == 0 {
                 let _ =
                     tokio::time::timeout(Duration::from_millis(100), self.settled.notified()).await;
                 continue;
+            }
+            // Pull in sizeable batches: each pull is a round trip. Wait a moment for room
+            // to grow, then pull whatever room there is (held messages may be waiting for
+            // a redelivery that only a pull brings in).
+            let batch = (self.options.max_in_hand / 4).max(1);
+            if room < batch && in_hand > 0 {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(2), self.settled.notified()).await;
+                let in_hand = self.counters.in_hand.load(Ordering::Relaxed) as usize;
+                room = self.options.max_in_hand.saturating_sub(in_hand);
+                if room == 0 {
+                    continue;
+                }
             }
             let c = match &consumer {
                 Some(c) => c,
