@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::header::{self, HeaderMap, HeaderValue};
+use async_nats::header::{self, HeaderMap, HeaderName, HeaderValue};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind as NatsKind};
 use async_nats::jetstream::{self, publish::PublishAck};
 use bytes::Bytes;
@@ -674,7 +674,10 @@ impl Publisher {
                 event_type: envelope.event.event_type(),
                 subject: Some(person),
             },
-            |name, value| headers.insert(name, HeaderValue::from(value)),
+            |name, value| {
+                // Static names: no validation or allocation per header.
+                headers.insert(HeaderName::from_static(name), HeaderValue::from(value))
+            },
         );
         headers
     }
