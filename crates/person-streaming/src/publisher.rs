@@ -230,8 +230,7 @@ impl Publisher {
         &self,
         envelope: &StreamingEventEnvelope,
     ) -> Result<PublishReceipt, PublishError> {
-        let out = self.outgoing(envelope)?;
-        self.publish_with_retry(out, None).await
+        self.publish_with_retry(envelope, 0).await
     }
 
     /// Publishes many envelopes, keeping at most `max_in_flight` acks outstanding, and
@@ -301,8 +300,7 @@ impl Publisher {
             match first {
                 Ok(receipt) => Ok(receipt),
                 Err(e) if self.retryable(&e, &subject) => {
-                    let out = self.outgoing(&envelope)?;
-                    self.publish_with_retry(out, Some(1)).await
+                    self.publish_with_retry(&envelope, 1).await
                 }
                 Err(e) => Err(self.classify(e, &subject, None).await),
             }
@@ -322,13 +320,27 @@ impl Publisher {
         })
     }
 
-    async fn publish_with_retry(
+    /// Sends one message and waits for its ack.
+    async fn send(
         &self,
         out: Outgoing,
-        already_tried: Option<u32>,
+    ) -> Result<PublishReceipt, jetstream::context::PublishError> {
+        let ack = self
+            .js
+            .publish_with_headers(out.subject, out.headers, out.payload)
+            .await?;
+        self.await_ack(ack, out.event_id).await
+    }
+
+    /// Publishes with the retry policy. Each attempt builds its message from the
+    /// envelope (same `Nats-Msg-Id`), so the first attempt copies nothing.
+    async fn publish_with_retry(
+        &self,
+        envelope: &StreamingEventEnvelope,
+        already_tried: u32,
     ) -> Result<PublishReceipt, PublishError> {
         let mut backoff = self.retry.backoff();
-        let mut attempt = already_tried.unwrap_or(0);
+        let mut attempt = already_tried;
         if attempt > 0 {
             // The first try already happened; wait as the schedule says before the next.
             if let Some(delay) = backoff.next() {
@@ -337,31 +349,19 @@ impl Publisher {
         }
         loop {
             attempt += 1;
-            let result = match self
-                .js
-                .publish_with_headers(
-                    out.subject.clone(),
-                    out.headers.clone(),
-                    out.payload.clone(),
-                )
-                .await
-            {
-                Ok(ack) => self.await_ack(ack, out.event_id).await,
-                Err(e) => Err(e),
-            };
-            match result {
+            let out = self.outgoing(envelope)?;
+            let subject = out.subject.clone();
+            match self.send(out).await {
                 Ok(receipt) => return Ok(receipt),
-                Err(e)
-                    if self.retryable(&e, &out.subject) && attempt < self.retry.max_attempts() =>
-                {
+                Err(e) if self.retryable(&e, &subject) && attempt < self.retry.max_attempts() => {
                     let delay = backoff.next().unwrap_or(self.retry.max_backoff());
                     tracing::debug!(
-                        subject = %out.subject, event_id = %out.event_id, attempt, ?delay, error = %e,
+                        %subject, event_id = %envelope.event_id, attempt, ?delay, error = %e,
                         "publish failed transiently; retrying with the same Nats-Msg-Id"
                     );
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => return Err(self.classify(e, &out.subject, None).await),
+                Err(e) => return Err(self.classify(e, &subject, None).await),
             }
         }
     }
@@ -415,30 +415,17 @@ impl Publisher {
                 HeaderValue::from(filter.as_str()),
             );
         }
-        let receipts = if outgoing.len() == 1 {
-            let out = outgoing.pop().expect("one event");
-            let subject = out.subject.clone();
-            let event_id = out.event_id;
-            let sent = self
-                .js
-                .publish_with_headers(out.subject, out.headers, out.payload)
-                .await;
-            let result = match sent {
-                Ok(ack) => self.await_ack(ack, event_id).await,
-                Err(e) => Err(e),
-            };
-            vec![result.map_err(|e| (e, subject))]
-                .into_iter()
-                .collect::<Result<Vec<_>, _>>()
-        } else {
+        if outgoing.len() > 1 {
             return self.append_batch(person_id, expected, outgoing).await;
-        };
-        match receipts {
-            Ok(events) => {
-                let version = events.last().map_or(0, |r| r.stream_sequence);
-                Ok(AppendReceipt { events, version })
-            }
-            Err((e, subject)) => Err(self
+        }
+        let out = outgoing.pop().expect("one event");
+        let subject = out.subject.clone();
+        match self.send(out).await {
+            Ok(receipt) => Ok(AppendReceipt {
+                version: receipt.stream_sequence,
+                events: vec![receipt],
+            }),
+            Err(e) => Err(self
                 .classify(e, &subject, Some((person_id, expected)))
                 .await),
         }

@@ -107,7 +107,7 @@ pub(crate) async fn scan(
         .get_stream_no_info(stream)
         .await
         .map_err(|e| js_error(format!("cannot open stream {stream}"), e))?;
-    let consumer = stream_handle
+    let mut consumer = stream_handle
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter.to_owned(),
             deliver_policy: consumer::DeliverPolicy::All,
@@ -116,16 +116,11 @@ pub(crate) async fn scan(
         .await
         .map_err(|e| js_error(format!("cannot read {filter} from {stream}"), e))?;
     // Nothing stored for the filter: the ordered consumer would just wait.
-    let pending = {
-        let mut c = consumer;
-        let info = c
-            .info()
-            .await
-            .map_err(|e| js_error(format!("cannot read {filter} from {stream}"), e))?;
-        let pending = info.num_pending;
-        (pending, c)
-    };
-    let (pending, consumer) = pending;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| js_error(format!("cannot read {filter} from {stream}"), e))?
+        .num_pending;
     if pending == 0 {
         return Ok(());
     }
