@@ -51,13 +51,15 @@ impl RetryHandler {
     /// A retry handler whose final failures go to the DLQ stream. `dlq_subject` is the
     /// DLQ stream's subject space (`person.dlq.>`); failures are stored under
     /// `person.dlq.retry-handler.unknown.<operation>`.
+    ///
+    /// The core client is accepted for the week-1 signature; everything goes through
+    /// `jetstream`.
     pub fn new(
-        client: async_nats::Client,
+        _client: async_nats::Client,
         jetstream: jetstream::Context,
         policy: RetryPolicy,
         dlq_subject: String,
     ) -> Self {
-        let _ = client;
         let config = StreamingConfig::default();
         Self {
             inner: std::sync::Arc::new(person_retry::RetryHandler::new(policy)),
@@ -96,7 +98,7 @@ impl RetryHandler {
                 headers: Vec::new(),
                 reason: e.to_string(),
                 error_class: ErrorClass::Transient,
-                delivery_count: u64::from(self.inner_policy_attempts()),
+                delivery_count: u64::from(self.inner.policy().max_attempts()),
                 first_failure_at: started,
                 last_failure_at: Utc::now(),
                 consumer: RETRY_HANDLER_CONSUMER.to_owned(),
@@ -111,9 +113,5 @@ impl RetryHandler {
             }
         }
         result
-    }
-
-    fn inner_policy_attempts(&self) -> u32 {
-        self.inner.policy().max_attempts()
     }
 }
