@@ -38,8 +38,9 @@ struct Lane {
     queue: VecDeque<Held>,
     /// A lane task is running for this person.
     running: bool,
-    /// The message being handled now (for progress acks and shutdown).
-    current: Option<jetstream::Message>,
+    /// The message being handled now, with its stream sequence (to recognise its
+    /// redelivery, and to NAK it on shutdown).
+    current: Option<(u64, jetstream::Message)>,
     /// An earlier event was NAKed and will be redelivered: nothing of this person runs
     /// before it.
     waiting_for: Option<u64>,
@@ -257,7 +258,7 @@ impl Worker {
         } else if lane
             .current
             .as_ref()
-            .is_some_and(|m| m.info().is_ok_and(|i| i.stream_sequence == held.seq))
+            .is_some_and(|(seq, _)| *seq == held.seq)
         {
             // Redelivered while being handled (the handler outran the ack wait): the
             // running attempt settles it; drop this copy without acking.
@@ -293,7 +294,7 @@ impl Worker {
                 }
                 match lane.queue.pop_front() {
                     Some(h) => {
-                        lane.current = Some(h.msg.clone());
+                        lane.current = Some((h.seq, h.msg.clone()));
                         // The replay of the event a person is parked behind un-parks
                         // the person: it and the replays after it run in order.
                         if lane
@@ -604,7 +605,7 @@ impl Worker {
                 if let Some(task) = lane.task.take() {
                     task.abort();
                 }
-                out.extend(lane.current.take());
+                out.extend(lane.current.take().map(|(_, m)| m));
                 out.extend(lane.queue.drain(..).map(|h| h.msg));
             }
             lanes.clear();
