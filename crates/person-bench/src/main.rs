@@ -21,6 +21,9 @@ use person_subscriptions::{
     DomainResult, StreamingEventHandler, SubscriptionManager, SubscriptionOptions,
 };
 
+mod latency;
+mod memory;
+
 struct Figure {
     name: &'static str,
     value: f64,
@@ -32,7 +35,13 @@ struct Figure {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, url, stream, n] = args.as_slice()
+        && flag == memory::CHILD_FLAG
+    {
+        return memory::child(url, stream, n.parse()?).await;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let (events_n, reps) = if quick { (10_000, 3) } else { (100_000, 3) };
     let server = NatsServer::start().await.context("starting nats-server")?;
     println!(
@@ -180,6 +189,50 @@ async fn main() -> Result<()> {
         met: None,
     });
 
+    // 4. Latency: publish to handled, at a steady 5,000 events/s.
+    let secs = if quick { 5 } else { 20 };
+    let lat = latency::run(&server, 5_000, secs).await?;
+    println!(
+        "latency over {} events at 5,000/s: p50 {:.0} µs, p99 {:.0} µs",
+        lat.samples, lat.p50_us, lat.p99_us
+    );
+    figures.push(Figure {
+        name: "latency_p50_at_5k_per_s",
+        value: lat.p50_us,
+        unit: "µs",
+        ratio: None,
+        target: "report",
+        met: None,
+    });
+    figures.push(Figure {
+        name: "latency_p99_at_5k_per_s",
+        value: lat.p99_us,
+        unit: "µs",
+        ratio: None,
+        target: "report",
+        met: None,
+    });
+
+    // 5. Memory: peak RSS of a consumer over a large stored backlog.
+    let backlog_n = if quick { 100_000 } else { 1_000_000 };
+    let backlog = memory::run(&server, backlog_n).await?;
+    figures.push(Figure {
+        name: leak(format!("consumer_peak_rss_{}k_backlog", backlog_n / 1_000)),
+        value: backlog.peak_rss_mib,
+        unit: "MiB",
+        ratio: None,
+        target: "<= 150 MB",
+        met: Some(backlog.peak_rss_mib * 1.048_576 <= 150.0),
+    });
+    figures.push(Figure {
+        name: "consumer_backlog_rate",
+        value: backlog.rate,
+        unit: "events/s",
+        ratio: None,
+        target: "",
+        met: None,
+    });
+
     report(&figures)?;
     drop(server);
     Ok(())
@@ -241,15 +294,6 @@ impl StreamingEventHandler for Count {
 
 /// A fresh stream (and a "bench" consumer) per run, so runs do not share state.
 async fn fresh(server: &NatsServer, stream: &str, window: usize) -> Result<StreamingClient> {
-    let mut config = StreamingConfig::default();
-    config.stream.name = stream.to_owned();
-    config.stream.subjects = vec!["person.events.>".into()];
-    config.dlq.name = format!("{stream}_DLQ");
-    config.dlq.subjects = vec![format!("person.dlq.{}.>", stream.to_lowercase())];
-    config.publisher.max_in_flight = window;
-    let mut c = ConsumerSettings::new("bench", &["person.events.>"], "benchmark consumer");
-    c.max_ack_pending = 1_000;
-    config.consumers = vec![c];
     // One stream owns person.events.> at a time: remove the previous run's streams.
     let bare = async_nats::connect(server.url()).await?;
     let js = jetstream::new(bare);
@@ -261,14 +305,35 @@ async fn fresh(server: &NatsServer, stream: &str, window: usize) -> Result<Strea
     for n in old {
         js.delete_stream(&n).await?;
     }
-    Ok(StreamingClient::new(&server.url(), config).await?)
+    Ok(StreamingClient::new(&server.url(), bench_config(stream, window)).await?)
+}
+
+/// The benchmark's configuration: one stream, its DLQ and a "bench" consumer.
+fn bench_config(stream: &str, window: usize) -> StreamingConfig {
+    let mut config = StreamingConfig::default();
+    config.stream.name = stream.to_owned();
+    config.stream.subjects = vec!["person.events.>".into()];
+    config.dlq.name = format!("{stream}_DLQ");
+    config.dlq.subjects = vec![format!("person.dlq.{}.>", stream.to_lowercase())];
+    config.publisher.max_in_flight = window;
+    let mut c = ConsumerSettings::new("bench", &["person.events.>"], "benchmark consumer");
+    c.max_ack_pending = 1_000;
+    config.consumers = vec![c];
+    config
 }
 
 fn workload(n: usize, people: usize) -> Vec<StreamingEventEnvelope> {
+    workload_iter(n, people).collect()
+}
+
+/// `n` realistic events over `people` people, generated lazily (for the large backlogs).
+fn workload_iter(
+    n: usize,
+    people: usize,
+) -> impl Iterator<Item = StreamingEventEnvelope> + Send + 'static {
     let ids: Vec<PersonId> = (0..people).map(|_| PersonId::new()).collect();
     let name = PersonName::new("Jane", Some("Q"), "Doe").expect("name");
-    (0..n)
-        .map(|i| {
+    (0..n).map(move |i| {
             let person_id = ids[i % people];
             StreamingEventEnvelope::new(
                 person_id,
@@ -278,11 +343,10 @@ fn workload(n: usize, people: usize) -> Vec<StreamingEventEnvelope> {
                     old_name: name.clone(),
                     new_name: name.clone(),
                     change_reason: Some("benchmark".into()),
-                    metadata: EventMetadata::new().with_actor("bench"),
-                },
-            )
-        })
-        .collect()
+                metadata: EventMetadata::new().with_actor("bench"),
+            },
+        )
+    })
 }
 
 /// The same bytes and headers the product sends, built ahead of time for the raw runs.
