@@ -26,11 +26,49 @@ use crate::options::{DeadLetterPolicy, SubscriptionOptions};
 use crate::stats::Counters;
 
 /// A fetched message and what the runtime knows about it.
+///
+/// The message is shared (`Arc`): the lane keeps a handle on the running one, and the
+/// progress ticker on the queued ones, without copying its headers.
 struct Held {
-    msg: jetstream::Message,
+    msg: Arc<jetstream::Message>,
     seq: u64,
     delivered: u64,
-    decoded: Result<StreamingEventEnvelope, DecodeError>,
+    body: Body,
+}
+
+/// The decoded payload. The envelope is moved into the handler call rather than copied;
+/// the rare paths that need it afterwards (dead-lettering) decode the payload again.
+enum Body {
+    Event(StreamingEventEnvelope),
+    Undecodable(DecodeError),
+    HandedOver,
+}
+
+impl Held {
+    /// The envelope, decoded again if it was handed to the handler already.
+    fn envelope(&self) -> Option<std::borrow::Cow<'_, StreamingEventEnvelope>> {
+        match &self.body {
+            Body::Event(env) => Some(std::borrow::Cow::Borrowed(env)),
+            Body::Undecodable(_) => None,
+            Body::HandedOver => decode_held(&self.msg, self.seq)
+                .ok()
+                .map(std::borrow::Cow::Owned),
+        }
+    }
+}
+
+fn decode_held(msg: &jetstream::Message, seq: u64) -> Result<StreamingEventEnvelope, DecodeError> {
+    decode_message(&RawMessage {
+        subject: Some(msg.subject.as_str()),
+        payload: &msg.payload,
+        content_type: msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(person_metadata::headers::CONTENT_TYPE))
+            .map(|v| v.as_str()),
+        stream_sequence: Some(seq),
+    })
+    .map(|d| d.envelope)
 }
 
 #[derive(Default)]
@@ -40,7 +78,7 @@ struct Lane {
     running: bool,
     /// The message being handled now, with its stream sequence (to recognise its
     /// redelivery, and to NAK it on shutdown).
-    current: Option<(u64, jetstream::Message)>,
+    current: Option<(u64, Arc<jetstream::Message>)>,
     /// An earlier event was NAKed and will be redelivered: nothing of this person runs
     /// before it.
     waiting_for: Option<u64>,
@@ -215,28 +253,21 @@ impl Worker {
         };
         self.counters.lag.store(pending, Ordering::Relaxed);
         Counters::add(&self.counters.in_hand);
-        let headers = &msg.headers;
-        let decoded = decode_message(&RawMessage {
-            subject: Some(msg.subject.as_str()),
-            payload: &msg.payload,
-            content_type: headers
-                .as_ref()
-                .and_then(|h| h.get(person_metadata::headers::CONTENT_TYPE))
-                .map(|v| v.as_str()),
-            stream_sequence: Some(seq),
-        })
-        .map(|d| d.envelope);
-        let person = match &decoded {
-            Ok(env) => Some(env.aggregate_id),
-            Err(_) => parse_event_subject(msg.subject.as_str())
+        let body = match decode_held(&msg, seq) {
+            Ok(env) => Body::Event(env),
+            Err(e) => Body::Undecodable(e),
+        };
+        let person = match &body {
+            Body::Event(env) => Some(env.aggregate_id),
+            _ => parse_event_subject(msg.subject.as_str())
                 .ok()
                 .map(|s| s.person_id),
         };
         let held = Held {
-            msg,
+            msg: Arc::new(msg),
             seq,
             delivered,
-            decoded,
+            body,
         };
         let Some(person) = person else {
             // No person to order by: dead-letter it on its own.
@@ -333,22 +364,35 @@ impl Worker {
         }
     }
 
-    async fn process(self: &Arc<Self>, held: Held, parked: Option<String>) -> Outcome {
-        let envelope = match (&held.decoded, parked) {
-            (_, Some(blocker)) if self.options.dead_letter_policy == DeadLetterPolicy::Park => {
+    async fn process(self: &Arc<Self>, mut held: Held, parked: Option<String>) -> Outcome {
+        let body = std::mem::replace(&mut held.body, Body::HandedOver);
+        let envelope = match (body, parked) {
+            (body, Some(blocker)) if self.options.dead_letter_policy == DeadLetterPolicy::Park => {
+                held.body = body;
                 let reason = format!("blocked by {blocker}");
                 return self
                     .dead_letter(held, reason, ErrorClass::Permanent, true, blocker)
                     .await;
             }
-            (Err(e), _) => {
+            (Body::Undecodable(e), _) => {
                 let reason = format!("undecodable: {e}");
+                held.body = Body::Undecodable(e);
                 let label = format!("stream sequence {}", held.seq);
                 return self
                     .dead_letter(held, reason, ErrorClass::Permanent, false, label)
                     .await;
             }
-            (Ok(env), _) => env.clone(),
+            (Body::Event(env), _) => env,
+            (Body::HandedOver, _) => match decode_held(&held.msg, held.seq) {
+                Ok(env) => env,
+                Err(e) => {
+                    let reason = format!("undecodable: {e}");
+                    let label = format!("stream sequence {}", held.seq);
+                    return self
+                        .dead_letter(held, reason, ErrorClass::Permanent, false, label)
+                        .await;
+                }
+            },
         };
         let span = tracing::info_span!(
             "person_event",
@@ -386,11 +430,23 @@ impl Worker {
             }
         };
         let attempts = self.options.in_process_attempts.max(1);
+        let event_id = envelope.event_id;
+        let mut envelope = Some(envelope);
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
+            // The last attempt hands the envelope over; earlier ones pass a copy.
+            let Some(env) = (if attempt < attempts {
+                envelope.clone()
+            } else {
+                envelope.take()
+            }) else {
+                break Err(crate::HandlerError::permanent(
+                    "no envelope left to hand over",
+                ));
+            };
             Counters::add(&self.counters.in_flight);
-            let result = self.call_handler(&held, envelope.clone()).await;
+            let result = self.call_handler(&held, env).await;
             Counters::sub(&self.counters.in_flight);
             match result {
                 Err(ref e) if e.class().is_retryable() && attempt < attempts => {
@@ -416,7 +472,7 @@ impl Worker {
             Err(e) if e.class() == ErrorClass::Permanent => {
                 // Bad data is not a downstream outage: it does not count against the breaker.
                 permit.success();
-                let label = envelope.event_id.to_string();
+                let label = event_id.to_string();
                 self.dead_letter(
                     held,
                     format!("permanent failure: {e}"),
@@ -429,7 +485,7 @@ impl Worker {
             Err(e) => {
                 permit.failure();
                 if held.delivered >= self.max_deliver {
-                    let label = envelope.event_id.to_string();
+                    let label = event_id.to_string();
                     let reason = format!("gave up after {} deliveries: {e}", held.delivered);
                     return self
                         .dead_letter(held, reason, e.class(), false, label)
@@ -452,25 +508,33 @@ impl Worker {
         held: &Held,
         envelope: StreamingEventEnvelope,
     ) -> Result<(), crate::HandlerError> {
-        let call = tokio::time::timeout(
-            self.options.handler_timeout,
-            self.handler.handle_event(envelope),
-        );
+        let call = self.handler.handle_event(envelope);
         tokio::pin!(call);
-        // The first progress ack is due one period from now. (Awaiting an interval's
-        // immediate first tick would cost a timer-wheel turn, about 1 ms, per event.)
+        // One timer per call, for whichever comes first: the next progress ack or the
+        // timeout. (Awaiting an interval's immediate first tick would cost a timer-wheel
+        // turn, about 1 ms, per event; a second timer costs a wheel insert and removal.)
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.options.handler_timeout;
         let period = self.progress_every();
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut next_progress = start + period;
+        let timer = tokio::time::sleep_until(next_progress.min(deadline));
+        tokio::pin!(timer);
         loop {
             tokio::select! {
-                r = &mut call => {
-                    return r.unwrap_or_else(|_| Err(crate::HandlerError::transient(format!(
-                        "handler timed out after {:?}", self.options.handler_timeout
-                    ))));
-                }
-                _ = tick.tick() => {
+                biased;
+                r = &mut call => return r,
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Err(crate::HandlerError::transient(format!(
+                            "handler timed out after {:?}",
+                            self.options.handler_timeout
+                        )));
+                    }
                     // Longer than the ack wait is fine: tell the server we are working.
                     let _ = held.msg.ack_with(AckKind::Progress).await;
+                    next_progress = now + period;
+                    timer.as_mut().reset(next_progress.min(deadline));
                 }
             }
         }
@@ -486,7 +550,8 @@ impl Worker {
         parked: bool,
         label: String,
     ) -> Outcome {
-        let env = held.decoded.as_ref().ok();
+        let env = held.envelope();
+        let env = env.as_deref();
         let headers: Vec<(String, String)> = held
             .msg
             .headers
@@ -570,7 +635,7 @@ impl Worker {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let msgs: Vec<jetstream::Message> = {
+            let msgs: Vec<Arc<jetstream::Message>> = {
                 let lanes = self.lanes.lock().expect("lanes lock");
                 lanes
                     .values()
@@ -598,7 +663,7 @@ impl Worker {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let leftovers: Vec<jetstream::Message> = {
+        let leftovers: Vec<Arc<jetstream::Message>> = {
             let mut lanes = self.lanes.lock().expect("lanes lock");
             let mut out = Vec::new();
             for lane in lanes.values_mut() {
@@ -626,9 +691,12 @@ fn is_replay_of(held: &Held, blocker: &str) -> bool {
         .as_ref()
         .is_some_and(|h| h.get(person_streaming::REPLAY_OF_HEADER).is_some());
     replayed
-        && match &held.decoded {
-            Ok(env) => env.event_id.to_string() == blocker,
-            Err(_) => blocker == format!("stream sequence {}", held.seq),
+        && match &held.body {
+            Body::Event(env) => env.event_id.to_string() == blocker,
+            Body::Undecodable(_) => blocker == format!("stream sequence {}", held.seq),
+            Body::HandedOver => held
+                .envelope()
+                .is_some_and(|env| env.event_id.to_string() == blocker),
         }
 }
 
