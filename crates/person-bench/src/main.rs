@@ -136,7 +136,7 @@ async fn main() -> Result<()> {
                 .publish_all(workload(events_n, 1_000))
                 .collect()
                 .await;
-            let counter = Arc::new(Count::default());
+            let counter = Arc::new(Count::new(events_n as u64, Duration::ZERO));
             let mut manager = SubscriptionManager::new(client.clone()).with_options(
                 SubscriptionOptions::default()
                     .concurrency(8)
@@ -145,10 +145,8 @@ async fn main() -> Result<()> {
             manager.register_handler(counter.clone());
             let started = Instant::now();
             let handle = manager.start_consumer("bench").await?;
-            while counter.0.load(Ordering::Relaxed) < events_n as u64 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            product.push(events_n as f64 / started.elapsed().as_secs_f64());
+            let done = counter.finished().await;
+            product.push(events_n as f64 / (done - started).as_secs_f64());
             handle.shutdown(Duration::from_secs(5)).await;
 
             let stream = client.jetstream().get_stream(format!("CON{rep}")).await?;
@@ -287,7 +285,7 @@ async fn consume_rate(
         .publish_all(workload(n, 1_000))
         .collect()
         .await;
-    let counter = Arc::new(Count::with_delay(delay));
+    let counter = Arc::new(Count::new(n as u64, delay));
     let mut manager = SubscriptionManager::new(client.clone()).with_options(
         SubscriptionOptions::default()
             .concurrency(concurrency)
@@ -296,35 +294,61 @@ async fn consume_rate(
     manager.register_handler(counter.clone());
     let started = Instant::now();
     let handle = manager.start_consumer("bench").await?;
-    while counter.0.load(Ordering::Relaxed) < n as u64 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = n as f64 / (counter.finished().await - started).as_secs_f64();
     handle.shutdown(Duration::from_secs(5)).await;
-    let mean_sleep = counter.2.load(Ordering::Relaxed) as f64 / 1e6 / n as f64;
+    let mean_sleep = counter.slept_us.load(Ordering::Relaxed) as f64 / 1e6 / n as f64;
     Ok((rate, mean_sleep))
 }
 
-#[derive(Default)]
-struct Count(AtomicU64, Duration, AtomicU64);
+/// A handler that counts (optionally after sleeping) and notes when the `target`-th event
+/// was handled, so a run's end time is exact rather than a poll's.
+struct Count {
+    handled: AtomicU64,
+    delay: Duration,
+    slept_us: AtomicU64,
+    target: u64,
+    done_at: std::sync::OnceLock<Instant>,
+    done: tokio::sync::Notify,
+}
 
 impl Count {
-    fn with_delay(d: Duration) -> Self {
-        Self(AtomicU64::new(0), d, AtomicU64::new(0))
+    fn new(target: u64, delay: Duration) -> Self {
+        Self {
+            handled: AtomicU64::new(0),
+            delay,
+            slept_us: AtomicU64::new(0),
+            target,
+            done_at: std::sync::OnceLock::new(),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Waits for the `target`-th event and returns when it was handled.
+    async fn finished(&self) -> Instant {
+        loop {
+            if let Some(at) = self.done_at.get() {
+                return *at;
+            }
+            // A bounded wait: the notification may have fired before we waited.
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.done.notified()).await;
+        }
     }
 }
 
 #[async_trait]
 impl StreamingEventHandler for Count {
     async fn handle_event(&self, _envelope: StreamingEventEnvelope) -> DomainResult<()> {
-        if !self.1.is_zero() {
+        if !self.delay.is_zero() {
             // The time a 2 ms sleep really takes (tokio's timer has 1 ms resolution).
             let slept = Instant::now();
-            tokio::time::sleep(self.1).await;
-            self.2
+            tokio::time::sleep(self.delay).await;
+            self.slept_us
                 .fetch_add(slept.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        self.0.fetch_add(1, Ordering::Relaxed);
+        if self.handled.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+            let _ = self.done_at.set(Instant::now());
+            self.done.notify_one();
+        }
         Ok(())
     }
 

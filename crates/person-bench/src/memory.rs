@@ -3,7 +3,6 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -59,16 +58,13 @@ pub(crate) async fn run(server: &NatsServer, n: usize) -> Result<Backlog> {
 /// backlog; prints its peak RSS (KiB) and events per second.
 pub(crate) async fn child(url: &str, stream: &str, n: u64) -> Result<()> {
     let client = StreamingClient::new(url, crate::bench_config(stream, 256)).await?;
-    let counter = Arc::new(crate::Count::default());
+    let counter = Arc::new(crate::Count::new(n, Duration::ZERO));
     let mut manager = SubscriptionManager::new(client.clone())
         .with_options(SubscriptionOptions::default().concurrency(8));
     manager.register_handler(counter.clone());
     let started = Instant::now();
     let handle = manager.start_consumer("bench").await?;
-    while counter.0.load(Ordering::Relaxed) < n {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = n as f64 / (counter.finished().await - started).as_secs_f64();
     handle.shutdown(Duration::from_secs(5)).await;
     let status = std::fs::read_to_string("/proc/self/status")?;
     let kib = status
