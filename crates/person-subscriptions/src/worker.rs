@@ -39,7 +39,8 @@ struct Held {
 /// The decoded payload. The envelope is moved into the handler call rather than copied;
 /// the rare paths that need it afterwards (dead-lettering) decode the payload again.
 enum Body {
-    Event(StreamingEventEnvelope),
+    /// Boxed: a held message moves through queues, and this keeps it small.
+    Event(Box<StreamingEventEnvelope>),
     Undecodable(DecodeError),
     HandedOver,
 }
@@ -74,7 +75,7 @@ fn decode_held(msg: &jetstream::Message, seq: u64) -> Result<StreamingEventEnvel
 #[derive(Default)]
 struct Lane {
     queue: VecDeque<Held>,
-    /// A lane task is running for this person.
+    /// A runner is on this person, or the person is queued for one.
     running: bool,
     /// The message being handled now, with its stream sequence (to recognise its
     /// redelivery, and to NAK it on shutdown).
@@ -84,7 +85,19 @@ struct Lane {
     waiting_for: Option<u64>,
     /// An earlier event was dead-lettered; later ones are parked behind it.
     parked_behind: Option<String>,
-    task: Option<AbortHandle>,
+}
+
+/// Per-person lanes and the runners that work them. At most `concurrency` runner tasks
+/// exist; a runner that finishes a person takes the next ready one instead of exiting,
+/// so a message costs no task spawn and no wait for a concurrency slot.
+#[derive(Default)]
+struct Lanes {
+    map: HashMap<PersonId, Lane>,
+    /// People with work, waiting for a runner, oldest first.
+    ready: VecDeque<PersonId>,
+    /// Live runner tasks, by a local id (to abort them on shutdown).
+    runners: HashMap<u64, AbortHandle>,
+    next_runner: u64,
 }
 
 enum Outcome {
@@ -103,7 +116,7 @@ pub(crate) struct Worker {
     pub(crate) sink: Arc<dyn DeadLetterSink>,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) counters: Arc<Counters>,
-    lanes: Mutex<HashMap<PersonId, Lane>>,
+    lanes: Mutex<Lanes>,
     pub(crate) stopping: AtomicBool,
     settled: Notify,
     semaphore: Semaphore,
@@ -141,7 +154,7 @@ impl Worker {
             sink,
             breaker,
             counters,
-            lanes: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(Lanes::default()),
             stopping: AtomicBool::new(false),
             settled: Notify::new(),
             retry,
@@ -254,7 +267,7 @@ impl Worker {
         self.counters.lag.store(pending, Ordering::Relaxed);
         Counters::add(&self.counters.in_hand);
         let body = match decode_held(&msg, seq) {
-            Ok(env) => Body::Event(env),
+            Ok(env) => Body::Event(Box::new(env)),
             Err(e) => Body::Undecodable(e),
         };
         let person = match &body {
@@ -277,8 +290,9 @@ impl Worker {
             });
             return;
         };
-        let mut lanes = self.lanes.lock().expect("lanes lock");
-        let lane = lanes.entry(person).or_default();
+        let mut guard = self.lanes.lock().expect("lanes lock");
+        let lanes = &mut *guard;
+        let lane = lanes.map.entry(person).or_default();
         if let Some(existing) = lane.queue.iter_mut().find(|h| h.seq == held.seq) {
             // A redelivery of a message we already hold: keep the newest copy.
             *existing = held;
@@ -305,23 +319,56 @@ impl Worker {
         }
         if !lane.running && lane.waiting_for.is_none() {
             lane.running = true;
-            let this = self.clone();
-            let task = tokio::spawn(async move { this.run_lane(person).await });
-            lane.task = Some(task.abort_handle());
+            if lanes.runners.len() < self.options.concurrency.max(1) {
+                let id = lanes.next_runner;
+                lanes.next_runner += 1;
+                let this = self.clone();
+                let task = tokio::spawn(async move { this.runner(person, id).await });
+                lanes.runners.insert(id, task.abort_handle());
+            } else {
+                lanes.ready.push_back(person);
+            }
         }
     }
 
-    async fn run_lane(self: Arc<Self>, person: PersonId) {
+    /// A runner: handles one event of `person`, then one of whichever person is ready
+    /// next (round robin, so a person with a long backlog does not hold a runner while
+    /// others wait); exits when no one is ready (or when stopping).
+    async fn runner(self: Arc<Self>, mut person: PersonId, id: u64) {
         loop {
+            let more = self.run_lane(person).await;
+            let mut lanes = self.lanes.lock().expect("lanes lock");
+            if more {
+                lanes.ready.push_back(person);
+            }
+            let next = if self.stopping.load(Ordering::Acquire) {
+                None
+            } else {
+                lanes.ready.pop_front()
+            };
+            match next {
+                Some(p) => person = p,
+                None => {
+                    lanes.runners.remove(&id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles the next event of one person's lane. Returns `true` when the lane may
+    /// have more to do; `false` (and the lane is no longer running) when it is empty,
+    /// waits for a redelivery, or the worker stops.
+    async fn run_lane(self: &Arc<Self>, person: PersonId) -> bool {
+        {
             let (held, parked) = {
                 let mut lanes = self.lanes.lock().expect("lanes lock");
-                let Some(lane) = lanes.get_mut(&person) else {
-                    return;
+                let Some(lane) = lanes.map.get_mut(&person) else {
+                    return false;
                 };
                 if lane.waiting_for.is_some() || self.stopping.load(Ordering::Acquire) {
                     lane.running = false;
-                    lane.task = None;
-                    return;
+                    return false;
                 }
                 match lane.queue.pop_front() {
                     Some(h) => {
@@ -339,17 +386,16 @@ impl Worker {
                     }
                     None => {
                         lane.running = false;
-                        lane.task = None;
                         if lane.parked_behind.is_none() {
-                            lanes.remove(&person);
+                            lanes.map.remove(&person);
                         }
-                        return;
+                        return false;
                     }
                 }
             };
             let outcome = self.process(held, parked).await;
             let mut lanes = self.lanes.lock().expect("lanes lock");
-            if let Some(lane) = lanes.get_mut(&person) {
+            if let Some(lane) = lanes.map.get_mut(&person) {
                 lane.current = None;
                 match outcome {
                     Outcome::Done | Outcome::Released => {}
@@ -361,6 +407,7 @@ impl Worker {
                     }
                 }
             }
+            true
         }
     }
 
@@ -382,7 +429,7 @@ impl Worker {
                     .dead_letter(held, reason, ErrorClass::Permanent, false, label)
                     .await;
             }
-            (Body::Event(env), _) => env,
+            (Body::Event(env), _) => *env,
             (Body::HandedOver, _) => match decode_held(&held.msg, held.seq) {
                 Ok(env) => env,
                 Err(e) => {
@@ -638,6 +685,7 @@ impl Worker {
             let msgs: Vec<Arc<jetstream::Message>> = {
                 let lanes = self.lanes.lock().expect("lanes lock");
                 lanes
+                    .map
                     .values()
                     .flat_map(|l| l.queue.iter().map(|h| h.msg.clone()))
                     .collect()
@@ -656,7 +704,7 @@ impl Worker {
         loop {
             let busy = {
                 let lanes = self.lanes.lock().expect("lanes lock");
-                lanes.values().any(|l| l.current.is_some())
+                lanes.map.values().any(|l| l.current.is_some())
             };
             if !busy || tokio::time::Instant::now() >= deadline {
                 break;
@@ -666,14 +714,15 @@ impl Worker {
         let leftovers: Vec<Arc<jetstream::Message>> = {
             let mut lanes = self.lanes.lock().expect("lanes lock");
             let mut out = Vec::new();
-            for lane in lanes.values_mut() {
-                if let Some(task) = lane.task.take() {
-                    task.abort();
-                }
+            for (_, runner) in lanes.runners.drain() {
+                runner.abort();
+            }
+            for lane in lanes.map.values_mut() {
                 out.extend(lane.current.take().map(|(_, m)| m));
                 out.extend(lane.queue.drain(..).map(|h| h.msg));
             }
-            lanes.clear();
+            lanes.map.clear();
+            lanes.ready.clear();
             out
         };
         for m in leftovers {
