@@ -336,7 +336,7 @@ impl Worker {
     async fn process(self: &Arc<Self>, held: Held, parked: Option<String>) -> Outcome {
         let envelope = match (&held.decoded, parked) {
             (_, Some(blocker)) if self.options.dead_letter_policy == DeadLetterPolicy::Park => {
-                let reason = format!("blocked by {blocker}");
+                let reason = format!("{}{blocker}", person_streaming::BLOCKED_BY_PREFIX);
                 return self
                     .dead_letter(held, reason, ErrorClass::Permanent, true, blocker)
                     .await;
