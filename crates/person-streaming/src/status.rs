@@ -28,8 +28,11 @@ pub struct StreamStatus {
 /// One consumer's progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerStatus {
-    /// Consumer (durable) name.
+    /// Consumer name.
     pub name: String,
+    /// `false` for an ephemeral consumer (a reader such as the DLQ listing or a tail,
+    /// removed by the server once idle).
+    pub durable: bool,
     /// Messages matching the filter not delivered yet.
     pub pending: u64,
     /// Messages delivered and not acknowledged yet.
@@ -94,6 +97,7 @@ async fn stream_status(
             });
             let last_active = delivered.max(acked);
             ConsumerStatus {
+                durable: c.config.durable_name.is_some(),
                 name: c.name,
                 pending: c.num_pending,
                 ack_pending: c.num_ack_pending as u64,

@@ -222,6 +222,7 @@ async fn status_reports_streams_and_consumers() {
         ]
     );
     let summary = &events.consumers[1];
+    assert!(summary.durable);
     assert_eq!(summary.pending, 3);
     assert_eq!(summary.ack_pending, 0);
     assert_eq!(status[1].name, "PERSON_EVENTS_DLQ");
