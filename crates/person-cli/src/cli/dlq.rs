@@ -378,6 +378,23 @@ async fn get(g: &Global, dlq: &DeadLetterQueue, id: u64) -> Result<StoredDeadLet
     })
 }
 
+/// Checks the choice of dead letters before connecting: IDs, a filter, or `--all`.
+fn check_selection(ids: &[u64], filter: &FilterArgs, all: bool) -> Result<(), CliError> {
+    let given = [!ids.is_empty(), !filter.is_empty(), all]
+        .iter()
+        .filter(|g| **g)
+        .count();
+    match given {
+        0 => Err(CliError::usage(
+            "choose the dead letters: IDs, a filter (--consumer, --person, --reason, --since, --until), or --all",
+        )),
+        1 => filter.filter().map(|_| ()),
+        _ => Err(CliError::usage(
+            "give dead letter IDs, or a filter, or --all; not several",
+        )),
+    }
+}
+
 /// The dead letters chosen by IDs, a filter or `--all`, oldest original event first.
 async fn select(
     g: &Global,
@@ -386,25 +403,14 @@ async fn select(
     filter: &FilterArgs,
     all: bool,
 ) -> Result<Vec<StoredDeadLetter>, CliError> {
+    check_selection(ids, filter, all)?;
     let mut chosen = if !ids.is_empty() {
-        if !filter.is_empty() || all {
-            return Err(CliError::usage(
-                "give dead letter IDs, or a filter, or --all; not several",
-            ));
-        }
         let mut out = Vec::new();
         for id in ids {
             out.push(get(g, dlq, *id).await?);
         }
         out
-    } else if filter.is_empty() && !all {
-        return Err(CliError::usage(
-            "choose the dead letters: IDs, a filter (--consumer, --person, --reason, --since, --until), or --all",
-        ));
     } else {
-        if all && !filter.is_empty() {
-            return Err(CliError::usage("--all cannot be combined with a filter"));
-        }
         dlq.list(&filter.filter()?)
             .await
             .map_err(|e| g.streaming_error(&e))?
@@ -448,6 +454,7 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
     {
         return Err(CliError::usage("--rate must be a positive number"));
     }
+    check_selection(&args.ids, &args.filter, args.all)?;
     let client = g.connect().await?;
     let dlq = client.dead_letters();
     let chosen = select(g, &dlq, &args.ids, &args.filter, args.all).await?;
@@ -608,6 +615,7 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
 }
 
 async fn purge(g: &Global, args: PurgeArgs) -> Result<(), CliError> {
+    check_selection(&args.ids, &args.filter, args.all)?;
     let client = g.connect().await?;
     let dlq = client.dead_letters();
     let chosen = select(g, &dlq, &args.ids, &args.filter, args.all).await?;

@@ -22,6 +22,10 @@ pub(crate) struct Args {
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also list ephemeral consumers (readers such as a running `tail` or a recent DLQ
+    /// listing, removed by the server once idle).
+    #[arg(long)]
+    all_consumers: bool,
 }
 
 pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
@@ -83,29 +87,36 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
             &rows
         )
     );
+    let hidden: usize = streams
+        .iter()
+        .map(|s| s.consumers.iter().filter(|c| !c.durable).count())
+        .sum();
     let rows: Vec<Vec<String>> = streams
         .iter()
         .flat_map(|s| {
-            s.consumers.iter().map(|c| {
-                vec![
-                    s.name.clone(),
-                    if c.durable {
-                        c.name.clone()
-                    } else {
-                        format!("{} (ephemeral reader)", c.name)
-                    },
-                    c.pending.to_string(),
-                    c.ack_pending.to_string(),
-                    c.redelivered.to_string(),
-                    ago(c.last_active, now),
-                ]
-            })
+            s.consumers
+                .iter()
+                .filter(|c| c.durable || args.all_consumers)
+                .map(|c| {
+                    vec![
+                        s.name.clone(),
+                        if c.durable {
+                            c.name.clone()
+                        } else {
+                            format!("{} (ephemeral reader)", c.name)
+                        },
+                        c.pending.to_string(),
+                        c.ack_pending.to_string(),
+                        c.redelivered.to_string(),
+                        ago(c.last_active, now),
+                    ]
+                })
         })
         .collect();
     if rows.is_empty() {
-        println!("no consumers\n");
+        println!("no consumers");
     } else {
-        println!(
+        print!(
             "{}",
             table(
                 &[
@@ -120,6 +131,10 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
             )
         );
     }
+    if hidden > 0 && !args.all_consumers {
+        println!("({hidden} ephemeral reader(s) not shown; --all-consumers lists them)");
+    }
+    println!();
     if counts.is_empty() {
         println!("dead letters: none");
     } else {
