@@ -18,7 +18,7 @@ pub(crate) const EXAMPLES: &str = "\
 Examples:
   person-stream publish events.ndjson
   person-stream tail --person 0f8fad5b-d9cb-469f-a165-70867728950e --no-follow --json > p.ndjson
-  person-stream publish p.ndjson                     # the same events again: all duplicates
+  person-stream publish p.ndjson                     # again inside the dedup window: duplicates
   cat legacy-v1.ndjson | person-stream publish -     # raw V1 events, stored as they are
   person-stream publish --check-version import.ndjson
 
@@ -26,8 +26,9 @@ One event per line: a V2 envelope (as written by the publisher, or a line of `ta
 --json`), a bare V2 event ({\"event_type\": \"Created\", \"data\": {...}}, wrapped in a new
 envelope), or a raw V1 event ({\"PersonCreated\": {...}}, stored byte for byte with its
 legacy event id as dedup id). Lines that are not events are reported with their line
-number; the other lines are still published. Each event id is stored once: a repeat
-inside the stream's duplicate window is reported as a duplicate.
+number; the other lines are still published. The event id is the dedup id: a repeat
+inside the stream's duplicate window (2 minutes by default) is reported as a duplicate
+and not stored; after the window it is stored again.
 
 --check-version: optimistic concurrency. Each person's events are appended one at a time,
 each expecting the person's version left by the one before; a person's first event
