@@ -6,7 +6,7 @@
 //! - [`error`]: the exit codes and the error type that carries a hint.
 //! - [`input`]: NDJSON lines to publish (V2 envelopes, bare V2 events, raw V1 events).
 //! - [`filter`]: time arguments (`2h`, RFC 3339) and the `tail` filter.
-//! - [`format`]: tables, one-line event summaries, byte and age formatting.
+//! - [`format`](mod@format): tables, one-line event summaries, byte and age formatting.
 //! - [`progress`]: a progress line on stderr, drawn only when stderr is a terminal.
 
 pub mod error;
