@@ -30,6 +30,7 @@ fn rules() -> Vec<(&'static str, &'static [&'static str])> {
         ("person-retry", &["async-nats", "nats-harness"]),
         ("person-streaming", &["nats-harness"]),
         ("person-subscriptions", &["nats-harness"]),
+        ("person-cli", &["nats-harness"]),
     ]
 }
 

@@ -47,6 +47,7 @@ pub struct StreamingClientBuilder {
     max_reconnects: Option<usize>,
     connection_timeout: Duration,
     retry_on_initial_connect: bool,
+    ensure_on_connect: bool,
 }
 
 impl StreamingClientBuilder {
@@ -120,7 +121,16 @@ impl StreamingClientBuilder {
         self
     }
 
-    /// Connects, validates `config`, and ensures its streams and consumers exist.
+    /// Whether [`connect`](Self::connect) ensures the streams and consumers (default:
+    /// yes). Turn it off for read-only tools that must not create or change anything;
+    /// call [`StreamingClient::ensure`] or [`StreamingClient::plan`] yourself.
+    pub fn ensure_on_connect(mut self, ensure: bool) -> Self {
+        self.ensure_on_connect = ensure;
+        self
+    }
+
+    /// Connects, validates `config`, and ensures its streams and consumers exist (unless
+    /// [`ensure_on_connect`](Self::ensure_on_connect) is off).
     pub async fn connect(self, config: StreamingConfig) -> Result<StreamingClient, StreamingError> {
         config.validate()?;
         let mut options = match &self.credentials {
@@ -202,7 +212,9 @@ impl StreamingClientBuilder {
             jetstream,
             config,
         };
-        this.ensure().await?;
+        if self.ensure_on_connect {
+            this.ensure().await?;
+        }
         Ok(this)
     }
 }
@@ -230,15 +242,35 @@ pub struct StreamingClient {
     config: StreamingConfig,
 }
 
-/// What [`StreamingClient::ensure`] did.
+/// What [`StreamingClient::ensure`] did, or what [`StreamingClient::plan`] would do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnsureReport {
     /// Streams created.
     pub created_streams: Vec<String>,
     /// Streams whose configuration was updated.
     pub updated_streams: Vec<String>,
-    /// Consumers created or updated (durable names).
+    /// Streams already as configured.
+    pub unchanged_streams: Vec<String>,
+    /// Every consumer ensured (durable names), whatever happened to it.
     pub consumers: Vec<String>,
+    /// Consumers created.
+    pub created_consumers: Vec<String>,
+    /// Consumers whose configuration was updated.
+    pub updated_consumers: Vec<String>,
+    /// Consumers already as configured.
+    pub unchanged_consumers: Vec<String>,
+    /// One line per changed setting, `<name>: <field> <current> -> <desired>`.
+    pub changes: Vec<String>,
+}
+
+impl EnsureReport {
+    /// `true` when nothing was (or would be) created or updated.
+    pub fn is_unchanged(&self) -> bool {
+        self.created_streams.is_empty()
+            && self.updated_streams.is_empty()
+            && self.created_consumers.is_empty()
+            && self.updated_consumers.is_empty()
+    }
 }
 
 impl StreamingClient {
@@ -259,6 +291,7 @@ impl StreamingClient {
             max_reconnects: None,
             connection_timeout: Duration::from_secs(5),
             retry_on_initial_connect: false,
+            ensure_on_connect: true,
         }
     }
 
@@ -296,15 +329,129 @@ impl StreamingClient {
     /// Idempotent. A setting that cannot change in place (storage, retention) gives an
     /// [`StreamingErrorKind::ImmutableField`] error naming it, never a silent keep.
     pub async fn ensure(&self) -> Result<EnsureReport, StreamingError> {
+        self.ensure_or_plan(true).await
+    }
+
+    /// What [`ensure`](Self::ensure) would do, changing nothing: streams and consumers
+    /// to create or update, and each setting that differs. A setting that cannot change
+    /// in place gives the same [`StreamingErrorKind::ImmutableField`] error `ensure`
+    /// would. A consumer on a stream that does not exist yet is reported as created.
+    pub async fn plan(&self) -> Result<EnsureReport, StreamingError> {
+        self.ensure_or_plan(false).await
+    }
+
+    async fn ensure_or_plan(&self, apply: bool) -> Result<EnsureReport, StreamingError> {
         let mut report = EnsureReport::default();
         for (at, settings) in [("stream", &self.config.stream), ("dlq", &self.config.dlq)] {
-            ensure_stream(&self.jetstream, at, settings, &mut report).await?;
+            ensure_stream(&self.jetstream, at, settings, &mut report, apply).await?;
         }
+        let stream_missing = report.created_streams.contains(&self.config.stream.name);
         for c in &self.config.consumers {
-            self.ensure_consumer(c).await?;
-            report.consumers.push(c.durable_name.clone());
+            let name = c.durable_name.clone();
+            let changes = if stream_missing {
+                None
+            } else {
+                self.consumer_changes(c).await?
+            };
+            match changes {
+                None => report.created_consumers.push(name.clone()),
+                Some(changes) if changes.is_empty() => {
+                    report.unchanged_consumers.push(name.clone());
+                }
+                Some(changes) => {
+                    report
+                        .changes
+                        .extend(changes.into_iter().map(|c| format!("consumer {name}: {c}")));
+                    report.updated_consumers.push(name.clone());
+                }
+            }
+            if apply && !report.unchanged_consumers.contains(&name) {
+                self.ensure_consumer(c).await?;
+            }
+            report.consumers.push(name);
         }
         Ok(report)
+    }
+
+    /// The settings of an existing consumer that differ from `settings`; `None` when it
+    /// does not exist.
+    async fn consumer_changes(
+        &self,
+        settings: &ConsumerSettings,
+    ) -> Result<Option<Vec<String>>, StreamingError> {
+        let stream = self
+            .jetstream
+            .get_stream_no_info(&self.config.stream.name)
+            .await
+            .map_err(|e| js_error(format!("cannot open stream {}", self.config.stream.name), e))?;
+        let info = match stream.consumer_info(&settings.durable_name).await {
+            Ok(info) => info,
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(js_error(
+                    format!("cannot read consumer {}", settings.durable_name),
+                    e,
+                ));
+            }
+        };
+        let current = &info.config;
+        let desired = consumer_config(settings);
+        let mut changes = Vec::new();
+        let mut cmp = |field: &str, now: String, want: String| {
+            if now != want {
+                changes.push(format!("{field} {now} -> {want}"));
+            }
+        };
+        let filters = |one: &str, many: &[String]| -> String {
+            if one.is_empty() {
+                format!("{many:?}")
+            } else {
+                format!("{:?}", [one])
+            }
+        };
+        cmp(
+            "filter_subjects",
+            filters(&current.filter_subject, &current.filter_subjects),
+            filters(&desired.filter_subject, &desired.filter_subjects),
+        );
+        cmp(
+            "description",
+            format!("{:?}", current.description),
+            format!("{:?}", desired.description),
+        );
+        cmp(
+            "deliver_policy",
+            format!("{:?}", current.deliver_policy),
+            format!("{:?}", desired.deliver_policy),
+        );
+        cmp(
+            "ack_policy",
+            format!("{:?}", current.ack_policy),
+            format!("{:?}", desired.ack_policy),
+        );
+        cmp(
+            "ack_wait",
+            format!("{:?}", current.ack_wait),
+            format!("{:?}", desired.ack_wait),
+        );
+        cmp(
+            "max_deliver",
+            current.max_deliver.to_string(),
+            desired.max_deliver.to_string(),
+        );
+        cmp(
+            "max_ack_pending",
+            current.max_ack_pending.to_string(),
+            desired.max_ack_pending.to_string(),
+        );
+        cmp(
+            "backoff",
+            format!("{:?}", current.backoff),
+            format!("{:?}", desired.backoff),
+        );
+        Ok(Some(changes))
     }
 
     /// Creates or updates one consumer on the event stream.
@@ -412,6 +559,7 @@ async fn ensure_stream(
     at: &str,
     settings: &StreamSettings,
     report: &mut EnsureReport,
+    apply: bool,
 ) -> Result<(), StreamingError> {
     let desired = stream_config(settings);
     match js.get_stream(&settings.name).await {
@@ -441,27 +589,74 @@ async fn ensure_stream(
                     ),
                 ));
             }
-            let differs = current.subjects != desired.subjects
-                || current.max_age != desired.max_age
-                || current.max_messages != desired.max_messages
-                || current.max_bytes != desired.max_bytes
-                || current.duplicate_window != desired.duplicate_window
-                || current.num_replicas != desired.num_replicas
-                || current.allow_atomic_publish != desired.allow_atomic_publish
-                || current.allow_direct != desired.allow_direct
-                || current.description != desired.description;
-            if differs {
-                js.update_stream(&desired).await.map_err(|e| {
-                    let kind = StreamingErrorKind::ImmutableField;
-                    StreamingError::with_source(
-                        kind,
-                        format!(
-                            "`{at}`: the server refused to update stream {} in place",
-                            settings.name
-                        ),
-                        e,
-                    )
-                })?;
+            let mut changes = Vec::new();
+            let mut cmp = |field: &str, now: String, want: String| {
+                if now != want {
+                    changes.push(format!("stream {}: {field} {now} -> {want}", settings.name));
+                }
+            };
+            cmp(
+                "subjects",
+                format!("{:?}", current.subjects),
+                format!("{:?}", desired.subjects),
+            );
+            cmp(
+                "max_age",
+                format!("{:?}", current.max_age),
+                format!("{:?}", desired.max_age),
+            );
+            cmp(
+                "max_messages",
+                current.max_messages.to_string(),
+                desired.max_messages.to_string(),
+            );
+            cmp(
+                "max_bytes",
+                current.max_bytes.to_string(),
+                desired.max_bytes.to_string(),
+            );
+            cmp(
+                "duplicate_window",
+                format!("{:?}", current.duplicate_window),
+                format!("{:?}", desired.duplicate_window),
+            );
+            cmp(
+                "replicas",
+                current.num_replicas.to_string(),
+                desired.num_replicas.to_string(),
+            );
+            cmp(
+                "allow_atomic",
+                current.allow_atomic_publish.to_string(),
+                desired.allow_atomic_publish.to_string(),
+            );
+            cmp(
+                "allow_direct",
+                current.allow_direct.to_string(),
+                desired.allow_direct.to_string(),
+            );
+            cmp(
+                "description",
+                format!("{:?}", current.description),
+                format!("{:?}", desired.description),
+            );
+            if changes.is_empty() {
+                report.unchanged_streams.push(settings.name.clone());
+            } else {
+                if apply {
+                    js.update_stream(&desired).await.map_err(|e| {
+                        let kind = StreamingErrorKind::ImmutableField;
+                        StreamingError::with_source(
+                            kind,
+                            format!(
+                                "`{at}`: the server refused to update stream {} in place",
+                                settings.name
+                            ),
+                            e,
+                        )
+                    })?;
+                }
+                report.changes.extend(changes);
                 report.updated_streams.push(settings.name.clone());
             }
         }
@@ -472,12 +667,14 @@ async fn ensure_stream(
                     if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
             ) =>
         {
-            js.create_stream(desired).await.map_err(|e| {
-                js_error(
-                    format!("cannot create stream {} (`{at}`)", settings.name),
-                    e,
-                )
-            })?;
+            if apply {
+                js.create_stream(desired).await.map_err(|e| {
+                    js_error(
+                        format!("cannot create stream {} (`{at}`)", settings.name),
+                        e,
+                    )
+                })?;
+            }
             report.created_streams.push(settings.name.clone());
         }
         Err(e) => {

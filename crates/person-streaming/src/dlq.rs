@@ -65,7 +65,20 @@ impl DeadLetterFilter {
         Ok(format!("{}.{consumer}.{person}.*", subject::DLQ_PREFIX))
     }
 
-    fn matches(&self, letter: &DeadLetter) -> bool {
+    /// `true` when `letter` passes the filter. Checks every field, also consumer and
+    /// person (which [`DeadLetterQueue::list`] already narrows on the server).
+    pub fn matches(&self, letter: &DeadLetter) -> bool {
+        self.consumer
+            .as_deref()
+            .is_none_or(|c| letter.consumer == c)
+            && self
+                .person_id
+                .as_deref()
+                .is_none_or(|p| letter.person_id.as_deref().unwrap_or(UNKNOWN_TOKEN) == p)
+            && self.matches_content(letter)
+    }
+
+    fn matches_content(&self, letter: &DeadLetter) -> bool {
         self.reason_contains
             .as_deref()
             .is_none_or(|r| letter.reason.contains(r))
@@ -73,6 +86,25 @@ impl DeadLetterFilter {
             && self.until.is_none_or(|t| letter.last_failure_at < t)
     }
 }
+
+/// How many dead letters one consumer holds for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterCount {
+    /// The consumer that gave up.
+    pub consumer: String,
+    /// The reason. Parked events (`blocked by <event id>`) are counted together under
+    /// [`PARKED_REASON`].
+    pub reason: String,
+    /// How many.
+    pub count: usize,
+}
+
+/// The reason [`DeadLetterQueue::counts`] groups parked events under.
+pub const PARKED_REASON: &str = "blocked by an earlier dead letter (parked)";
+
+/// The prefix of a parked event's reason, `blocked by <event id>`, as the subscription
+/// runtime writes it.
+pub const BLOCKED_BY_PREFIX: &str = "blocked by ";
 
 /// What a replay did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +216,7 @@ impl DeadLetterQueue {
                     e,
                 )
             })?;
-            if filter.matches(&letter) {
+            if filter.matches_content(&letter) {
                 out.push(StoredDeadLetter {
                     dlq_sequence: msg.sequence,
                     letter,
@@ -193,6 +225,67 @@ impl DeadLetterQueue {
             Ok(())
         })
         .await?;
+        Ok(out)
+    }
+
+    /// Dead letters matching `filter`, counted by consumer and reason, sorted by
+    /// consumer, then by count (largest first), then by reason.
+    pub async fn counts(
+        &self,
+        filter: &DeadLetterFilter,
+    ) -> Result<Vec<DeadLetterCount>, StreamingError> {
+        let mut counts = std::collections::BTreeMap::<(String, String), usize>::new();
+        for stored in self.list(filter).await? {
+            let letter = stored.letter;
+            let reason = if letter.reason.starts_with(BLOCKED_BY_PREFIX) {
+                PARKED_REASON.to_owned()
+            } else {
+                letter.reason
+            };
+            *counts.entry((letter.consumer, reason)).or_default() += 1;
+        }
+        let mut out: Vec<DeadLetterCount> = counts
+            .into_iter()
+            .map(|((consumer, reason), count)| DeadLetterCount {
+                consumer,
+                reason,
+                count,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.consumer
+                .cmp(&b.consumer)
+                .then(b.count.cmp(&a.count))
+                .then(a.reason.cmp(&b.reason))
+        });
+        Ok(out)
+    }
+
+    /// The dead letters parked behind `stored`: the same consumer's later events of the
+    /// same person, dead-lettered as `blocked by <its event id>` (or `blocked by stream
+    /// sequence <n>` when it could not be decoded), oldest first.
+    pub async fn parked_behind(
+        &self,
+        stored: &StoredDeadLetter,
+    ) -> Result<Vec<StoredDeadLetter>, StreamingError> {
+        let letter = &stored.letter;
+        let label = match &letter.event_id {
+            Some(id) => id.clone(),
+            None => format!("stream sequence {}", letter.stream_sequence),
+        };
+        let reason = format!("{BLOCKED_BY_PREFIX}{label}");
+        let filter = DeadLetterFilter {
+            consumer: Some(letter.consumer.clone()),
+            person_id: Some(
+                letter
+                    .person_id
+                    .clone()
+                    .unwrap_or_else(|| UNKNOWN_TOKEN.to_owned()),
+            ),
+            ..DeadLetterFilter::default()
+        };
+        let mut out = self.list(&filter).await?;
+        out.retain(|s| s.letter.reason == reason && s.dlq_sequence != stored.dlq_sequence);
         Ok(out)
     }
 

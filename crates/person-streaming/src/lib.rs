@@ -51,6 +51,7 @@ mod error;
 mod publisher;
 mod reader;
 mod retry;
+mod status;
 
 pub use client::{EnsureReport, StreamingClient, StreamingClientBuilder, consumer_config};
 pub use config::{
@@ -58,8 +59,8 @@ pub use config::{
     Retention, Storage, StreamSettings, StreamingConfig,
 };
 pub use dlq::{
-    DeadLetterFilter, DeadLetterQueue, REPLAY_OF_HEADER, REPLAYED_AT_HEADER, ReplayReceipt,
-    StoredDeadLetter, UNKNOWN_TOKEN,
+    BLOCKED_BY_PREFIX, DeadLetterCount, DeadLetterFilter, DeadLetterQueue, PARKED_REASON,
+    REPLAY_OF_HEADER, REPLAYED_AT_HEADER, ReplayReceipt, StoredDeadLetter, UNKNOWN_TOKEN,
 };
 pub use error::{StreamingError, StreamingErrorKind};
 pub use person_retry::RetryPolicy;
@@ -69,3 +70,4 @@ pub use publisher::{
 };
 pub use reader::AggregateReader;
 pub use retry::{RETRY_HANDLER_CONSUMER, RetryHandler};
+pub use status::{ConsumerStatus, StreamStatus};

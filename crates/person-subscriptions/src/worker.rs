@@ -416,7 +416,7 @@ impl Worker {
         let envelope = match (body, parked) {
             (body, Some(blocker)) if self.options.dead_letter_policy == DeadLetterPolicy::Park => {
                 held.body = body;
-                let reason = format!("blocked by {blocker}");
+                let reason = format!("{}{blocker}", person_streaming::BLOCKED_BY_PREFIX);
                 return self
                     .dead_letter(held, reason, ErrorClass::Permanent, true, blocker)
                     .await;

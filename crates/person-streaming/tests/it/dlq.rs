@@ -2,7 +2,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use person_events::PersonId;
 use person_retry::{DeadLetter, DeadLetterSink, ErrorClass};
-use person_streaming::{DeadLetterFilter, StreamingConfig};
+use person_streaming::{BLOCKED_BY_PREFIX, DeadLetterFilter, PARKED_REASON, StreamingConfig};
 
 use crate::support::{created, start, stream_messages};
 
@@ -206,4 +206,71 @@ async fn the_seed_retry_handler_records_final_failures_in_the_dlq() {
         letters[0].letter.event_type.as_deref(),
         Some("process_event")
     );
+}
+
+#[tokio::test]
+async fn counts_group_by_consumer_and_reason_and_parked_followers_are_found() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let dlq = client.dead_letters();
+    let a = PersonId::new();
+    let b = PersonId::new();
+    let mut poison = letter_for(
+        &format!("person.events.{a}.created"),
+        1,
+        Bytes::from_static(b"{}"),
+        vec![],
+        &a,
+    );
+    poison.event_id = Some("e-1".into());
+    let poison_seq = dlq.put(&poison).await.unwrap();
+    for seq in 2..=3 {
+        let mut follower = poison.clone();
+        follower.stream_sequence = seq;
+        follower.event_id = Some(format!("e-{seq}"));
+        follower.reason = format!("{BLOCKED_BY_PREFIX}e-1");
+        dlq.put(&follower).await.unwrap();
+    }
+    let mut other = letter_for(
+        &format!("person.events.{b}.created"),
+        4,
+        Bytes::from_static(b"{}"),
+        vec![],
+        &b,
+    );
+    other.consumer = "policy-engine".into();
+    dlq.put(&other).await.unwrap();
+
+    let counts = dlq.counts(&DeadLetterFilter::default()).await.unwrap();
+    let rows: Vec<(&str, &str, usize)> = counts
+        .iter()
+        .map(|c| (c.consumer.as_str(), c.reason.as_str(), c.count))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("person-projection-summary", PARKED_REASON, 2),
+            (
+                "person-projection-summary",
+                "projection rejected the event",
+                1
+            ),
+            ("policy-engine", "projection rejected the event", 1),
+        ]
+    );
+
+    let stored = dlq.get(poison_seq).await.unwrap();
+    let parked = dlq.parked_behind(&stored).await.unwrap();
+    let seqs: Vec<u64> = parked.iter().map(|s| s.letter.stream_sequence).collect();
+    assert_eq!(seqs, vec![2, 3]);
+    assert!(
+        dlq.parked_behind(&parked[0]).await.unwrap().is_empty(),
+        "nothing is parked behind a follower"
+    );
+
+    let filter = DeadLetterFilter {
+        consumer: Some("policy-engine".into()),
+        ..Default::default()
+    };
+    assert!(filter.matches(&other));
+    assert!(!filter.matches(&poison));
 }

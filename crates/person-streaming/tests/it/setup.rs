@@ -135,3 +135,96 @@ async fn wrong_credentials_fail_fast_and_right_ones_work() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn plan_changes_nothing_and_names_each_difference() {
+    let server = nats_harness::NatsServer::start().await.unwrap();
+    let client = StreamingClient::builder(server.url())
+        .ensure_on_connect(false)
+        .connect(StreamingConfig::default())
+        .await
+        .unwrap();
+    let plan = client.plan().await.unwrap();
+    assert_eq!(
+        plan.created_streams,
+        vec!["PERSON_EVENTS".to_owned(), "PERSON_EVENTS_DLQ".to_owned()]
+    );
+    assert_eq!(plan.created_consumers.len(), 4);
+    assert!(
+        client
+            .jetstream()
+            .get_stream("PERSON_EVENTS")
+            .await
+            .is_err(),
+        "a plan creates nothing"
+    );
+    let err = client.status().await.unwrap_err();
+    assert_eq!(err.kind(), StreamingErrorKind::NotFound, "{err}");
+
+    let done = client.ensure().await.unwrap();
+    assert_eq!(done.created_streams, plan.created_streams);
+    assert_eq!(done.created_consumers, plan.created_consumers);
+    let again = client.ensure().await.unwrap();
+    assert!(again.is_unchanged(), "{again:?}");
+    assert_eq!(again.unchanged_consumers.len(), 4);
+
+    let mut changed = StreamingConfig::default();
+    changed.stream.max_age_secs = 3600;
+    changed.consumers[0].max_ack_pending = 10;
+    let other = StreamingClient::builder(server.url())
+        .ensure_on_connect(false)
+        .connect(changed)
+        .await
+        .unwrap();
+    let plan = other.plan().await.unwrap();
+    assert_eq!(plan.updated_streams, vec!["PERSON_EVENTS".to_owned()]);
+    assert_eq!(
+        plan.updated_consumers,
+        vec!["person-projection-summary".to_owned()]
+    );
+    assert_eq!(plan.changes.len(), 2, "{:?}", plan.changes);
+    assert!(plan.changes[0].contains("max_age"), "{:?}", plan.changes);
+    assert!(
+        plan.changes[1].contains("max_ack_pending 1000 -> 10"),
+        "{:?}",
+        plan.changes
+    );
+    // Still unchanged on the server.
+    assert!(client.plan().await.unwrap().is_unchanged());
+}
+
+#[tokio::test]
+async fn status_reports_streams_and_consumers() {
+    let (_server, client) = crate::support::start(StreamingConfig::default()).await;
+    let person = person_events::PersonId::new();
+    for i in 1..=3 {
+        client
+            .publisher()
+            .publish(&crate::support::activated(person, i))
+            .await
+            .unwrap();
+    }
+    let status = client.status().await.unwrap();
+    assert_eq!(status.len(), 2);
+    let events = &status[0];
+    assert_eq!(events.name, "PERSON_EVENTS");
+    assert_eq!(events.messages, 3);
+    assert_eq!((events.first_sequence, events.last_sequence), (1, 3));
+    assert!(events.bytes > 0);
+    let names: Vec<&str> = events.consumers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "person-projection-search",
+            "person-projection-summary",
+            "person-to-location",
+            "policy-engine"
+        ]
+    );
+    let summary = &events.consumers[1];
+    assert!(summary.durable);
+    assert_eq!(summary.pending, 3);
+    assert_eq!(summary.ack_pending, 0);
+    assert_eq!(status[1].name, "PERSON_EVENTS_DLQ");
+    assert_eq!(status[1].messages, 0);
+}

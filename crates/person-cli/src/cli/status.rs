@@ -1,0 +1,154 @@
+//! `status`: streams, consumers and dead-letter counts.
+
+use chrono::Utc;
+use person_cli::error::CliError;
+use person_cli::format::{ago, bytes, table, time, truncate};
+use person_streaming::DeadLetterFilter;
+
+use super::{Global, print_json};
+
+pub(crate) const EXAMPLES: &str = "\
+Examples:
+  person-stream status
+  person-stream status --json | jq '.streams[0].messages'
+
+For each stream: messages, bytes, first and last sequence. For each consumer: pending
+(not delivered yet), ack pending (delivered, not acknowledged), redelivered, and its last
+activity. Then the dead letters, counted by consumer and reason.";
+
+/// `status` options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Also list ephemeral consumers (readers such as a running `tail` or a recent DLQ
+    /// listing, removed by the server once idle).
+    #[arg(long)]
+    all_consumers: bool,
+}
+
+pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
+    let client = g.connect().await?;
+    let streams = client.status().await.map_err(|e| g.streaming_error(&e))?;
+    let counts = client
+        .dead_letters()
+        .counts(&DeadLetterFilter::default())
+        .await
+        .map_err(|e| g.streaming_error(&e))?;
+    if args.json {
+        let streams: Vec<_> = streams
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "messages": s.messages,
+                    "bytes": s.bytes,
+                    "first_sequence": s.first_sequence,
+                    "last_sequence": s.last_sequence,
+                    "consumers": s.consumers.iter().map(|c| serde_json::json!({
+                        "name": c.name,
+                        "durable": c.durable,
+                        "pending": c.pending,
+                        "ack_pending": c.ack_pending,
+                        "redelivered": c.redelivered,
+                        "waiting": c.waiting,
+                        "delivered_stream_sequence": c.delivered_stream_sequence,
+                        "ack_floor_stream_sequence": c.ack_floor_stream_sequence,
+                        "last_active": c.last_active.map(time),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let dead_letters: Vec<_> = counts
+            .iter()
+            .map(|c| serde_json::json!({"consumer": c.consumer, "reason": c.reason, "count": c.count}))
+            .collect();
+        print_json(&serde_json::json!({"streams": streams, "dead_letters": dead_letters}));
+        return Ok(());
+    }
+    let now = Utc::now();
+    let rows: Vec<Vec<String>> = streams
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.messages.to_string(),
+                bytes(s.bytes),
+                s.first_sequence.to_string(),
+                s.last_sequence.to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["STREAM", "MESSAGES", "BYTES", "FIRST SEQ", "LAST SEQ"],
+            &rows
+        )
+    );
+    let hidden: usize = streams
+        .iter()
+        .map(|s| s.consumers.iter().filter(|c| !c.durable).count())
+        .sum();
+    let rows: Vec<Vec<String>> = streams
+        .iter()
+        .flat_map(|s| {
+            s.consumers
+                .iter()
+                .filter(|c| c.durable || args.all_consumers)
+                .map(|c| {
+                    vec![
+                        s.name.clone(),
+                        if c.durable {
+                            c.name.clone()
+                        } else {
+                            format!("{} (ephemeral reader)", c.name)
+                        },
+                        c.pending.to_string(),
+                        c.ack_pending.to_string(),
+                        c.redelivered.to_string(),
+                        ago(c.last_active, now),
+                    ]
+                })
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no consumers");
+    } else {
+        print!(
+            "{}",
+            table(
+                &[
+                    "STREAM",
+                    "CONSUMER",
+                    "PENDING",
+                    "ACK PENDING",
+                    "REDELIVERED",
+                    "LAST ACTIVE"
+                ],
+                &rows
+            )
+        );
+    }
+    if hidden > 0 && !args.all_consumers {
+        println!("({hidden} ephemeral reader(s) not shown; --all-consumers lists them)");
+    }
+    println!();
+    if counts.is_empty() {
+        println!("dead letters: none");
+    } else {
+        let rows: Vec<Vec<String>> = counts
+            .iter()
+            .map(|c| {
+                vec![
+                    c.consumer.clone(),
+                    c.count.to_string(),
+                    truncate(&c.reason, 80),
+                ]
+            })
+            .collect();
+        print!("{}", table(&["DLQ CONSUMER", "COUNT", "REASON"], &rows));
+    }
+    Ok(())
+}

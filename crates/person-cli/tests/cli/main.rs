@@ -1,0 +1,9 @@
+//! End-to-end tests of the `person-stream` binary against real nats-server processes
+//! started by the harness. Each test owns its server, so tests run in parallel.
+
+mod dlq;
+mod errors;
+mod publish;
+mod setup;
+mod support;
+mod tail;
