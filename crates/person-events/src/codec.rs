@@ -34,9 +34,10 @@ pub const SCHEMA_VERSION: u32 = 2;
 #[error("could not encode event envelope: {0}")]
 pub struct EncodeError(#[from] serde_json::Error);
 
-/// The envelope as JSON bytes.
+/// The envelope as JSON bytes (the buffer starts at 1 KiB: a typical envelope fits
+/// without regrowing).
 pub fn encode(envelope: &StreamingEventEnvelope) -> Result<Vec<u8>, EncodeError> {
-    let mut buf = Vec::with_capacity(512);
+    let mut buf = Vec::with_capacity(1024);
     encode_into(envelope, &mut buf)?;
     Ok(buf)
 }
