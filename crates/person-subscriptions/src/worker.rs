@@ -12,7 +12,7 @@ use futures::StreamExt;
 use person_events::codec::DecodeError;
 use person_events::subject::parse_event_subject;
 use person_events::{PersonId, StreamingEventEnvelope};
-use person_legacy_compat::{RawMessage, decode_message};
+use person_legacy_compat::{Origin, RawMessage, decode_message};
 use person_retry::{
     BreakerState, CircuitBreaker, DeadLetter, DeadLetterSink, ErrorClass, RetryPolicy,
 };
@@ -30,7 +30,56 @@ struct Held {
     msg: jetstream::Message,
     seq: u64,
     delivered: u64,
-    decoded: Result<StreamingEventEnvelope, DecodeError>,
+    decoded: Result<StreamingEventEnvelope, Rejected>,
+}
+
+/// Why a message cannot be handed to the handler. Its Display is the dead letter's
+/// reason, starting with a stable label: `oversized`, `undecodable` or `bad headers`.
+enum Rejected {
+    /// The body is larger than `max_message_bytes`.
+    Oversized { size: usize, limit: usize },
+    /// The body (or its content type) cannot be decoded.
+    Undecodable(DecodeError),
+    /// A current envelope without its CloudEvents headers, or with headers that
+    /// contradict the body.
+    BadHeaders(String),
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::Oversized { size, limit } => write!(
+                f,
+                "oversized: the body is {size} bytes, more than max_message_bytes ({limit})"
+            ),
+            Rejected::Undecodable(e) => write!(f, "undecodable: {e}"),
+            Rejected::BadHeaders(detail) => write!(f, "bad headers: {detail}"),
+        }
+    }
+}
+
+/// Checks the CloudEvents headers of a current envelope: present, well-formed, and
+/// naming the same event as the body.
+fn check_headers(
+    headers: Option<&async_nats::HeaderMap>,
+    envelope: &StreamingEventEnvelope,
+) -> Result<(), Rejected> {
+    let pairs = headers.into_iter().flat_map(|h| {
+        h.iter().flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (<_ as AsRef<str>>::as_ref(name), v.as_str()))
+        })
+    });
+    let decoded = person_metadata::headers::decode_headers(pairs)
+        .map_err(|e| Rejected::BadHeaders(e.to_string()))?;
+    if decoded.id != envelope.event_id {
+        return Err(Rejected::BadHeaders(format!(
+            "ce-id {} is not the body's event_id {}",
+            decoded.id, envelope.event_id
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -215,17 +264,7 @@ impl Worker {
         };
         self.counters.lag.store(pending, Ordering::Relaxed);
         Counters::add(&self.counters.in_hand);
-        let headers = &msg.headers;
-        let decoded = decode_message(&RawMessage {
-            subject: Some(msg.subject.as_str()),
-            payload: &msg.payload,
-            content_type: headers
-                .as_ref()
-                .and_then(|h| h.get(person_metadata::headers::CONTENT_TYPE))
-                .map(|v| v.as_str()),
-            stream_sequence: Some(seq),
-        })
-        .map(|d| d.envelope);
+        let decoded = self.decode(&msg, seq);
         let person = match &decoded {
             Ok(env) => Some(env.aggregate_id),
             Err(_) => parse_event_subject(msg.subject.as_str())
@@ -278,6 +317,35 @@ impl Worker {
             let task = tokio::spawn(async move { this.run_lane(person).await });
             lane.task = Some(task.abort_handle());
         }
+    }
+
+    /// Size check, decode (upcasting), header check: the envelope, or why not.
+    fn decode(
+        &self,
+        msg: &jetstream::Message,
+        seq: u64,
+    ) -> Result<StreamingEventEnvelope, Rejected> {
+        let limit = self.options.max_message_bytes;
+        if msg.payload.len() > limit {
+            return Err(Rejected::Oversized {
+                size: msg.payload.len(),
+                limit,
+            });
+        }
+        let headers = msg.headers.as_ref();
+        let decoded = decode_message(&RawMessage {
+            subject: Some(msg.subject.as_str()),
+            payload: &msg.payload,
+            content_type: headers
+                .and_then(|h| h.get(person_metadata::headers::CONTENT_TYPE))
+                .map(|v| v.as_str()),
+            stream_sequence: Some(seq),
+        })
+        .map_err(Rejected::Undecodable)?;
+        if self.options.require_headers && decoded.origin == Origin::Current {
+            check_headers(headers, &decoded.envelope)?;
+        }
+        Ok(decoded.envelope)
     }
 
     async fn run_lane(self: Arc<Self>, person: PersonId) {
@@ -342,7 +410,7 @@ impl Worker {
                     .await;
             }
             (Err(e), _) => {
-                let reason = format!("undecodable: {e}");
+                let reason = e.to_string();
                 let label = format!("stream sequence {}", held.seq);
                 return self
                     .dead_letter(held, reason, ErrorClass::Permanent, false, label)
