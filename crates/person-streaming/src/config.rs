@@ -354,18 +354,23 @@ impl ConfigError {
 impl StreamingConfig {
     /// Parses TOML and validates.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
             kind: ConfigErrorKind::Parse,
             field: String::new(),
             message: format!("invalid TOML configuration: {}", e.to_string().trim()),
         })?;
+        let config: Self = serde_path_to_error::deserialize(de)
+            .map_err(|e| parse_error("TOML", e.path(), e.inner()))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Parses JSON and validates.
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = serde_json::from_str(text).map_err(|e| ConfigError {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config: Self = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| parse_error("JSON", e.path(), e.inner()))?;
+        de.end().map_err(|e| ConfigError {
             kind: ConfigErrorKind::Parse,
             field: String::new(),
             message: format!("invalid JSON configuration: {e}"),
@@ -504,6 +509,28 @@ impl StreamingConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// A parse error naming the field it happened at (`stream.replicas`,
+/// `consumers[0].max_deliver`), or none when the text itself is malformed.
+fn parse_error(
+    format: &str,
+    path: &serde_path_to_error::Path,
+    e: &dyn fmt::Display,
+) -> ConfigError {
+    let field = path.to_string();
+    let field = if field == "." { String::new() } else { field };
+    let detail = e.to_string();
+    let detail = detail.trim();
+    ConfigError {
+        kind: ConfigErrorKind::Parse,
+        message: if field.is_empty() {
+            format!("invalid {format} configuration: {detail}")
+        } else {
+            format!("invalid {format} configuration at `{field}`: {detail}")
+        },
+        field,
     }
 }
 
@@ -692,6 +719,24 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field(), "consumers[0].max_deliver");
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let e = StreamingConfig::from_toml_str("[stream]\nreplicas = \"three\"\n").unwrap_err();
+        assert_eq!(
+            (e.kind(), e.field()),
+            (ConfigErrorKind::Parse, "stream.replicas")
+        );
+        assert!(e.to_string().contains("`stream.replicas`"), "{e}");
+        let e =
+            StreamingConfig::from_json_str(r#"{"consumers": [{"max_deliver": "5"}]}"#).unwrap_err();
+        assert_eq!(e.field(), "consumers[0].max_deliver");
+        let e = StreamingConfig::from_toml_str("[publisher]\nack_timeout = 5\n").unwrap_err();
+        assert!(e.field().starts_with("publisher"), "{e:?}");
+        assert!(e.to_string().contains("ack_timeout"), "{e}");
+        let e = StreamingConfig::from_toml_str("[stream\n").unwrap_err();
+        assert_eq!((e.kind(), e.field()), (ConfigErrorKind::Parse, ""));
     }
 
     #[test]
