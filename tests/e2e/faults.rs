@@ -34,17 +34,25 @@ async fn publishers_through_two_server_kills_store_every_event_once() {
     let published: HashSet<EventId> = events.iter().map(|e| e.event_id).collect();
     let acked = Arc::new(AtomicU64::new(0));
     let caller_retries = Arc::new(AtomicU64::new(0));
+    // Acks saying "duplicate": a retry of an event the server had already stored.
+    let dedup_acks = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for chunk in events.chunks(EVENTS / TASKS) {
         let chunk = chunk.to_vec();
         let publisher = client.publisher();
         let acked = acked.clone();
         let caller_retries = caller_retries.clone();
+        let dedup_acks = dedup_acks.clone();
         tasks.push(tokio::spawn(async move {
             for env in &chunk {
                 loop {
                     match publisher.publish(env).await {
-                        Ok(_) => break,
+                        Ok(receipt) => {
+                            if receipt.duplicate {
+                                dedup_acks.fetch_add(1, Ordering::Relaxed);
+                            }
+                            break;
+                        }
                         // Outcome unknown: publishing the same envelope again is safe.
                         Err(e) if e.is_transient() => {
                             caller_retries.fetch_add(1, Ordering::Relaxed);
@@ -94,8 +102,9 @@ async fn publishers_through_two_server_kills_store_every_event_once() {
             duplicated,
             absorbed: 0,
             notes: format!(
-                "{total} messages stored, {} distinct ids; {} caller-level re-publishes with the same Nats-Msg-Id",
+                "{total} messages stored, {} distinct ids; {} retries answered as duplicates by the server (stored before the kill, ack lost); {} caller-level re-publishes with the same Nats-Msg-Id",
                 distinct.len(),
+                dedup_acks.load(Ordering::Relaxed),
                 caller_retries.load(Ordering::Relaxed)
             ),
             ..Row::default()
