@@ -75,8 +75,8 @@ impl StreamingEventHandler for Mixed {
 async fn hung_and_slow_handlers_block_no_one_and_lose_nothing() {
     let started = Instant::now();
     let server = NatsServer::start().await.unwrap();
-    // Ack wait 1 s; the slow call takes 3.5 s.
-    let client = connect(&server.url(), config(1)).await;
+    // Ack wait 3 s (progress acks every second); the slow call takes 7 s.
+    let client = connect(&server.url(), config(3)).await;
     let events = workload(20, 10);
     let hung = events[0].clone();
     let slow = events[1].clone();
@@ -89,7 +89,7 @@ async fn hung_and_slow_handlers_block_no_one_and_lose_nothing() {
         hang_cancelled: Arc::new(AtomicBool::new(false)),
         others_while_hung: AtomicU64::new(0),
         calls: Mutex::default(),
-        slow: Duration::from_millis(3_500),
+        slow: Duration::from_secs(7),
     });
     let projection = handler.projection.clone();
     publish_all(&client, &events).await;
@@ -141,20 +141,26 @@ async fn hung_and_slow_handlers_block_no_one_and_lose_nothing() {
         .await
         .unwrap();
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    // Every delivery the server made: 200 messages plus the one redelivery of the hung
+    // event after its NAK. Had the slow call (or a queued event) outlived its ack wait,
+    // the server would have redelivered it and counted more.
+    assert_eq!(info.delivered.consumer_sequence, 201);
     assert_eq!(projection.absorbed(), 0, "nothing was handled twice");
     record(
         Row {
             case: "fault-5-slow-and-hung-handlers",
             area: "handlers",
-            what: "one call hangs past handler_timeout (20 s); one call takes 3.5 s with a 1 s ack wait".into(),
+            what:
+                "one call hangs past handler_timeout (20 s); one call takes 7 s with a 3 s ack wait"
+                    .into(),
             load: "200 events, 20 people, concurrency 8".into(),
-            faults: "1 hung handler call, 1 handler call 3.5x the ack wait".into(),
+            faults: "1 hung handler call, 1 handler call 2.3x the ack wait".into(),
             inputs: 200,
             lost: 200 - projection.distinct(),
             duplicated: 0,
             absorbed: projection.absorbed(),
             notes: format!(
-                "{others} events of other people handled while the call hung; hung event called twice, slow event once; retried {}",
+                "{others} events of other people handled while the call hung; hung event called twice, slow event once; 201 deliveries by the server for 200 events (the one redelivery: the hung event); retried {}",
                 stats.retried
             ),
             ..Row::default()
