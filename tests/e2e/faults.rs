@@ -2,7 +2,7 @@
 //! and the consumer's own process crashing mid-batch.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -124,21 +124,26 @@ async fn consumers_through_a_server_kill_handle_everything_and_dead_letter_nothi
     let events = workload(500, 10);
     publish_all(&client, &events).await;
     let projection = Arc::new(Projection::default());
+    // From the 1,000th event on, handler calls wait until the server is down: the kill
+    // lands with handlers in flight, and they finish during the outage.
+    let killed = Arc::new(AtomicBool::new(false));
     let handler = ProjectionHandler::new(projection.clone())
         .known(&events)
-        .delay(Duration::from_millis(1));
+        .delay(Duration::from_millis(1))
+        .hold_from(1_000, killed.clone());
     let mut manager = SubscriptionManager::new(client.clone())
         .with_options(SubscriptionOptions::default().concurrency(32));
     manager.register_handler(Arc::new(handler));
     let handle = manager.start_consumer(CONSUMER).await.unwrap();
 
-    eventually(300, "1,000 events handled", || {
-        projection.distinct() >= 1_000
+    eventually(300, "1,000 events handled, then handlers held", || {
+        projection.distinct() >= 1_000 && handle.stats().in_flight > 0
     })
     .await;
     let at_kill = projection.distinct();
     assert!(at_kill < 5_000, "the kill must land while handlers run");
     server.kill();
+    killed.store(true, Ordering::SeqCst);
     server.start_again().await.unwrap();
     eventually(600, "all 5,000 events handled", || {
         projection.distinct() == 5_000
@@ -163,7 +168,9 @@ async fn consumers_through_a_server_kill_handle_everything_and_dead_letter_nothi
             area: "faults",
             what: "durable consumer (concurrency 32) running; server SIGKILLed and restarted mid-stream".into(),
             load: "5000 events, 500 people".into(),
-            faults: format!("1 server kill (SIGKILL) + restart after {at_kill} handled"),
+            faults: format!(
+                "1 server kill (SIGKILL) + restart after {at_kill} handled, handler calls in flight"
+            ),
             inputs: 5_000,
             lost,
             duplicated: 0,
@@ -179,15 +186,24 @@ async fn consumers_through_a_server_kill_handle_everything_and_dead_letter_nothi
 }
 
 /// Records which run handled which event, on top of the shared projection.
+/// In a run that is going to crash, calls beyond `limit` never finish: the run stalls
+/// mid-batch, handlers in flight and messages in hand, and is crashed there.
 struct RunHandler {
     run: usize,
     projection: Arc<Projection>,
     log: Arc<Mutex<Vec<(EventId, usize)>>>,
+    limit: Option<u64>,
+    calls: AtomicU64,
 }
 
 #[async_trait]
 impl StreamingEventHandler for RunHandler {
     async fn handle_event(&self, envelope: StreamingEventEnvelope) -> DomainResult<()> {
+        if let Some(limit) = self.limit
+            && self.calls.fetch_add(1, Ordering::SeqCst) >= limit
+        {
+            futures::future::pending::<()>().await;
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
         self.projection.apply(&envelope);
         self.log.lock().unwrap().push((envelope.event_id, self.run));
@@ -207,6 +223,7 @@ impl StreamingEventHandler for RunHandler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_process_crashes_lose_nothing_and_repeat_only_unacked_events() {
     const CRASHES: usize = 5;
+    const PER_CRASHED_RUN: u64 = 600;
     const MAX_ACK_PENDING: i64 = 256;
     let started = Instant::now();
     let server = NatsServer::start().await.unwrap();
@@ -233,6 +250,8 @@ async fn consumer_process_crashes_lose_nothing_and_repeat_only_unacked_events() 
             run,
             projection: projection.clone(),
             log: log.clone(),
+            limit: crash.then_some(PER_CRASHED_RUN),
+            calls: AtomicU64::new(0),
         };
         let url = server.url();
         let cfg = cfg.clone();
@@ -248,8 +267,8 @@ async fn consumer_process_crashes_lose_nothing_and_repeat_only_unacked_events() 
             let _ = done_tx.send(());
         });
         if crash {
-            eventually(600, "the run to handle 600 events", || {
-                log.lock().unwrap().len() - before >= 600
+            eventually(600, "the run to handle its 600 events and stall", || {
+                (log.lock().unwrap().len() - before) as u64 >= PER_CRASHED_RUN
             })
             .await;
             // The crash: every task and the connection are dropped where they stand;

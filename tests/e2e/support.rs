@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -197,6 +197,7 @@ pub(crate) struct ProjectionHandler {
     attempts: Mutex<HashMap<EventId, u32>>,
     fail: Box<FailFn>,
     delay: Duration,
+    hold: Option<(u64, Arc<AtomicBool>)>,
 }
 
 impl ProjectionHandler {
@@ -207,7 +208,14 @@ impl ProjectionHandler {
             attempts: Mutex::new(HashMap::new()),
             fail: Box::new(|_, _| None),
             delay: Duration::ZERO,
+            hold: None,
         }
+    }
+
+    /// Once `applied` events are in the projection, calls wait until `release` is set.
+    pub(crate) fn hold_from(mut self, applied: u64, release: Arc<AtomicBool>) -> Self {
+        self.hold = Some((applied, release));
+        self
     }
 
     /// Events outside `known` are recorded as errors.
@@ -251,6 +259,11 @@ impl StreamingEventHandler for ProjectionHandler {
         };
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
+        }
+        if let Some((applied, release)) = &self.hold {
+            while self.projection.distinct() >= *applied && !release.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         if let Some(e) = (self.fail)(&envelope, attempt) {
             return Err(e);
