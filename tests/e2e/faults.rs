@@ -185,24 +185,29 @@ async fn consumers_through_a_server_kill_handle_everything_and_dead_letter_nothi
     );
 }
 
-/// Records which run handled which event, on top of the shared projection.
-/// In a run that is going to crash, calls beyond `limit` never finish: the run stalls
-/// mid-batch, handlers in flight and messages in hand, and is crashed there.
+/// Records which run handled which event, on top of the shared projection. In a run
+/// that is going to crash, the `crash_at`-th call rings `crash_now` (the test crashes the
+/// run at once, handlers completing and acks on their way), and calls beyond `stall_at`
+/// never finish, which bounds what one run can handle.
 struct RunHandler {
     run: usize,
     projection: Arc<Projection>,
     log: Arc<Mutex<Vec<(EventId, usize)>>>,
-    limit: Option<u64>,
+    crash_at: Option<(u64, u64, Arc<tokio::sync::Notify>)>,
     calls: AtomicU64,
 }
 
 #[async_trait]
 impl StreamingEventHandler for RunHandler {
     async fn handle_event(&self, envelope: StreamingEventEnvelope) -> DomainResult<()> {
-        if let Some(limit) = self.limit
-            && self.calls.fetch_add(1, Ordering::SeqCst) >= limit
-        {
-            futures::future::pending::<()>().await;
+        if let Some((crash_at, stall_at, crash_now)) = &self.crash_at {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == *crash_at {
+                crash_now.notify_one();
+            }
+            if n > *stall_at {
+                futures::future::pending::<()>().await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
         self.projection.apply(&envelope);
@@ -223,7 +228,10 @@ impl StreamingEventHandler for RunHandler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_process_crashes_lose_nothing_and_repeat_only_unacked_events() {
     const CRASHES: usize = 5;
-    const PER_CRASHED_RUN: u64 = 600;
+    // A crashed run handles at most STALL_AT events: 5 x 900 < 5,000, so every run has
+    // work and the clean run finishes.
+    const CRASH_AT: u64 = 600;
+    const STALL_AT: u64 = 900;
     const MAX_ACK_PENDING: i64 = 256;
     let started = Instant::now();
     let server = NatsServer::start().await.unwrap();
@@ -245,12 +253,12 @@ async fn consumer_process_crashes_lose_nothing_and_repeat_only_unacked_events() 
             .unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let before = log.lock().unwrap().len();
+        let crash_now = Arc::new(tokio::sync::Notify::new());
         let handler = RunHandler {
             run,
             projection: projection.clone(),
             log: log.clone(),
-            limit: crash.then_some(PER_CRASHED_RUN),
+            crash_at: crash.then(|| (CRASH_AT, STALL_AT, crash_now.clone())),
             calls: AtomicU64::new(0),
         };
         let url = server.url();
@@ -267,10 +275,9 @@ async fn consumer_process_crashes_lose_nothing_and_repeat_only_unacked_events() 
             let _ = done_tx.send(());
         });
         if crash {
-            eventually(600, "the run to handle its 600 events and stall", || {
-                (log.lock().unwrap().len() - before) as u64 >= PER_CRASHED_RUN
-            })
-            .await;
+            tokio::time::timeout(Duration::from_secs(600), crash_now.notified())
+                .await
+                .expect("the run never reached its crash point");
             // The crash: every task and the connection are dropped where they stand;
             // acks not yet on the wire are lost.
             rt.shutdown_background();
