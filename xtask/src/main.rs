@@ -4,11 +4,14 @@
 //! - `cargo xtask layering`: only the dependency-layering check.
 //! - `cargo xtask bench [--quick]`: the product against raw async-nats, end to end.
 //! - `cargo xtask nats`: install (if needed) the pinned nats-server and print its path.
+//! - `cargo xtask reliability`: run the reliability suite and regenerate RELIABILITY.md.
+//! - `cargo xtask soak --minutes N`: the soak case alone, for N minutes.
 
 mod bench;
 mod ci;
 mod layering;
 mod nats;
+mod reliability;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,6 +27,8 @@ fn main() -> Result<()> {
         "layering" => layering::check(),
         "nats" => nats::run(&rest),
         "bench" => bench::run(&rest),
+        "reliability" => reliability::run(&rest),
+        "soak" => reliability::soak(&rest),
         "" | "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -42,7 +47,9 @@ fn print_help() {
          ci         format, clippy, tests, docs, benches build, examples, layering\n  \
          layering   check that the pure crates stay pure\n  \
          nats       install the pinned nats-server if needed and print its path\n  \
-         bench      product vs raw async-nats benchmarks (--quick for a short run)"
+         bench      product vs raw async-nats benchmarks (--quick for a short run)\n  \
+         reliability  run the reliability suite and regenerate RELIABILITY.md\n  \
+         soak       the soak case alone: --minutes N (default 1)"
     );
 }
 

@@ -202,6 +202,8 @@ pub enum DecodeErrorKind {
     UnsupportedSchemaVersion,
     /// Valid JSON that is neither an envelope nor a legacy event.
     UnrecognizedShape,
+    /// The message says its body is not JSON (`Content-Type`).
+    UnsupportedContentType,
 }
 
 /// A payload could not be decoded. Never a panic, whatever the input bytes.
@@ -226,6 +228,7 @@ impl fmt::Display for DecodeError {
             DecodeErrorKind::InvalidField => "invalid field",
             DecodeErrorKind::UnsupportedSchemaVersion => "unsupported schema version",
             DecodeErrorKind::UnrecognizedShape => "unrecognized payload",
+            DecodeErrorKind::UnsupportedContentType => "unsupported content type",
         };
         write!(f, "{what}: {}", self.detail)
     }

@@ -93,7 +93,7 @@ impl Decoder {
             let essence = ct.split(';').next().unwrap_or_default().trim();
             if !essence.eq_ignore_ascii_case("application/json") {
                 return Err(DecodeError::new(
-                    DecodeErrorKind::UnrecognizedShape,
+                    DecodeErrorKind::UnsupportedContentType,
                     format!(
                         "Content-Type `{}` is not application/json",
                         ct.escape_debug()

@@ -1,6 +1,8 @@
 //! [`StreamingClient`]: a connection plus the streams and consumers it ensures.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -169,6 +171,19 @@ impl StreamingClientBuilder {
         if self.retry_on_initial_connect {
             options = options.retry_on_initial_connect();
         }
+        let denials = Denials::default();
+        let recorder = denials.clone();
+        options = options.event_callback(move |event| {
+            let recorder = recorder.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = &event {
+                    tracing::warn!(error = %e, "the server reported an error");
+                    if let Some(subject) = denied_publish_subject(e) {
+                        recorder.record(subject);
+                    }
+                }
+            }
+        });
         // A comma-separated list names several servers of one cluster.
         let addrs = self
             .url
@@ -211,6 +226,7 @@ impl StreamingClientBuilder {
             client,
             jetstream,
             config,
+            denials,
         };
         if self.ensure_on_connect {
             this.ensure().await?;
@@ -240,6 +256,51 @@ pub struct StreamingClient {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     config: StreamingConfig,
+    denials: Denials,
+}
+
+/// Subjects the server refused this connection permission to publish on. The server
+/// reports a denied publish only asynchronously (`-ERR 'Permissions Violation for
+/// Publish to "<subject>"'`), while the publish itself just gets no ack; the publisher
+/// looks here to turn that silence into a [`crate::PublishErrorKind::PermissionDenied`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Denials(Arc<Mutex<VecDeque<String>>>);
+
+impl Denials {
+    /// The most recent denied subjects kept.
+    const KEEP: usize = 64;
+
+    fn record(&self, subject: String) {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !list.contains(&subject) {
+            if list.len() == Self::KEEP {
+                list.pop_front();
+            }
+            list.push_back(subject);
+        }
+    }
+
+    /// `true` when the server denied publishing on `subject` on this connection.
+    pub(crate) fn publish_denied(&self, subject: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|s| s == subject)
+    }
+}
+
+/// The subject of a "Permissions Violation for Publish to" server error.
+fn denied_publish_subject(e: &async_nats::ServerError) -> Option<String> {
+    const PREFIX: &str = "permissions violation for publish to ";
+    let async_nats::ServerError::Other(text) = e else {
+        return None;
+    };
+    let head = text.get(..PREFIX.len())?;
+    if !head.eq_ignore_ascii_case(PREFIX) {
+        return None;
+    }
+    Some(text[PREFIX.len()..].trim().trim_matches('"').to_owned())
 }
 
 /// What [`StreamingClient::ensure`] did, or what [`StreamingClient::plan`] would do.
@@ -312,7 +373,7 @@ impl StreamingClient {
 
     /// A publisher for the event stream.
     pub fn publisher(&self) -> Publisher {
-        Publisher::new(self.jetstream.clone(), &self.config)
+        Publisher::new(self.jetstream.clone(), &self.config, self.denials.clone())
     }
 
     /// A reader of one person's events.
@@ -685,4 +746,34 @@ async fn ensure_stream(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_permission_violation_names_its_subject() {
+        let e = async_nats::ServerError::Other(
+            "Permissions Violation for Publish to \"person.events.x.created\"".into(),
+        );
+        assert_eq!(
+            denied_publish_subject(&e).as_deref(),
+            Some("person.events.x.created")
+        );
+        let sub = async_nats::ServerError::Other(
+            "Permissions Violation for Subscription to \"person.events.>\"".into(),
+        );
+        assert_eq!(denied_publish_subject(&sub), None);
+        assert_eq!(
+            denied_publish_subject(&async_nats::ServerError::AuthorizationViolation),
+            None
+        );
+        let d = Denials::default();
+        for i in 0..100 {
+            d.record(format!("s.{i}"));
+        }
+        assert!(d.publish_denied("s.99"));
+        assert!(!d.publish_denied("s.0"), "only the most recent are kept");
+    }
 }

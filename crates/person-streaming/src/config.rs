@@ -257,7 +257,10 @@ impl Default for PublisherSettings {
 pub struct StreamingConfig {
     /// The event stream.
     pub stream: StreamSettings,
-    /// The dead-letter stream.
+    /// The dead-letter stream. Fields missing from a `[dlq]` section keep the
+    /// dead-letter defaults ([`StreamSettings::dead_letter_default`]), not the event
+    /// stream's.
+    #[serde(deserialize_with = "deserialize_dlq")]
     pub dlq: StreamSettings,
     /// Durable consumers to create.
     pub consumers: Vec<ConsumerSettings>,
@@ -298,6 +301,60 @@ impl Default for StreamingConfig {
             publisher: PublisherSettings::default(),
         }
     }
+}
+
+/// The `[dlq]` section: the same fields as [`StreamSettings`], with the dead-letter
+/// defaults for the ones left out.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DeadLetterStreamSettings {
+    name: String,
+    subjects: Vec<String>,
+    retention: Retention,
+    storage: Storage,
+    max_age_secs: u64,
+    max_messages: i64,
+    max_bytes: i64,
+    duplicate_window_secs: u64,
+    replicas: usize,
+    allow_atomic: bool,
+    description: Option<String>,
+}
+
+impl Default for DeadLetterStreamSettings {
+    fn default() -> Self {
+        let d = StreamSettings::dead_letter_default();
+        Self {
+            name: d.name,
+            subjects: d.subjects,
+            retention: d.retention,
+            storage: d.storage,
+            max_age_secs: d.max_age_secs,
+            max_messages: d.max_messages,
+            max_bytes: d.max_bytes,
+            duplicate_window_secs: d.duplicate_window_secs,
+            replicas: d.replicas,
+            allow_atomic: d.allow_atomic,
+            description: d.description,
+        }
+    }
+}
+
+fn deserialize_dlq<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamSettings, D::Error> {
+    let s = DeadLetterStreamSettings::deserialize(d)?;
+    Ok(StreamSettings {
+        name: s.name,
+        subjects: s.subjects,
+        retention: s.retention,
+        storage: s.storage,
+        max_age_secs: s.max_age_secs,
+        max_messages: s.max_messages,
+        max_bytes: s.max_bytes,
+        duplicate_window_secs: s.duplicate_window_secs,
+        replicas: s.replicas,
+        allow_atomic: s.allow_atomic,
+        description: s.description,
+    })
 }
 
 /// What is wrong with a configuration.
@@ -354,18 +411,23 @@ impl ConfigError {
 impl StreamingConfig {
     /// Parses TOML and validates.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
             kind: ConfigErrorKind::Parse,
             field: String::new(),
             message: format!("invalid TOML configuration: {}", e.to_string().trim()),
         })?;
+        let config: Self = serde_path_to_error::deserialize(de)
+            .map_err(|e| parse_error("TOML", e.path(), e.inner()))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Parses JSON and validates.
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = serde_json::from_str(text).map_err(|e| ConfigError {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config: Self = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| parse_error("JSON", e.path(), e.inner()))?;
+        de.end().map_err(|e| ConfigError {
             kind: ConfigErrorKind::Parse,
             field: String::new(),
             message: format!("invalid JSON configuration: {e}"),
@@ -504,6 +566,28 @@ impl StreamingConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// A parse error naming the field it happened at (`stream.replicas`,
+/// `consumers[0].max_deliver`), or none when the text itself is malformed.
+fn parse_error(
+    format: &str,
+    path: &serde_path_to_error::Path,
+    e: &dyn fmt::Display,
+) -> ConfigError {
+    let field = path.to_string();
+    let field = if field == "." { String::new() } else { field };
+    let detail = e.to_string();
+    let detail = detail.trim();
+    ConfigError {
+        kind: ConfigErrorKind::Parse,
+        message: if field.is_empty() {
+            format!("invalid {format} configuration: {detail}")
+        } else {
+            format!("invalid {format} configuration at `{field}`: {detail}")
+        },
+        field,
     }
 }
 
@@ -692,6 +776,39 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field(), "consumers[0].max_deliver");
+    }
+
+    #[test]
+    fn a_partial_dlq_section_keeps_the_dead_letter_defaults() {
+        let c = StreamingConfig::from_toml_str("[dlq]\nreplicas = 3\n").unwrap();
+        let expected = StreamSettings {
+            replicas: 3,
+            ..StreamSettings::dead_letter_default()
+        };
+        assert_eq!(c.dlq, expected);
+        let c = StreamingConfig::from_json_str(r#"{"dlq": {"max_age_secs": 3600}}"#).unwrap();
+        assert_eq!(c.dlq.subjects, vec![DLQ_WILDCARD.to_owned()]);
+        assert_eq!(c.dlq.name, "PERSON_EVENTS_DLQ");
+        let e = StreamingConfig::from_toml_str("[dlq]\nmirror = \"X\"\n").unwrap_err();
+        assert_eq!(e.field(), "dlq.mirror");
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let e = StreamingConfig::from_toml_str("[stream]\nreplicas = \"three\"\n").unwrap_err();
+        assert_eq!(
+            (e.kind(), e.field()),
+            (ConfigErrorKind::Parse, "stream.replicas")
+        );
+        assert!(e.to_string().contains("`stream.replicas`"), "{e}");
+        let e =
+            StreamingConfig::from_json_str(r#"{"consumers": [{"max_deliver": "5"}]}"#).unwrap_err();
+        assert_eq!(e.field(), "consumers[0].max_deliver");
+        let e = StreamingConfig::from_toml_str("[publisher]\nack_timeout = 5\n").unwrap_err();
+        assert!(e.field().starts_with("publisher"), "{e:?}");
+        assert!(e.to_string().contains("ack_timeout"), "{e}");
+        let e = StreamingConfig::from_toml_str("[stream\n").unwrap_err();
+        assert_eq!((e.kind(), e.field()), (ConfigErrorKind::Parse, ""));
     }
 
     #[test]

@@ -34,9 +34,9 @@ pub struct StoredDeadLetter {
 /// Which dead letters to list or purge. Empty means all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetterFilter {
-    /// Only this consumer's.
+    /// Only this consumer's (a subject token; wildcards are rejected, `None` is all).
     pub consumer: Option<String>,
-    /// Only this person's.
+    /// Only this person's (a subject token; wildcards are rejected, `None` is all).
     pub person_id: Option<String>,
     /// Only those whose reason contains this text.
     pub reason_contains: Option<String>,
@@ -47,12 +47,15 @@ pub struct DeadLetterFilter {
 }
 
 impl DeadLetterFilter {
-    /// The subject filter covering the consumer and person given.
+    /// The subject filter covering the consumer and person given. A given value must
+    /// be a plain token: `*` or `>` from input would widen the filter (`None` is how to
+    /// ask for all).
     fn subject(&self) -> Result<String, StreamingError> {
-        let consumer = self.consumer.as_deref().unwrap_or("*");
-        let person = self.person_id.as_deref().unwrap_or("*");
-        for (part, token) in [("consumer", consumer), ("person", person)] {
-            if token != "*" {
+        for (part, token) in [
+            ("consumer", self.consumer.as_deref()),
+            ("person", self.person_id.as_deref()),
+        ] {
+            if let Some(token) = token {
                 subject::validate_token(part, token).map_err(|e| {
                     StreamingError::with_source(
                         StreamingErrorKind::InvalidInput,
@@ -62,6 +65,8 @@ impl DeadLetterFilter {
                 })?;
             }
         }
+        let consumer = self.consumer.as_deref().unwrap_or("*");
+        let person = self.person_id.as_deref().unwrap_or("*");
         Ok(format!("{}.{consumer}.{person}.*", subject::DLQ_PREFIX))
     }
 
@@ -406,5 +411,32 @@ impl DeadLetterSink for DeadLetterQueue {
             };
             SinkError::with_source(kind, "cannot store the dead letter on the DLQ stream", e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_take_plain_tokens_only() {
+        let all = DeadLetterFilter::default();
+        assert_eq!(all.subject().unwrap(), "person.dlq.*.*.*");
+        for bad in ["*", ">", "a.b", "a b", ""] {
+            let f = DeadLetterFilter {
+                person_id: Some(bad.into()),
+                ..DeadLetterFilter::default()
+            };
+            assert_eq!(
+                f.subject().unwrap_err().kind(),
+                StreamingErrorKind::InvalidInput,
+                "{bad:?}"
+            );
+            let f = DeadLetterFilter {
+                consumer: Some(bad.into()),
+                ..DeadLetterFilter::default()
+            };
+            assert!(f.subject().is_err(), "{bad:?}");
+        }
     }
 }

@@ -84,8 +84,11 @@ pub enum PublishErrorKind {
     TimedOut,
     /// The connection failed, after every retry.
     Transport,
-    /// The server rejected the request (permissions, stream limits, batch rules...).
+    /// The server rejected the request (stream limits, batch rules...).
     Rejected,
+    /// This connection's user may not publish on the event's subject (the server
+    /// reported a permissions violation). Not transient: fix the user's permissions.
+    PermissionDenied,
 }
 
 /// A publish failed.
@@ -193,6 +196,7 @@ pub struct Publisher {
     retry: RetryPolicy,
     stream_subjects: Arc<[String]>,
     stream_name: Arc<str>,
+    denials: crate::client::Denials,
 }
 
 impl fmt::Debug for Publisher {
@@ -212,8 +216,13 @@ struct Outgoing {
 }
 
 impl Publisher {
-    pub(crate) fn new(js: jetstream::Context, config: &StreamingConfig) -> Self {
+    pub(crate) fn new(
+        js: jetstream::Context,
+        config: &StreamingConfig,
+        denials: crate::client::Denials,
+    ) -> Self {
         Self {
+            denials,
             js,
             source: config.publisher.source.as_str().into(),
             max_in_flight: config.publisher.max_in_flight.max(1),
@@ -565,6 +574,16 @@ impl Publisher {
         subject: &str,
         conflict: Option<(PersonId, ExpectedVersion)>,
     ) -> PublishError {
+        if self.denials.publish_denied(subject) {
+            return PublishError::with_source(
+                PublishErrorKind::PermissionDenied,
+                format!(
+                    "not allowed to publish to {subject}: the server reported a permissions violation; grant this user publish on {}",
+                    self.stream_subjects.join(", ")
+                ),
+                e,
+            );
+        }
         match e.kind() {
             NatsKind::WrongLastSequence => match conflict {
                 Some((person, expected)) => self.conflict(person, expected, e.to_string()).await,
@@ -609,6 +628,9 @@ impl Publisher {
     /// briefly unavailable (a leader election, a restart): worth retrying. For any other
     /// subject it means no stream exists, which no retry fixes.
     fn retryable(&self, e: &jetstream::context::PublishError, subject: &str) -> bool {
+        if self.denials.publish_denied(subject) {
+            return false;
+        }
         retryable_kind(e.kind())
             || (e.kind() == NatsKind::StreamNotFound
                 && self

@@ -44,6 +44,14 @@ pub struct SubscriptionOptions {
     pub dead_letter_policy: DeadLetterPolicy,
     /// The handler's circuit breaker.
     pub breaker: CircuitBreakerConfig,
+    /// A message whose body is larger is dead-lettered as `oversized` without being
+    /// decoded. Default 1 MiB (the server's default `max_payload`).
+    pub max_message_bytes: usize,
+    /// A current (V2) envelope must carry the CloudEvents headers the publisher writes
+    /// (`ce-specversion`, `ce-id`, `ce-time`, `ce-correlationid`), and `ce-id` must be
+    /// its event id; otherwise it is dead-lettered as `bad headers`. Legacy shapes (V1,
+    /// week-1 envelopes) were stored without headers and are exempt. Default `true`.
+    pub require_headers: bool,
 }
 
 impl Default for SubscriptionOptions {
@@ -56,6 +64,8 @@ impl Default for SubscriptionOptions {
             in_process_attempts: 1,
             dead_letter_policy: DeadLetterPolicy::Park,
             breaker: CircuitBreakerConfig::default(),
+            max_message_bytes: 1024 * 1024,
+            require_headers: true,
         }
     }
 }
@@ -94,6 +104,18 @@ impl SubscriptionOptions {
     /// Sets the circuit breaker configuration.
     pub fn breaker(mut self, config: CircuitBreakerConfig) -> Self {
         self.breaker = config;
+        self
+    }
+
+    /// Sets `max_message_bytes` (at least 1).
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets `require_headers`.
+    pub fn require_headers(mut self, require: bool) -> Self {
+        self.require_headers = require;
         self
     }
 

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use person_events::codec::DecodeError;
 use person_events::subject::parse_event_subject;
 use person_events::{PersonId, StreamingEventEnvelope};
-use person_legacy_compat::{RawMessage, decode_message};
+use person_legacy_compat::{Origin, RawMessage, decode_message};
 use person_retry::{
     BreakerState, CircuitBreaker, DeadLetter, DeadLetterSink, ErrorClass, RetryPolicy,
 };
@@ -41,7 +41,8 @@ struct Held {
 enum Body {
     /// Boxed: a held message moves through queues, and this keeps it small.
     Event(Box<StreamingEventEnvelope>),
-    Undecodable(DecodeError),
+    /// Cannot be handed to the handler; the reason goes into the dead letter.
+    Rejected(Rejected),
     HandedOver,
 }
 
@@ -50,7 +51,7 @@ impl Held {
     fn envelope(&self) -> Option<std::borrow::Cow<'_, StreamingEventEnvelope>> {
         match &self.body {
             Body::Event(env) => Some(std::borrow::Cow::Borrowed(env)),
-            Body::Undecodable(_) => None,
+            Body::Rejected(_) => None,
             Body::HandedOver => decode_held(&self.msg, self.seq)
                 .ok()
                 .map(std::borrow::Cow::Owned),
@@ -58,6 +59,56 @@ impl Held {
     }
 }
 
+/// Why a message cannot be handed to the handler. Its Display is the dead letter's
+/// reason, starting with a stable label: `oversized`, `undecodable` or `bad headers`.
+enum Rejected {
+    /// The body is larger than `max_message_bytes`.
+    Oversized { size: usize, limit: usize },
+    /// The body (or its content type) cannot be decoded.
+    Undecodable(DecodeError),
+    /// A current envelope without its CloudEvents headers, or with headers that
+    /// contradict the body.
+    BadHeaders(String),
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::Oversized { size, limit } => write!(
+                f,
+                "oversized: the body is {size} bytes, more than max_message_bytes ({limit})"
+            ),
+            Rejected::Undecodable(e) => write!(f, "undecodable: {e}"),
+            Rejected::BadHeaders(detail) => write!(f, "bad headers: {detail}"),
+        }
+    }
+}
+
+/// Checks the CloudEvents headers of a current envelope: present, well-formed, and
+/// naming the same event as the body.
+fn check_headers(
+    headers: Option<&async_nats::HeaderMap>,
+    envelope: &StreamingEventEnvelope,
+) -> Result<(), Rejected> {
+    let pairs = headers.into_iter().flat_map(|h| {
+        h.iter().flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (<_ as AsRef<str>>::as_ref(name), v.as_str()))
+        })
+    });
+    let decoded = person_metadata::headers::decode_headers(pairs)
+        .map_err(|e| Rejected::BadHeaders(e.to_string()))?;
+    if decoded.id != envelope.event_id {
+        return Err(Rejected::BadHeaders(format!(
+            "ce-id {} is not the body's event_id {}",
+            decoded.id, envelope.event_id
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes a message whose checks passed before (the envelope was handed over).
 fn decode_held(msg: &jetstream::Message, seq: u64) -> Result<StreamingEventEnvelope, DecodeError> {
     decode_message(&RawMessage {
         subject: Some(msg.subject.as_str()),
@@ -266,9 +317,9 @@ impl Worker {
         };
         self.counters.lag.store(pending, Ordering::Relaxed);
         Counters::add(&self.counters.in_hand);
-        let body = match decode_held(&msg, seq) {
+        let body = match self.decode(&msg, seq) {
             Ok(env) => Body::Event(Box::new(env)),
-            Err(e) => Body::Undecodable(e),
+            Err(rejected) => Body::Rejected(rejected),
         };
         let person = match &body {
             Body::Event(env) => Some(env.aggregate_id),
@@ -329,6 +380,35 @@ impl Worker {
                 lanes.ready.push_back(person);
             }
         }
+    }
+
+    /// Size check, decode (upcasting), header check: the envelope, or why not.
+    fn decode(
+        &self,
+        msg: &jetstream::Message,
+        seq: u64,
+    ) -> Result<StreamingEventEnvelope, Rejected> {
+        let limit = self.options.max_message_bytes;
+        if msg.payload.len() > limit {
+            return Err(Rejected::Oversized {
+                size: msg.payload.len(),
+                limit,
+            });
+        }
+        let headers = msg.headers.as_ref();
+        let decoded = decode_message(&RawMessage {
+            subject: Some(msg.subject.as_str()),
+            payload: &msg.payload,
+            content_type: headers
+                .and_then(|h| h.get(person_metadata::headers::CONTENT_TYPE))
+                .map(|v| v.as_str()),
+            stream_sequence: Some(seq),
+        })
+        .map_err(Rejected::Undecodable)?;
+        if self.options.require_headers && decoded.origin == Origin::Current {
+            check_headers(headers, &decoded.envelope)?;
+        }
+        Ok(decoded.envelope)
     }
 
     /// A runner: handles one event of `person`, then one of whichever person is ready
@@ -421,9 +501,9 @@ impl Worker {
                     .dead_letter(held, reason, ErrorClass::Permanent, true, blocker)
                     .await;
             }
-            (Body::Undecodable(e), _) => {
-                let reason = format!("undecodable: {e}");
-                held.body = Body::Undecodable(e);
+            (Body::Rejected(e), _) => {
+                let reason = e.to_string();
+                held.body = Body::Rejected(e);
                 let label = format!("stream sequence {}", held.seq);
                 return self
                     .dead_letter(held, reason, ErrorClass::Permanent, false, label)
@@ -742,7 +822,7 @@ fn is_replay_of(held: &Held, blocker: &str) -> bool {
     replayed
         && match &held.body {
             Body::Event(env) => env.event_id.to_string() == blocker,
-            Body::Undecodable(_) => blocker == format!("stream sequence {}", held.seq),
+            Body::Rejected(_) => blocker == format!("stream sequence {}", held.seq),
             Body::HandedOver => held
                 .envelope()
                 .is_some_and(|env| env.event_id.to_string() == blocker),

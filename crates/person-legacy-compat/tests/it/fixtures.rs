@@ -169,7 +169,7 @@ fn typed_errors_for_bad_messages() {
         ..RawMessage::from_payload(v1)
     })
     .unwrap_err();
-    assert_eq!(err.kind(), DecodeErrorKind::UnrecognizedShape);
+    assert_eq!(err.kind(), DecodeErrorKind::UnsupportedContentType);
     assert!(err.to_string().contains("Content-Type"));
     decode_message(&RawMessage {
         content_type: Some("application/json; charset=utf-8"),
