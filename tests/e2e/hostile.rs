@@ -253,7 +253,7 @@ async fn bad_messages_are_dead_lettered_with_a_precise_reason_and_the_consumer_g
             duplicated: 0,
             absorbed: projection.absorbed(),
             notes: format!(
-                "{} dead letters, each with its precise reason and original bytes; 200 good events handled",
+                "{} dead letters, each with its precise reason and the original bytes (the first 64 KiB of the 900 KiB oversized one); 200 good events handled",
                 bad.len()
             ),
             ..Row::default()
