@@ -508,3 +508,137 @@ fn decoders_give_typed_errors_on_any_input() {
         started,
     );
 }
+
+const MEMORY_ROLE_ENV: &str = "PERSON_FUZZ_MEMORY_CHILD";
+const MEMORY_TEST: &str = "fuzz::hostile_inputs_use_memory_in_proportion_to_their_size";
+/// Hostile inputs are this big.
+const BIG: usize = 16 * 1024 * 1024;
+
+/// A field of `/proc/self/status`, in bytes.
+fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
+    kib * 1024
+}
+
+/// Hostile input number `i` (of [`BIG_INPUTS`]), `BIG` bytes or so, built on demand.
+fn big_input(i: usize) -> (&'static str, Vec<u8>) {
+    let x = || "x".repeat(BIG);
+    match i {
+        0 => ("16 Mi-deep array", "[".repeat(BIG).into_bytes()),
+        1 => (
+            "16 MiB event_id",
+            format!("{{\"schema_version\": 2, \"event_id\": \"{}\"}}", x()).into_bytes(),
+        ),
+        2 => ("16 MiB key", format!("{{\"{}\": 1}}", x()).into_bytes()),
+        3 => (
+            "16 MiB V1 person id",
+            format!("{{\"PersonCreated\": {{\"person_id\": {{\"id\": \"{}\"}}}}}}", x())
+                .into_bytes(),
+        ),
+        4 => (
+            "16 MiB week-1 field",
+            format!(
+                "{{\"event_id\": \"0190f3c2-7b1e-7cc0-9a8e-2f6d1c1b2a3f\", \"event\": {{\"event_type\": \"PersonCreated\", \"data\": \"{}\"}}}}",
+                x()
+            )
+            .into_bytes(),
+        ),
+        _ => (
+            "16 MiB DLQ payload and reason",
+            format!(
+                "{{\"subject\": \"s\", \"payload\": \"{}\", \"reason\": \"{}\"}}",
+                "QUJD".repeat(BIG / 4),
+                x()
+            )
+            .into_bytes(),
+        ),
+    }
+}
+
+const BIG_INPUTS: usize = 6;
+
+/// Child side: for each input, reset the peak RSS (`/proc/self/clear_refs`), decode it
+/// with every decoder, and report how far the peak rose above the resident size with
+/// the input already built.
+fn measure_memory() {
+    let mut out = Vec::new();
+    for i in 0..BIG_INPUTS {
+        let (name, input) = big_input(i);
+        std::fs::write("/proc/self/clear_refs", "5").expect("resetting VmHWM");
+        let before = status_bytes("VmRSS:");
+        let _ = codec::decode(&input);
+        let _ = decode_message(&RawMessage::from_payload(&input));
+        let _ = serde_json::from_slice::<DeadLetter>(&input);
+        let growth = status_bytes("VmHWM:").saturating_sub(before);
+        out.push(serde_json::json!({"name": name, "len": input.len(), "growth": growth}));
+    }
+    println!("FUZZ-MEMORY {}", serde_json::Value::from(out));
+}
+
+/// Decoding an input never takes more than a small multiple of its size: measured as
+/// the peak RSS growth of a child process (this test binary re-run alone) decoding
+/// 16 MiB hostile inputs with every decoder.
+#[test]
+fn hostile_inputs_use_memory_in_proportion_to_their_size() {
+    if std::env::var_os(MEMORY_ROLE_ENV).is_some() {
+        measure_memory();
+        return;
+    }
+    let started = Instant::now();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([MEMORY_TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(MEMORY_ROLE_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("FUZZ-MEMORY ").map(|(_, rest)| rest))
+        .expect("the child reported");
+    let measured: Vec<serde_json::Value> = serde_json::from_str(line).unwrap();
+    assert_eq!(measured.len(), BIG_INPUTS);
+    let mut notes = Vec::new();
+    for m in &measured {
+        let (len, growth) = (m["len"].as_u64().unwrap(), m["growth"].as_u64().unwrap());
+        // Three decoders, each at most copying the input a couple of times.
+        assert!(
+            growth <= 4 * len + 16 * 1024 * 1024,
+            "{}: peak RSS grew by {growth} bytes for a {len}-byte input",
+            m["name"]
+        );
+        notes.push(format!(
+            "{}: +{} MiB",
+            m["name"].as_str().unwrap(),
+            growth / (1024 * 1024)
+        ));
+    }
+    record(
+        Row {
+            case: "fuzz-memory",
+            area: "fuzz",
+            what: "16 MiB hostile inputs (deep nesting, huge strings and keys) through the V2, V1/week-1 and DLQ decoders, in a child process".into(),
+            load: "-".into(),
+            faults: "-".into(),
+            inputs: measured.len() as u64 * 3,
+            lost: 0,
+            duplicated: 0,
+            absorbed: 0,
+            notes: format!(
+                "peak RSS growth per 16 MiB input, all three decoders (bound: 4x the input + 16 MiB): {}",
+                notes.join("; ")
+            ),
+            ..Row::default()
+        },
+        started,
+    );
+}

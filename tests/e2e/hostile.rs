@@ -85,7 +85,9 @@ async fn bad_messages_are_dead_lettered_with_a_precise_reason_and_the_consumer_g
         1,
         PersonEventV2::Activated {
             person_id: p,
-            reason: "x".repeat(MAX_MESSAGE_BYTES + 1),
+            // Near the server's 1 MB max_payload: the whole body, base64 in a dead
+            // letter, would not fit in one message.
+            reason: "x".repeat(900 * 1024),
             metadata: EventMetadata::new(),
         },
     );
@@ -96,7 +98,7 @@ async fn bad_messages_are_dead_lettered_with_a_precise_reason_and_the_consumer_g
         headers_for(&big),
         big_body.clone(),
         format!(
-            "oversized: the body is {} bytes, more than max_message_bytes ({MAX_MESSAGE_BYTES})",
+            "oversized: the body is {} bytes, more than max_message_bytes ({MAX_MESSAGE_BYTES}); this record keeps its first 65536 bytes",
             big_body.len()
         ),
     ));
@@ -227,11 +229,13 @@ async fn bad_messages_are_dead_lettered_with_a_precise_reason_and_the_consumer_g
             "{name}: reason `{}` does not start with `{reason}`",
             letter.reason
         );
-        assert_eq!(
-            &letter.payload[..],
-            &body[..],
-            "{name}: original bytes kept"
-        );
+        // An oversized body is kept in part: the whole of it might not fit.
+        let kept = if *name == "oversized" {
+            &body[..64 * 1024]
+        } else {
+            &body[..]
+        };
+        assert_eq!(&letter.payload[..], kept, "{name}: original bytes kept");
         assert_eq!(letter.error_class, ErrorClass::Permanent, "{name}");
         assert_eq!(letter.consumer, CONSUMER);
     }
@@ -249,7 +253,7 @@ async fn bad_messages_are_dead_lettered_with_a_precise_reason_and_the_consumer_g
             duplicated: 0,
             absorbed: projection.absorbed(),
             notes: format!(
-                "{} dead letters, each with its precise reason and original bytes; 200 good events handled",
+                "{} dead letters, each with its precise reason and the original bytes (the first 64 KiB of the 900 KiB oversized one); 200 good events handled",
                 bad.len()
             ),
             ..Row::default()

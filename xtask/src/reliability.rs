@@ -28,6 +28,7 @@ const ORDER: &[&str] = &[
     "hostile-bad-messages",
     "hostile-bad-identifiers",
     "fuzz-decoders",
+    "fuzz-memory",
     "auth",
     "config-files",
     "soak",

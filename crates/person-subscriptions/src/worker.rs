@@ -59,6 +59,11 @@ impl Held {
     }
 }
 
+/// How much of an oversized body its dead letter keeps. The whole body, base64 in a
+/// JSON record, could exceed the server's `max_payload`: the record could never be
+/// stored and the message would be NAKed forever.
+const OVERSIZED_KEPT: usize = 64 * 1024;
+
 /// Why a message cannot be handed to the handler. Its Display is the dead letter's
 /// reason, starting with a stable label: `oversized`, `undecodable` or `bad headers`.
 enum Rejected {
@@ -76,7 +81,8 @@ impl std::fmt::Display for Rejected {
         match self {
             Rejected::Oversized { size, limit } => write!(
                 f,
-                "oversized: the body is {size} bytes, more than max_message_bytes ({limit})"
+                "oversized: the body is {size} bytes, more than max_message_bytes ({limit}); \
+                 this record keeps its first {OVERSIZED_KEPT} bytes"
             ),
             Rejected::Undecodable(e) => write!(f, "undecodable: {e}"),
             Rejected::BadHeaders(detail) => write!(f, "bad headers: {detail}"),
@@ -690,11 +696,18 @@ impl Worker {
             })
             .unwrap_or_default();
         let now = Utc::now();
+        let payload = match &held.decoded {
+            Err(Rejected::Oversized { .. }) => held
+                .msg
+                .payload
+                .slice(..held.msg.payload.len().min(OVERSIZED_KEPT)),
+            _ => held.msg.payload.clone(),
+        };
         let letter = DeadLetter {
             subject: held.msg.subject.to_string(),
             stream: self.stream.clone(),
             stream_sequence: held.seq,
-            payload: held.msg.payload.clone(),
+            payload,
             headers,
             reason: reason.clone(),
             error_class: class,
