@@ -696,8 +696,8 @@ impl Worker {
             })
             .unwrap_or_default();
         let now = Utc::now();
-        let payload = match &held.decoded {
-            Err(Rejected::Oversized { .. }) => held
+        let payload = match &held.body {
+            Body::Rejected(Rejected::Oversized { .. }) => held
                 .msg
                 .payload
                 .slice(..held.msg.payload.len().min(OVERSIZED_KEPT)),
