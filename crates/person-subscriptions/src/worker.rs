@@ -114,9 +114,9 @@ fn check_headers(
     Ok(())
 }
 
-/// Decodes a message whose checks passed before (the envelope was handed over).
-fn decode_held(msg: &jetstream::Message, seq: u64) -> Result<StreamingEventEnvelope, DecodeError> {
-    decode_message(&RawMessage {
+/// What the decoder needs of a fetched message.
+fn raw_message(msg: &jetstream::Message, seq: u64) -> RawMessage<'_> {
+    RawMessage {
         subject: Some(msg.subject.as_str()),
         payload: &msg.payload,
         content_type: msg
@@ -125,8 +125,12 @@ fn decode_held(msg: &jetstream::Message, seq: u64) -> Result<StreamingEventEnvel
             .and_then(|h| h.get(person_metadata::headers::CONTENT_TYPE))
             .map(|v| v.as_str()),
         stream_sequence: Some(seq),
-    })
-    .map(|d| d.envelope)
+    }
+}
+
+/// Decodes a message whose checks passed before (the envelope was handed over).
+fn decode_held(msg: &jetstream::Message, seq: u64) -> Result<StreamingEventEnvelope, DecodeError> {
+    decode_message(&raw_message(msg, seq)).map(|d| d.envelope)
 }
 
 #[derive(Default)]
@@ -401,18 +405,9 @@ impl Worker {
                 limit,
             });
         }
-        let headers = msg.headers.as_ref();
-        let decoded = decode_message(&RawMessage {
-            subject: Some(msg.subject.as_str()),
-            payload: &msg.payload,
-            content_type: headers
-                .and_then(|h| h.get(person_metadata::headers::CONTENT_TYPE))
-                .map(|v| v.as_str()),
-            stream_sequence: Some(seq),
-        })
-        .map_err(Rejected::Undecodable)?;
+        let decoded = decode_message(&raw_message(msg, seq)).map_err(Rejected::Undecodable)?;
         if self.options.require_headers && decoded.origin == Origin::Current {
-            check_headers(headers, &decoded.envelope)?;
+            check_headers(msg.headers.as_ref(), &decoded.envelope)?;
         }
         Ok(decoded.envelope)
     }
@@ -446,55 +441,53 @@ impl Worker {
     /// have more to do; `false` (and the lane is no longer running) when it is empty,
     /// waits for a redelivery, or the worker stops.
     async fn run_lane(self: &Arc<Self>, person: PersonId) -> bool {
-        {
-            let (held, parked) = {
-                let mut lanes = self.lanes.lock().expect("lanes lock");
-                let Some(lane) = lanes.map.get_mut(&person) else {
-                    return false;
-                };
-                if lane.waiting_for.is_some() || self.stopping.load(Ordering::Acquire) {
-                    lane.running = false;
-                    return false;
-                }
-                match lane.queue.pop_front() {
-                    Some(h) => {
-                        lane.current = Some((h.seq, h.msg.clone()));
-                        // The replay of the event a person is parked behind un-parks
-                        // the person: it and the replays after it run in order.
-                        if lane
-                            .parked_behind
-                            .as_deref()
-                            .is_some_and(|b| is_replay_of(&h, b))
-                        {
-                            lane.parked_behind = None;
-                        }
-                        (h, lane.parked_behind.clone())
-                    }
-                    None => {
-                        lane.running = false;
-                        if lane.parked_behind.is_none() {
-                            lanes.map.remove(&person);
-                        }
-                        return false;
-                    }
-                }
-            };
-            let outcome = self.process(held, parked).await;
+        let (held, parked) = {
             let mut lanes = self.lanes.lock().expect("lanes lock");
-            if let Some(lane) = lanes.map.get_mut(&person) {
-                lane.current = None;
-                match outcome {
-                    Outcome::Done | Outcome::Released => {}
-                    Outcome::WaitFor(seq) => lane.waiting_for = Some(seq),
-                    Outcome::DeadLettered(label) => {
-                        if self.options.dead_letter_policy == DeadLetterPolicy::Park {
-                            lane.parked_behind.get_or_insert(label);
-                        }
+            let Some(lane) = lanes.map.get_mut(&person) else {
+                return false;
+            };
+            if lane.waiting_for.is_some() || self.stopping.load(Ordering::Acquire) {
+                lane.running = false;
+                return false;
+            }
+            match lane.queue.pop_front() {
+                Some(h) => {
+                    lane.current = Some((h.seq, h.msg.clone()));
+                    // The replay of the event a person is parked behind un-parks
+                    // the person: it and the replays after it run in order.
+                    if lane
+                        .parked_behind
+                        .as_deref()
+                        .is_some_and(|b| is_replay_of(&h, b))
+                    {
+                        lane.parked_behind = None;
+                    }
+                    (h, lane.parked_behind.clone())
+                }
+                None => {
+                    lane.running = false;
+                    if lane.parked_behind.is_none() {
+                        lanes.map.remove(&person);
+                    }
+                    return false;
+                }
+            }
+        };
+        let outcome = self.process(held, parked).await;
+        let mut lanes = self.lanes.lock().expect("lanes lock");
+        if let Some(lane) = lanes.map.get_mut(&person) {
+            lane.current = None;
+            match outcome {
+                Outcome::Done | Outcome::Released => {}
+                Outcome::WaitFor(seq) => lane.waiting_for = Some(seq),
+                Outcome::DeadLettered(label) => {
+                    if self.options.dead_letter_policy == DeadLetterPolicy::Park {
+                        lane.parked_behind.get_or_insert(label);
                     }
                 }
             }
-            true
         }
+        true
     }
 
     async fn process(self: &Arc<Self>, mut held: Held, parked: Option<String>) -> Outcome {
@@ -564,25 +557,15 @@ impl Worker {
         };
         let attempts = self.options.in_process_attempts.max(1);
         let event_id = envelope.event_id;
-        let mut envelope = Some(envelope);
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            // The last attempt hands the envelope over; earlier ones pass a copy.
-            let Some(env) = (if attempt < attempts {
-                envelope.clone()
-            } else {
-                envelope.take()
-            }) else {
-                break Err(crate::HandlerError::permanent(
-                    "no envelope left to hand over",
-                ));
-            };
-            Counters::add(&self.counters.in_flight);
-            let result = self.call_handler(&held, env).await;
-            Counters::sub(&self.counters.in_flight);
-            match result {
-                Err(ref e) if e.class().is_retryable() && attempt < attempts => {
+            if attempt >= attempts {
+                // The last attempt hands the envelope over; earlier ones pass a copy.
+                break self.attempt(&held, envelope).await;
+            }
+            match self.attempt(&held, envelope.clone()).await {
+                Err(ref e) if e.class().is_retryable() => {
                     Counters::add(&self.counters.retried);
                     let delay = e
                         .class()
@@ -634,6 +617,18 @@ impl Worker {
                 Outcome::WaitFor(held.seq)
             }
         }
+    }
+
+    /// One handler call, counted as in flight while it runs.
+    async fn attempt(
+        &self,
+        held: &Held,
+        envelope: StreamingEventEnvelope,
+    ) -> Result<(), crate::HandlerError> {
+        Counters::add(&self.counters.in_flight);
+        let result = self.call_handler(held, envelope).await;
+        Counters::sub(&self.counters.in_flight);
+        result
     }
 
     async fn call_handler(
