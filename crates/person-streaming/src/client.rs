@@ -535,6 +535,15 @@ impl StreamingClient {
     }
 }
 
+/// `true` when a stream lookup failed because the stream does not exist.
+pub(crate) fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(inner)
+            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 pub(crate) fn js_error(
     message: String,
     e: impl std::error::Error + Send + Sync + 'static,
@@ -721,13 +730,7 @@ async fn ensure_stream(
                 report.updated_streams.push(settings.name.clone());
             }
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                jetstream::context::GetStreamErrorKind::JetStream(inner)
-                    if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-            ) =>
-        {
+        Err(e) if is_stream_not_found(&e) => {
             if apply {
                 js.create_stream(desired).await.map_err(|e| {
                     js_error(

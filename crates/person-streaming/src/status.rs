@@ -68,13 +68,7 @@ async fn stream_status(
 ) -> Result<StreamStatus, StreamingError> {
     let mut stream = match js.get_stream(name).await {
         Ok(stream) => stream,
-        Err(e)
-            if matches!(
-                e.kind(),
-                jetstream::context::GetStreamErrorKind::JetStream(inner)
-                    if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-            ) =>
-        {
+        Err(e) if crate::client::is_stream_not_found(&e) => {
             return Err(StreamingError::with_source(
                 StreamingErrorKind::NotFound,
                 format!("stream {name} does not exist (create it with StreamingClient::ensure)"),
