@@ -302,15 +302,28 @@ impl RetryPolicy {
         Duration::from_nanos(ns.round() as u64).min(self.max_backoff)
     }
 
-    /// The delay to wait before attempt number `attempt` (1-based), with jitter from
-    /// the thread-local RNG. `delay(0)` and `delay(1)` are zero: the first attempt
-    /// never waits. Never more than [`max_backoff`](Self::max_backoff).
+    /// The wait before attempt number `attempt` (1-based), with jitter from the
+    /// thread-local RNG. `delay(0)` and `delay(1)` are zero: the first attempt never
+    /// waits. Never more than [`max_backoff`](Self::max_backoff).
+    ///
+    /// After attempt `n` failed, wait `delay(n + 1)` before attempt `n + 1`:
+    /// `delay(n)` is the wait *before* attempt `n`, not after it, so passing the number
+    /// of the attempt that just failed waits one step too little (0 ms before the
+    /// first retry). For a broker-side NAK after the `d`-th delivery use
+    /// [`nak_delay_with`](Self::nak_delay_with), which takes the delivery count.
     ///
     /// ```
     /// use std::time::Duration;
-    /// let policy = person_retry::RetryPolicy::default();
+    /// use person_retry::{Jitter, RetryPolicy};
+    ///
+    /// let policy = RetryPolicy::default();
     /// assert_eq!(policy.delay(1), Duration::ZERO);
     /// assert!(policy.delay(50) <= policy.max_backoff());
+    ///
+    /// // Attempt 1 failed: the wait before attempt 2 is the first backoff.
+    /// let fixed = RetryPolicy::builder().jitter(Jitter::None).build().unwrap();
+    /// let failed = 1;
+    /// assert_eq!(fixed.delay(failed + 1), fixed.initial_backoff());
     /// ```
     pub fn delay(&self, attempt: u32) -> Duration {
         if attempt <= 1 || self.jitter == Jitter::None {
@@ -334,7 +347,12 @@ impl RetryPolicy {
         if attempt <= 1 {
             return Duration::ZERO;
         }
-        let retry = attempt - 2;
+        self.jittered(attempt - 2, rng)
+    }
+
+    /// The delay before retry number `retry + 1` (0-based `retry`), jittered with the
+    /// policy's mode. The one place both in-process and broker-side delays are drawn.
+    fn jittered<R: Rng + ?Sized>(&self, retry: u32, rng: &mut R) -> Duration {
         match self.jitter {
             Jitter::Decorrelated => {
                 let previous = self.nominal(retry.saturating_sub(1));
@@ -427,9 +445,45 @@ impl RetryPolicy {
     /// assert_eq!(policy.nak_delay(1000), policy.nak_delay(4)); // last entry repeats
     /// ```
     pub fn nak_delay(&self, delivered: u64) -> Duration {
+        self.nominal(self.nak_retry(delivered))
+    }
+
+    /// The delay for a NAK of a message JetStream has delivered `delivered` times,
+    /// jittered with the policy's [`Jitter`] mode exactly as
+    /// [`delay_with`](Self::delay_with) jitters in-process retries: the nominal step is
+    /// [`nak_delay(delivered)`](Self::nak_delay), the same one `delay_with(delivered +
+    /// 1)` jitters. Never above [`max_backoff`](Self::max_backoff); with
+    /// [`Jitter::None`] it equals `nak_delay(delivered)`.
+    ///
+    /// Use it rather than `nak_delay` when NAKing: messages that failed together then
+    /// come back spread out instead of in one wave. `nak_delay` stays jitter-free
+    /// because it must match the consumer's [`schedule`](Self::schedule).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rand::{SeedableRng, rngs::StdRng};
+    /// use person_retry::{Jitter, RetryPolicy};
+    ///
+    /// let policy = RetryPolicy::builder().jitter(Jitter::Equal).build().unwrap();
+    /// let mut rng = StdRng::seed_from_u64(7);
+    /// let d = policy.nak_delay_with(2, &mut rng);
+    /// // Equal jitter keeps at least half of the nominal 200 ms.
+    /// assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(200));
+    /// assert_eq!(d, policy.nak_delay_with(2, &mut StdRng::seed_from_u64(7)));
+    ///
+    /// let fixed = policy.to_builder().jitter(Jitter::None).build().unwrap();
+    /// assert_eq!(fixed.nak_delay_with(2, &mut rng), fixed.nak_delay(2));
+    /// ```
+    pub fn nak_delay_with<R: Rng + ?Sized>(&self, delivered: u64, rng: &mut R) -> Duration {
+        self.jittered(self.nak_retry(delivered), rng)
+    }
+
+    /// The 0-based retry whose nominal delay follows delivery `delivered`, held at the
+    /// schedule's last entry (JetStream repeats it).
+    fn nak_retry(&self, delivered: u64) -> u32 {
         let last = u64::from(self.max_retries());
         let retry = delivered.min(last).max(1) - 1;
-        self.nominal(u32::try_from(retry).unwrap_or(u32::MAX))
+        u32::try_from(retry).unwrap_or(u32::MAX)
     }
 }
 

@@ -94,6 +94,55 @@ proptest! {
     }
 
     #[test]
+    fn nak_delays_stay_within_zero_and_max_and_are_seeded(
+        p in policy(),
+        seed in any::<u64>(),
+        delivered in 0u64..200,
+    ) {
+        let a = p.nak_delay_with(delivered, &mut StdRng::seed_from_u64(seed));
+        let b = p.nak_delay_with(delivered, &mut StdRng::seed_from_u64(seed));
+        prop_assert_eq!(a, b, "the same seed gives the same delay");
+        prop_assert!(a <= p.max_backoff(), "{a:?} > {:?}", p.max_backoff());
+        let nominal = p.nak_delay(delivered);
+        match p.jitter() {
+            Jitter::None => prop_assert_eq!(a, nominal),
+            Jitter::Full => prop_assert!(a <= nominal, "{a:?} > {nominal:?}"),
+            Jitter::Equal => prop_assert!(a >= nominal / 2 && a <= nominal, "{a:?} vs {nominal:?}"),
+            Jitter::Decorrelated => prop_assert!(a >= p.initial_backoff().min(p.max_backoff())),
+        }
+    }
+
+    #[test]
+    fn nak_delays_jitter_like_the_in_process_retry_of_the_same_step(
+        p in policy(),
+        seed in any::<u64>(),
+    ) {
+        // The NAK after delivery d and the in-process wait before attempt d + 1 are the
+        // same step, drawn the same way.
+        for delivered in 1..u64::from(p.max_attempts()) {
+            let nak = p.nak_delay_with(delivered, &mut StdRng::seed_from_u64(seed));
+            let retry = p.delay_with(delivered as u32 + 1, &mut StdRng::seed_from_u64(seed));
+            prop_assert_eq!(nak, retry, "delivered {}", delivered);
+        }
+    }
+
+    #[test]
+    fn full_and_equal_jitter_spread_nak_delays(
+        p in policy(),
+        seed in any::<u64>(),
+        delivered in 1u64..20,
+        full in any::<bool>(),
+    ) {
+        let mode = if full { Jitter::Full } else { Jitter::Equal };
+        let p = p.to_builder().jitter(mode).build().unwrap();
+        // A nominal step of at least 1 ms leaves a million nanosecond values to draw.
+        prop_assume!(p.nak_delay(delivered) >= Duration::from_millis(1));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let draws: Vec<Duration> = (0..10).map(|_| p.nak_delay_with(delivered, &mut rng)).collect();
+        prop_assert!(draws.iter().any(|d| *d != draws[0]), "{mode:?}: {draws:?}");
+    }
+
+    #[test]
     fn serde_round_trips(p in policy()) {
         // serde_json (without `float_roundtrip`) may be off by one ulp on arbitrary
         // floats; configuration multipliers are short decimals, so use exact ones.
