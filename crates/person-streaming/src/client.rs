@@ -402,6 +402,9 @@ impl StreamingClient {
     }
 
     async fn ensure_or_plan(&self, apply: bool) -> Result<EnsureReport, StreamingError> {
+        // `connect` validated already; checking again costs nothing and keeps this
+        // true whatever path built the client.
+        self.config.validate()?;
         let mut report = EnsureReport::default();
         for (at, settings) in [("stream", &self.config.stream), ("dlq", &self.config.dlq)] {
             ensure_stream(&self.jetstream, at, settings, &mut report, apply).await?;
@@ -515,8 +518,10 @@ impl StreamingClient {
         Ok(Some(changes))
     }
 
-    /// Creates or updates one consumer on the event stream.
+    /// Creates or updates one consumer on the event stream. Refuses, before sending
+    /// anything, a consumer whose `ack_policy` is not explicit (see [`AckPolicy`]).
     pub async fn ensure_consumer(&self, settings: &ConsumerSettings) -> Result<(), StreamingError> {
+        crate::config::check_ack_policy("ack_policy", settings)?;
         let stream = self
             .jetstream
             .get_stream_no_info(&self.config.stream.name)
@@ -590,7 +595,8 @@ pub(crate) fn stream_config(s: &StreamSettings) -> stream::Config {
 /// deliveries itself and dead-letters at `c.max_deliver`, so a message is never dropped
 /// by the server giving up while the DLQ is unwritable. The server-side `backoff` list
 /// is set only when `c.server_backoff` is on, because JetStream applies its first entry
-/// as the ack wait of the first delivery.
+/// as the ack wait of the first delivery. `ack_policy` is mapped as given:
+/// [`StreamingConfig::validate`] is what rejects every policy but explicit.
 pub fn consumer_config(c: &ConsumerSettings) -> consumer::pull::Config {
     let (filter_subject, filter_subjects) = match c.filter_subjects.as_slice() {
         [one] => (one.clone(), Vec::new()),

@@ -51,16 +51,67 @@ pub enum DeliverPolicy {
 }
 
 /// How a consumer's messages are acknowledged.
+///
+/// Only [`Explicit`](Self::Explicit) (`"explicit"`, the default) is accepted:
+/// [`StreamingConfig::validate`] rejects the others, so `ensure` never creates a
+/// consumer with them. The subscription runtime settles each message on its own, and
+/// under `"all"` acking one person's later event would also ack another person's
+/// event still waiting for a delayed redelivery, which would then never come back.
+/// `All` and `None` stay in the enum so a file naming them gets that explanation
+/// rather than a parse error.
+///
+/// ```
+/// use person_streaming::{AckPolicy, StreamingConfig};
+///
+/// let mut config = StreamingConfig::default();
+/// config.consumers[0].ack_policy = AckPolicy::All;
+/// let err = config.validate().unwrap_err();
+/// assert_eq!(err.field(), "consumers[0].ack_policy");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum AckPolicy {
-    /// Every message individually (required by the subscription runtime).
+    /// Every message individually. The only policy accepted.
     #[default]
     Explicit,
-    /// Acknowledging one acknowledges all before it.
+    /// Acknowledging one acknowledges all before it. Rejected by `validate()`.
     All,
-    /// No acknowledgement.
+    /// No acknowledgement. Rejected by `validate()`.
     None,
+}
+
+impl AckPolicy {
+    /// The name used in configuration files.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Explicit => "explicit",
+            Self::All => "all",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Rejects every ack policy but explicit; `field` names the setting in the error.
+pub(crate) fn check_ack_policy(field: &str, c: &ConsumerSettings) -> Result<(), ConfigError> {
+    if c.ack_policy == AckPolicy::Explicit {
+        return Ok(());
+    }
+    let why = match c.ack_policy {
+        AckPolicy::None => {
+            "the server would count every delivery as done, so a failed event could never be retried or dead-lettered"
+        }
+        _ => {
+            "acking one event would also ack every earlier one, so an event waiting for a delayed redelivery would be lost"
+        }
+    };
+    Err(ConfigError::invalid(
+        field,
+        format!(
+            "is `{}` for consumer `{}`: {why}; set ack_policy = \"explicit\" or leave it out",
+            c.ack_policy.as_str(),
+            c.durable_name
+        ),
+    ))
 }
 
 /// The event stream.
@@ -497,6 +548,7 @@ impl StreamingConfig {
                     ),
                 ));
             }
+            check_ack_policy(&at("ack_policy"), c)?;
             if c.filter_subjects.is_empty() {
                 return Err(ConfigError::invalid(
                     at("filter_subjects"),
@@ -757,6 +809,32 @@ mod tests {
 
         let e = err(|c| c.dlq.subjects = vec!["person.>".into()]);
         assert_eq!(e.field(), "dlq.subjects");
+    }
+
+    #[test]
+    fn only_explicit_acks_are_accepted() {
+        for (policy, name) in [(AckPolicy::All, "all"), (AckPolicy::None, "none")] {
+            let e = err(|c| c.consumers[2].ack_policy = policy);
+            assert_eq!(e.kind(), ConfigErrorKind::Invalid, "{e}");
+            assert_eq!(e.field(), "consumers[2].ack_policy", "{e}");
+            let text = e.to_string();
+            assert!(text.contains(&format!("is `{name}`")), "{text}");
+            assert!(text.contains("person-to-location"), "{text}");
+            assert!(text.contains("ack_policy = \"explicit\""), "{text}");
+        }
+        let e = StreamingConfig::from_toml_str(
+            "[[consumers]]\ndurable_name = \"x\"\nack_policy = \"all\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.kind(), e.field()),
+            (ConfigErrorKind::Invalid, "consumers[0].ack_policy")
+        );
+        let ok = StreamingConfig::from_toml_str(
+            "[[consumers]]\ndurable_name = \"x\"\nack_policy = \"explicit\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.consumers[0].ack_policy, AckPolicy::Explicit);
     }
 
     #[test]

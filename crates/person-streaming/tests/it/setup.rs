@@ -1,5 +1,6 @@
 use person_streaming::{
-    ConfigErrorKind, Storage, StreamingClient, StreamingConfig, StreamingErrorKind,
+    AckPolicy, ConfigErrorKind, ConsumerSettings, Storage, StreamingClient, StreamingConfig,
+    StreamingErrorKind,
 };
 
 use crate::support::start;
@@ -227,4 +228,51 @@ async fn status_reports_streams_and_consumers() {
     assert_eq!(summary.ack_pending, 0);
     assert_eq!(status[1].name, "PERSON_EVENTS_DLQ");
     assert_eq!(status[1].messages, 0);
+}
+
+#[tokio::test]
+async fn ensure_refuses_cumulative_acks_and_creates_nothing() {
+    let server = nats_harness::NatsServer::start().await.unwrap();
+    for policy in [AckPolicy::All, AckPolicy::None] {
+        let mut config = StreamingConfig::default();
+        config.consumers[1].ack_policy = policy;
+        let err = StreamingClient::new(&server.url(), config)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), StreamingErrorKind::InvalidConfig, "{err}");
+        assert!(err.to_string().contains("consumers[1].ack_policy"), "{err}");
+        assert!(err.to_string().contains("explicit"), "{err}");
+    }
+    // Nothing was created: neither stream, so no consumer either.
+    let plain = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(plain);
+    for name in ["PERSON_EVENTS", "PERSON_EVENTS_DLQ"] {
+        assert!(js.get_stream(name).await.is_err(), "{name} was created");
+    }
+
+    // One consumer ensured on its own is checked the same way.
+    let (_server, client) = crate::support::start(StreamingConfig::default()).await;
+    let mut cumulative = ConsumerSettings::new("cumulative", &["person.events.>"], "acks all");
+    cumulative.ack_policy = AckPolicy::All;
+    let err = client.ensure_consumer(&cumulative).await.unwrap_err();
+    assert_eq!(err.kind(), StreamingErrorKind::InvalidConfig, "{err}");
+    assert!(err.to_string().contains("ack_policy"), "{err}");
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    assert!(
+        stream.consumer_info("cumulative").await.is_err(),
+        "the consumer must not exist"
+    );
+    // An existing consumer cannot be switched to it either.
+    let mut switched = StreamingConfig::default().consumers[0].clone();
+    switched.ack_policy = AckPolicy::None;
+    assert!(client.ensure_consumer(&switched).await.is_err());
+    let info = stream.consumer_info(&switched.durable_name).await.unwrap();
+    assert_eq!(
+        info.config.ack_policy,
+        async_nats::jetstream::consumer::AckPolicy::Explicit
+    );
 }
