@@ -35,6 +35,15 @@ pub fn dedup_id(stream: &str, sequence: u64, consumer: &str) -> String {
 /// `{"retry_after_ms": n}`. Times are RFC 3339. The optional fields are left out when
 /// `None`.
 ///
+/// # Truncated records
+///
+/// A record must fit in one NATS message, so a store may cut it to the server's
+/// `max_payload` and say so: `payload_truncated` (only a prefix of the body is kept,
+/// `original_size` is the whole body's size) and `headers_truncated` (some original
+/// headers were left out). Such a record documents the failure but is no longer the
+/// original message, so it must not be replayed ([`is_truncated`](Self::is_truncated)).
+/// Records written before these fields existed read as not truncated.
+///
 /// The DLQ subject is `person.dlq.<consumer>.<person_id>.<event_type>` (built and
 /// validated by `person_events::subject::dlq_subject`).
 ///
@@ -61,8 +70,12 @@ pub fn dedup_id(stream: &str, sequence: u64, consumer: &str) -> String {
 ///     event_id: None,
 ///     person_id: Some("0190".into()),
 ///     event_type: Some("created".into()),
+///     payload_truncated: false,
+///     original_size: None,
+///     headers_truncated: false,
 /// };
 /// assert_eq!(letter.dedup_id(), "dlq:PERSON_EVENTS:42:projector");
+/// assert!(!letter.is_truncated());
 ///
 /// let json = serde_json::to_value(&letter)?;
 /// assert_eq!(json["payload"], "eyJub3QiOiJ2YWxpZCI=");
@@ -110,12 +123,30 @@ pub struct DeadLetter {
     /// The event type token (`created`, `name_updated`, ...), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
+    /// `true` when `payload` holds only the first bytes of the original body, cut so
+    /// the record fits the server's `max_payload`. Set by whoever cut it (the DLQ
+    /// store, or a runtime that keeps only a prefix of an oversized body).
+    #[serde(default)]
+    pub payload_truncated: bool,
+    /// The original body's size in bytes, when `payload_truncated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_size: Option<u64>,
+    /// `true` when some of the original headers were left out of `headers` so the
+    /// record fits (the kept ones are untouched and in their original order).
+    #[serde(default)]
+    pub headers_truncated: bool,
 }
 
 impl DeadLetter {
     /// [`dedup_id`] of this letter's stream, sequence and consumer.
     pub fn dedup_id(&self) -> String {
         dedup_id(&self.stream, self.stream_sequence, &self.consumer)
+    }
+
+    /// Whether the record lost part of the original message (body or headers): it
+    /// cannot be replayed as the original.
+    pub fn is_truncated(&self) -> bool {
+        self.payload_truncated || self.headers_truncated
     }
 }
 
@@ -273,7 +304,8 @@ impl<T: DeadLetterSink + ?Sized> DeadLetterSink for &T {
 /// #         payload: Default::default(), headers: vec![], reason: "r".into(),
 /// #         error_class: ErrorClass::Transient, delivery_count: 5, first_failure_at: now,
 /// #         last_failure_at: now, consumer: "c".into(), handler: "h".into(), metadata: None,
-/// #         event_id: None, person_id: None, event_type: None }
+/// #         event_id: None, person_id: None, event_type: None, payload_truncated: false,
+/// #         original_size: None, headers_truncated: false }
 /// # }
 ///
 /// # #[tokio::main(flavor = "current_thread")]

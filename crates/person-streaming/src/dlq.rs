@@ -179,19 +179,20 @@ impl DeadLetterQueue {
                 e,
             )
         })?;
-        let body = serde_json::to_vec(letter).map_err(|e| {
-            StreamingError::with_source(
-                StreamingErrorKind::InvalidInput,
-                "cannot encode dead letter",
-                e,
-            )
-        })?;
         let mut headers = HeaderMap::new();
         headers.insert(header::NATS_MESSAGE_ID, HeaderValue::from(msg_id));
         headers.insert(
             person_metadata::headers::CONTENT_TYPE,
             HeaderValue::from("application/json"),
         );
+        // The server refuses a message above its max_payload (header block included),
+        // and a refused dead letter would be retried forever: cut it to fit instead.
+        let limit = self
+            .js
+            .client()
+            .max_payload()
+            .saturating_sub(header_block_len(&headers) + HEADROOM);
+        let body = encode_record(letter, limit)?;
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, Bytes::from(body))
@@ -325,9 +326,16 @@ impl DeadLetterQueue {
     /// except for a fresh `Nats-Msg-Id` (inside the duplicate window the old one would
     /// make the server drop the replay silently) and two headers recording the replay.
     /// The dead letter is deleted only after the replay publish is acknowledged.
+    ///
+    /// A truncated record ([`DeadLetter::is_truncated`]) is refused with a
+    /// [`StreamingErrorKind::Truncated`] error and left in place: it no longer holds the
+    /// original message, and replaying part of it would corrupt the person's history.
     pub async fn replay(&self, dlq_sequence: u64) -> Result<ReplayReceipt, StreamingError> {
         let stored = self.get(dlq_sequence).await?;
         let letter = &stored.letter;
+        if letter.is_truncated() {
+            return Err(truncated_replay(dlq_sequence, letter));
+        }
         let mut headers = HeaderMap::new();
         for (name, value) in &letter.headers {
             if name.eq_ignore_ascii_case(header::NATS_MESSAGE_ID.as_ref())
@@ -399,6 +407,163 @@ impl DeadLetterQueue {
     }
 }
 
+/// Bytes kept free below the server's `max_payload` besides the DLQ message's own
+/// header block: a margin, so that a record that fits by this count fits by the
+/// server's too.
+const HEADROOM: usize = 256;
+
+/// A reason longer than this is cut when the record is too large even without its body
+/// and headers (a handler error that quotes a whole body, say).
+const REASON_KEPT: usize = 1024;
+
+/// Appended to a reason that was cut.
+const REASON_CUT: &str = " [cut to fit the dead-letter record]";
+
+/// The size of a NATS header block as the server counts it against `max_payload`
+/// (`NATS/1.0\r\n`, one `name: value\r\n` per value, `\r\n`).
+fn header_block_len(headers: &HeaderMap) -> usize {
+    let mut len = "NATS/1.0\r\n".len() + "\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for value in values {
+            len += name.len() + ": ".len() + value.as_str().len() + "\r\n".len();
+        }
+    }
+    len
+}
+
+fn to_json(letter: &DeadLetter) -> Result<Vec<u8>, StreamingError> {
+    serde_json::to_vec(letter).map_err(|e| {
+        StreamingError::with_source(
+            StreamingErrorKind::InvalidInput,
+            "cannot encode dead letter",
+            e,
+        )
+    })
+}
+
+/// The JSON record of `letter`, at most `limit` bytes.
+///
+/// A letter that fits is encoded as is. Otherwise the record keeps every header if
+/// they fit (else, in order, those that fit in half the room left, the rest dropped:
+/// `headers_truncated`) and the longest prefix of the body that fits in what remains
+/// (`payload_truncated`, `original_size`). When even the rest of the record is too
+/// large, a long reason is cut and the metadata copied from the body is left out.
+fn encode_record(letter: &DeadLetter, limit: usize) -> Result<Vec<u8>, StreamingError> {
+    let body = to_json(letter)?;
+    if body.len() <= limit {
+        return Ok(body);
+    }
+    let too_large = |what: &str| {
+        StreamingError::new(
+            StreamingErrorKind::InvalidInput,
+            format!(
+                "the dead letter of {} (stream sequence {}) cannot fit the server's max_payload ({limit} bytes left for the record) {what}; raise max_payload on the server",
+                letter.subject, letter.stream_sequence
+            ),
+        )
+    };
+    // An incoming prefix (a runtime may cut an oversized body itself) keeps its size.
+    let original_size = if letter.payload_truncated {
+        letter.original_size
+    } else {
+        Some(letter.payload.len() as u64)
+    };
+    // The skeleton: everything but body and headers, with the marks at their longest
+    // spelling (`false` is longer than `true`), so the final record is never larger.
+    let mut fit = DeadLetter {
+        payload: Bytes::new(),
+        headers: Vec::new(),
+        payload_truncated: false,
+        headers_truncated: false,
+        original_size: original_size.or(Some(u64::MAX)),
+        ..letter.clone()
+    };
+    let mut skeleton = to_json(&fit)?.len();
+    if skeleton > limit && fit.reason.len() > REASON_KEPT {
+        let mut end = REASON_KEPT;
+        while !fit.reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        fit.reason.truncate(end);
+        fit.reason.push_str(REASON_CUT);
+        skeleton = to_json(&fit)?.len();
+    }
+    if skeleton > limit && fit.metadata.is_some() {
+        fit.metadata = None;
+        skeleton = to_json(&fit)?.len();
+    }
+    if skeleton > limit {
+        return Err(too_large("even without its body and headers"));
+    }
+    let room = limit - skeleton;
+
+    // Each header costs its JSON pair plus a separating comma.
+    let cost =
+        |pair: &(String, String)| serde_json::to_vec(pair).map_or(usize::MAX, |v| v.len()) + 1;
+    let all: usize = letter
+        .headers
+        .iter()
+        .map(cost)
+        .fold(0, usize::saturating_add);
+    let mut used = 0;
+    if all <= room {
+        fit.headers = letter.headers.clone();
+        used = all;
+    } else {
+        let allowance = room / 2;
+        for pair in &letter.headers {
+            let c = cost(pair);
+            if used + c <= allowance {
+                fit.headers.push(pair.clone());
+                used += c;
+            }
+        }
+    }
+    fit.headers_truncated = letter.headers_truncated || fit.headers.len() < letter.headers.len();
+
+    // Base64 spends 4 characters on every 3 bytes.
+    let keep = ((room - used) / 4 * 3).min(letter.payload.len());
+    fit.payload = letter.payload.slice(..keep);
+    fit.payload_truncated = letter.payload_truncated || keep < letter.payload.len();
+    fit.original_size = if fit.payload_truncated {
+        original_size
+    } else {
+        None
+    };
+    let body = to_json(&fit)?;
+    if body.len() > limit {
+        return Err(too_large("after cutting its body and headers"));
+    }
+    Ok(body)
+}
+
+/// The error of replaying a truncated record.
+fn truncated_replay(dlq_sequence: u64, letter: &DeadLetter) -> StreamingError {
+    let mut lost = Vec::new();
+    if letter.payload_truncated {
+        let size = letter
+            .original_size
+            .map_or_else(|| "more".to_owned(), |n| n.to_string());
+        lost.push(format!(
+            "it keeps only the first {} of {size} bytes of the original body",
+            letter.payload.len()
+        ));
+    }
+    if letter.headers_truncated {
+        lost.push("some of the original headers were left out".to_owned());
+    }
+    StreamingError::new(
+        StreamingErrorKind::Truncated,
+        format!(
+            "dead letter at DLQ sequence {dlq_sequence} cannot be replayed: {}, to fit the server's max_payload, and replaying it would write a corrupt event into the history; republish the original (stream sequence {} of {}) if it is still kept, then delete this dead letter",
+            lost.join(" and "),
+            letter.stream_sequence,
+            letter.stream
+        ),
+    )
+}
+
 #[async_trait]
 impl DeadLetterSink for DeadLetterQueue {
     async fn store(&self, letter: &DeadLetter) -> Result<(), SinkError> {
@@ -417,6 +582,159 @@ impl DeadLetterSink for DeadLetterQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use person_retry::ErrorClass;
+
+    fn letter(payload: usize, headers: Vec<(String, String)>) -> DeadLetter {
+        let now = Utc::now();
+        DeadLetter {
+            subject: "person.events.0190.created".into(),
+            stream: "PERSON_EVENTS".into(),
+            stream_sequence: 42,
+            payload: (0..payload)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+            headers,
+            reason: "projection rejected the event".into(),
+            error_class: ErrorClass::Permanent,
+            delivery_count: 1,
+            first_failure_at: now,
+            last_failure_at: now,
+            consumer: "projector".into(),
+            handler: "summary".into(),
+            metadata: Some(person_metadata::EventMetadata::new()),
+            event_id: Some("e-1".into()),
+            person_id: Some("0190".into()),
+            event_type: Some("created".into()),
+            payload_truncated: false,
+            original_size: None,
+            headers_truncated: false,
+        }
+    }
+
+    fn decode(body: &[u8]) -> DeadLetter {
+        serde_json::from_slice(body).unwrap()
+    }
+
+    fn small_headers() -> Vec<(String, String)> {
+        vec![
+            ("ce-id".into(), "e-1".into()),
+            ("Nats-Msg-Id".into(), "e-1".into()),
+        ]
+    }
+
+    #[test]
+    fn a_record_that_fits_is_stored_whole() {
+        let l = letter(1000, small_headers());
+        let body = encode_record(&l, 1 << 20).unwrap();
+        assert_eq!(body, serde_json::to_vec(&l).unwrap());
+        assert!(!decode(&body).is_truncated());
+    }
+
+    #[test]
+    fn a_large_body_keeps_the_longest_prefix_that_fits() {
+        let l = letter(50_000, small_headers());
+        let whole = serde_json::to_vec(&l).unwrap().len();
+        for limit in (1_000..whole).step_by(997) {
+            let body = encode_record(&l, limit).unwrap();
+            assert!(body.len() <= limit, "{} > {limit}", body.len());
+            assert!(
+                limit - body.len() <= 8,
+                "room wasted at {limit}: {}",
+                body.len()
+            );
+            let got = decode(&body);
+            assert!(got.payload_truncated && !got.headers_truncated);
+            assert_eq!(got.original_size, Some(50_000));
+            assert_eq!(got.payload, l.payload.slice(..got.payload.len()));
+            assert_eq!(got.headers, l.headers);
+            assert_eq!(got.metadata, l.metadata);
+            assert!(got.is_truncated());
+        }
+    }
+
+    #[test]
+    fn enormous_headers_are_dropped_until_the_rest_fits() {
+        let mut headers = vec![("x-junk".to_owned(), "j".repeat(100_000))];
+        headers.extend(small_headers());
+        let l = letter(100, headers);
+        let body = encode_record(&l, 20_000).unwrap();
+        assert!(body.len() <= 20_000);
+        let got = decode(&body);
+        assert!(got.headers_truncated && !got.payload_truncated);
+        assert_eq!(got.original_size, None);
+        assert_eq!(got.payload, l.payload, "a small body stays whole");
+        assert_eq!(
+            got.headers,
+            small_headers(),
+            "the ones that fit stay, in order"
+        );
+    }
+
+    #[test]
+    fn a_huge_reason_is_cut_and_the_copied_metadata_dropped_when_needed() {
+        let mut l = letter(10_000, small_headers());
+        l.reason = "é".repeat(50_000);
+        let body = encode_record(&l, 4_000).unwrap();
+        assert!(body.len() <= 4_000);
+        let got = decode(&body);
+        assert!(got.reason.ends_with(REASON_CUT), "{}", got.reason.len());
+        assert!(got.reason.len() <= REASON_KEPT + REASON_CUT.len());
+        assert!(got.payload_truncated);
+
+        let mut big_meta = letter(10_000, Vec::new());
+        let mut meta = person_metadata::EventMetadata::new();
+        for i in 0..500 {
+            meta = meta.with_context(format!("key-{i}"), "v".repeat(20));
+        }
+        big_meta.metadata = Some(meta);
+        let got = decode(&encode_record(&big_meta, 4_000).unwrap());
+        assert_eq!(got.metadata, None);
+        assert!(got.payload_truncated);
+    }
+
+    #[test]
+    fn a_prefix_cut_by_the_runtime_keeps_its_original_size() {
+        let mut l = letter(30_000, small_headers());
+        l.payload_truncated = true;
+        l.original_size = Some(900_000);
+        let got = decode(&encode_record(&l, 1 << 20).unwrap());
+        assert_eq!(
+            (got.payload_truncated, got.original_size),
+            (true, Some(900_000))
+        );
+        let got = decode(&encode_record(&l, 8_000).unwrap());
+        assert_eq!(
+            (got.payload_truncated, got.original_size),
+            (true, Some(900_000))
+        );
+    }
+
+    #[test]
+    fn a_limit_too_small_for_anything_is_a_typed_error() {
+        let err = encode_record(&letter(10, small_headers()), 50).unwrap_err();
+        assert_eq!(err.kind(), StreamingErrorKind::InvalidInput);
+        assert!(err.to_string().contains("max_payload"), "{err}");
+    }
+
+    #[test]
+    fn replaying_a_truncated_record_names_the_sequence_and_why() {
+        let mut l = letter(3, Vec::new());
+        l.payload_truncated = true;
+        l.original_size = Some(5);
+        let err = truncated_replay(7, &l);
+        assert_eq!(err.kind(), StreamingErrorKind::Truncated);
+        assert!(!err.is_transient());
+        let text = err.to_string();
+        assert!(text.contains("DLQ sequence 7"), "{text}");
+        assert!(text.contains("first 3 of 5 bytes"), "{text}");
+        assert!(
+            text.contains("stream sequence 42 of PERSON_EVENTS"),
+            "{text}"
+        );
+        l.headers_truncated = true;
+        assert!(truncated_replay(7, &l).to_string().contains("headers"));
+    }
 
     #[test]
     fn filters_take_plain_tokens_only() {

@@ -26,6 +26,9 @@ pub enum StreamingErrorKind {
     NotFound,
     /// Input was rejected before anything was sent.
     InvalidInput,
+    /// A dead letter holds only part of the original message (cut to fit the server's
+    /// `max_payload`), so it cannot be replayed.
+    Truncated,
 }
 
 /// An error from the streaming layer. `kind()` to match on, `is_transient()` for retry

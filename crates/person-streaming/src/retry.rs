@@ -107,6 +107,9 @@ impl RetryHandler {
                 event_id: Some(uuid::Uuid::now_v7().to_string()),
                 person_id: None,
                 event_type: Some(operation),
+                payload_truncated: false,
+                original_size: None,
+                headers_truncated: false,
             };
             if let Err(dlq_error) = self.dlq.put_unique(&letter).await {
                 tracing::warn!(context, error = %dlq_error, "could not record the failed operation in the DLQ");

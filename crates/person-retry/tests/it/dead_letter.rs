@@ -29,6 +29,9 @@ fn letter(sequence: u64) -> DeadLetter {
         event_id: Some("e1".into()),
         person_id: Some("p1".into()),
         event_type: Some("created".into()),
+        payload_truncated: false,
+        original_size: None,
+        headers_truncated: false,
     }
 }
 
@@ -70,6 +73,42 @@ fn optional_fields_are_optional() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("base64"), "{err}");
+}
+
+#[test]
+fn truncation_marks_round_trip_and_old_records_read_as_whole() {
+    let mut cut = letter(2);
+    cut.payload = cut.payload.slice(..3);
+    cut.payload_truncated = true;
+    cut.original_size = Some(5);
+    let value = serde_json::to_value(&cut).unwrap();
+    assert_eq!(value["payload_truncated"], true);
+    assert_eq!(value["original_size"], 5);
+    assert_eq!(value["headers_truncated"], false);
+    assert_eq!(serde_json::from_value::<DeadLetter>(value).unwrap(), cut);
+    assert!(cut.is_truncated());
+
+    let headers_only = DeadLetter {
+        headers_truncated: true,
+        ..letter(3)
+    };
+    assert!(headers_only.is_truncated());
+
+    // A record written before the marks existed has none of the three keys.
+    let original = letter(4);
+    let mut old = serde_json::to_value(&original).unwrap();
+    let map = old.as_object_mut().unwrap();
+    for key in ["payload_truncated", "original_size", "headers_truncated"] {
+        map.remove(key);
+    }
+    let read: DeadLetter = serde_json::from_value(old).unwrap();
+    assert_eq!(read, original);
+    assert!(!read.is_truncated());
+    let whole = serde_json::to_value(&original).unwrap();
+    assert!(
+        whole.get("original_size").is_none(),
+        "left out when not cut"
+    );
 }
 
 #[test]

@@ -30,6 +30,9 @@ fn letter_for(
         event_id: None,
         person_id: Some(person.to_string()),
         event_type: Some("created".into()),
+        payload_truncated: false,
+        original_size: None,
+        headers_truncated: false,
     }
 }
 
@@ -273,4 +276,135 @@ async fn counts_group_by_consumer_and_reason_and_parked_followers_are_found() {
     };
     assert!(filter.matches(&other));
     assert!(!filter.matches(&poison));
+}
+
+/// What the server counts against `max_payload` for a stored DLQ message: its header
+/// block plus its body.
+fn wire_size(msg: &async_nats::jetstream::message::StreamMessage) -> usize {
+    let mut headers = "NATS/1.0\r\n\r\n".len();
+    for (name, values) in msg.headers.iter() {
+        for value in values {
+            headers += name.to_string().len() + 2 + value.as_str().len() + 2;
+        }
+    }
+    headers + msg.payload.len()
+}
+
+/// A body that is not an event (bytes JSON and base64 cannot shorten).
+fn body(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i * 7 % 256) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test]
+async fn a_dead_letter_larger_than_max_payload_is_stored_truncated_and_never_replayed() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let max_payload = client.client().server_info().max_payload;
+    assert_eq!(max_payload, 1024 * 1024, "the server default");
+    let dlq = client.dead_letters();
+    let person = PersonId::new();
+    let subject = format!("person.events.{person}.created");
+    let headers = vec![("ce-id".to_owned(), "e-big".to_owned())];
+
+    // 800 KiB: under max_payload as a message, over it as base64 in a record.
+    let original = body(800 * 1024);
+    let big = letter_for(&subject, 7, original.clone(), headers.clone(), &person);
+    assert!(serde_json::to_vec(&big).unwrap().len() > max_payload);
+    let seq = dlq.put(&big).await.unwrap();
+
+    let raw = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS_DLQ")
+        .await
+        .unwrap()
+        .get_raw_message(seq)
+        .await
+        .unwrap();
+    assert!(
+        wire_size(&raw) <= max_payload,
+        "{} > {max_payload}",
+        wire_size(&raw)
+    );
+    let stored = dlq.get(seq).await.unwrap().letter;
+    assert!(stored.payload_truncated && !stored.headers_truncated);
+    assert_eq!(stored.original_size, Some(800 * 1024));
+    assert_eq!(stored.payload, original.slice(..stored.payload.len()));
+    assert!(
+        stored.payload.len() > 700 * 1024,
+        "keeps as much as fits: {}",
+        stored.payload.len()
+    );
+    assert_eq!(stored.headers, headers);
+    assert_eq!(stored.reason, big.reason);
+
+    // The sink path the runtime uses stores it too, instead of failing forever.
+    let via_sink = letter_for(&subject, 8, original.clone(), headers.clone(), &person);
+    dlq.store(&via_sink).await.unwrap();
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS_DLQ").await, 2);
+
+    // A prefix is not the event: replay refuses and changes nothing.
+    let err = dlq.replay(seq).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        person_streaming::StreamingErrorKind::Truncated,
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("DLQ sequence {seq}")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("max_payload"), "{err}");
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 0);
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS_DLQ").await, 2);
+
+    // A small record is stored whole and unmarked.
+    let small = letter_for(&subject, 9, body(2_000), headers, &person);
+    let small_seq = dlq.put(&small).await.unwrap();
+    let stored = dlq.get(small_seq).await.unwrap().letter;
+    assert_eq!(stored, small);
+    assert!(!stored.is_truncated());
+    assert_eq!(stored.original_size, None);
+}
+
+#[tokio::test]
+async fn enormous_headers_and_a_small_max_payload_are_cut_to_fit() {
+    let (_server, client) =
+        crate::support::start_with(StreamingConfig::default(), Some("max_payload: 65536")).await;
+    let max_payload = client.client().server_info().max_payload;
+    assert_eq!(max_payload, 65536);
+    let dlq = client.dead_letters();
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS_DLQ")
+        .await
+        .unwrap();
+    let person = PersonId::new();
+    let subject = format!("person.events.{person}.created");
+
+    // Headers alone larger than max_payload: the ones that fit stay, the body is whole.
+    let headers = vec![
+        ("x-junk".to_owned(), "j".repeat(200_000)),
+        ("ce-id".to_owned(), "e-1".to_owned()),
+    ];
+    let letter = letter_for(&subject, 1, body(1_000), headers, &person);
+    let seq = dlq.put(&letter).await.unwrap();
+    assert!(wire_size(&stream.get_raw_message(seq).await.unwrap()) <= max_payload);
+    let stored = dlq.get(seq).await.unwrap().letter;
+    assert!(stored.headers_truncated && !stored.payload_truncated);
+    assert_eq!(stored.headers, vec![("ce-id".to_owned(), "e-1".to_owned())]);
+    assert_eq!(stored.payload, letter.payload);
+    let err = dlq.replay(seq).await.unwrap_err();
+    assert_eq!(err.kind(), person_streaming::StreamingErrorKind::Truncated);
+    assert!(err.to_string().contains("headers"), "{err}");
+
+    // The limit is the server's, not a constant: 100 KiB is cut on this server.
+    let letter = letter_for(&subject, 2, body(100 * 1024), vec![], &person);
+    let seq = dlq.put(&letter).await.unwrap();
+    assert!(wire_size(&stream.get_raw_message(seq).await.unwrap()) <= max_payload);
+    let stored = dlq.get(seq).await.unwrap().letter;
+    assert!(stored.payload_truncated);
+    assert_eq!(stored.original_size, Some(100 * 1024));
+    assert!(stored.payload.len() > 40 * 1024, "{}", stored.payload.len());
 }
