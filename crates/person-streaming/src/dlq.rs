@@ -5,6 +5,7 @@ use async_nats::jetstream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use person_events::subject;
 use person_retry::{DeadLetter, DeadLetterSink, SinkError, SinkErrorKind};
 
@@ -295,6 +296,79 @@ impl DeadLetterQueue {
         Ok(out)
     }
 
+    /// The person ids that hold at least one dead letter of `consumer`, sorted.
+    ///
+    /// Read from the DLQ stream's per-subject message counts (stream-info requests,
+    /// paged by the server when there are many subjects), so no record is loaded
+    /// whatever their size: this is what a runtime can ask at start to know who is
+    /// parked. Subjects follow
+    /// `person.dlq.<consumer>.<person_id>.<event_type>`; letters stored under
+    /// [`UNKNOWN_TOKEN`] (no readable person) name nobody and are left out, ask
+    /// [`holds_letters`](Self::holds_letters) for them.
+    ///
+    /// `consumer` must be a plain subject token ([`StreamingErrorKind::InvalidInput`]
+    /// otherwise); a missing DLQ stream is [`StreamingErrorKind::NotFound`].
+    pub async fn parked_people(&self, consumer: &str) -> Result<Vec<String>, StreamingError> {
+        token("consumer", consumer)?;
+        let filter = format!("{}.{consumer}.*.*", subject::DLQ_PREFIX);
+        let people: std::collections::BTreeSet<String> = self
+            .subject_counts(&filter)
+            .await?
+            .into_iter()
+            .filter_map(|s| s.split('.').nth(3).map(str::to_owned))
+            .filter(|person| person != UNKNOWN_TOKEN)
+            .collect();
+        Ok(people.into_iter().collect())
+    }
+
+    /// Whether `person_id` holds at least one dead letter of `consumer`, from the DLQ
+    /// stream's subject counts like [`parked_people`](Self::parked_people) (no record is
+    /// loaded). Both must be plain subject tokens; a missing DLQ stream is
+    /// [`StreamingErrorKind::NotFound`].
+    pub async fn holds_letters(
+        &self,
+        consumer: &str,
+        person_id: &str,
+    ) -> Result<bool, StreamingError> {
+        token("consumer", consumer)?;
+        token("person", person_id)?;
+        let filter = format!("{}.{consumer}.{person_id}.*", subject::DLQ_PREFIX);
+        Ok(!self.subject_counts(&filter).await?.is_empty())
+    }
+
+    /// The DLQ subjects matching `filter` that hold at least one message. The filter
+    /// has the full subject layout (as [`DeadLetterFilter`] builds it), so `list`,
+    /// `purge` and these counts always agree on what is there.
+    async fn subject_counts(&self, filter: &str) -> Result<Vec<String>, StreamingError> {
+        let name = &self.dlq_stream;
+        let stream = match self.js.get_stream(name).await {
+            Ok(stream) => stream,
+            Err(e) if crate::client::is_stream_not_found(&e) => {
+                return Err(StreamingError::with_source(
+                    StreamingErrorKind::NotFound,
+                    format!(
+                        "DLQ stream {name} does not exist (create it with StreamingClient::ensure)"
+                    ),
+                    e,
+                ));
+            }
+            Err(e) => return Err(js_error(format!("cannot look up stream {name}"), e)),
+        };
+        let read = |e| js_error(format!("cannot count the subjects {filter} of {name}"), e);
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(read)?
+            .try_collect()
+            .await
+            .map_err(read)?;
+        Ok(subjects
+            .into_iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(subject, _)| subject)
+            .collect())
+    }
+
     /// One dead letter by its DLQ sequence.
     pub async fn get(&self, dlq_sequence: u64) -> Result<StoredDeadLetter, StreamingError> {
         let stream = self
@@ -405,6 +479,18 @@ impl DeadLetterQueue {
         }
         Ok(matching.len())
     }
+}
+
+/// Checks that `value` is a plain subject token: a `*` or `>` from input would widen
+/// the filter.
+fn token(part: &'static str, value: &str) -> Result<(), StreamingError> {
+    subject::validate_token(part, value).map_err(|e| {
+        StreamingError::with_source(
+            StreamingErrorKind::InvalidInput,
+            format!("invalid {part} for a dead-letter lookup"),
+            e,
+        )
+    })
 }
 
 /// Bytes kept free below the server's `max_payload` besides the DLQ message's own

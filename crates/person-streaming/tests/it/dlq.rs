@@ -2,7 +2,9 @@ use bytes::Bytes;
 use chrono::Utc;
 use person_events::PersonId;
 use person_retry::{DeadLetter, DeadLetterSink, ErrorClass};
-use person_streaming::{BLOCKED_BY_PREFIX, DeadLetterFilter, PARKED_REASON, StreamingConfig};
+use person_streaming::{
+    BLOCKED_BY_PREFIX, DeadLetterFilter, PARKED_REASON, StreamingConfig, StreamingErrorKind,
+};
 
 use crate::support::{created, start, stream_messages};
 
@@ -346,11 +348,7 @@ async fn a_dead_letter_larger_than_max_payload_is_stored_truncated_and_never_rep
 
     // A prefix is not the event: replay refuses and changes nothing.
     let err = dlq.replay(seq).await.unwrap_err();
-    assert_eq!(
-        err.kind(),
-        person_streaming::StreamingErrorKind::Truncated,
-        "{err}"
-    );
+    assert_eq!(err.kind(), StreamingErrorKind::Truncated, "{err}");
     assert!(
         err.to_string().contains(&format!("DLQ sequence {seq}")),
         "{err}"
@@ -396,7 +394,7 @@ async fn enormous_headers_and_a_small_max_payload_are_cut_to_fit() {
     assert_eq!(stored.headers, vec![("ce-id".to_owned(), "e-1".to_owned())]);
     assert_eq!(stored.payload, letter.payload);
     let err = dlq.replay(seq).await.unwrap_err();
-    assert_eq!(err.kind(), person_streaming::StreamingErrorKind::Truncated);
+    assert_eq!(err.kind(), StreamingErrorKind::Truncated);
     assert!(err.to_string().contains("headers"), "{err}");
 
     // The limit is the server's, not a constant: 100 KiB is cut on this server.
@@ -407,4 +405,107 @@ async fn enormous_headers_and_a_small_max_payload_are_cut_to_fit() {
     assert!(stored.payload_truncated);
     assert_eq!(stored.original_size, Some(100 * 1024));
     assert!(stored.payload.len() > 40 * 1024, "{}", stored.payload.len());
+}
+
+#[tokio::test]
+async fn parked_people_and_holds_letters_read_the_subject_counts() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let dlq = client.dead_letters();
+    let (a, b, c) = (PersonId::new(), PersonId::new(), PersonId::new());
+    let summary = "person-projection-summary";
+    let policy = "policy-engine";
+    let mut seq = 0;
+    let mut put = async |person: &PersonId, consumer: &str, event_type: &str| {
+        seq += 1;
+        let mut l = letter_for(
+            &format!("person.events.{person}.{event_type}"),
+            seq,
+            Bytes::from_static(b"{}"),
+            vec![],
+            person,
+        );
+        l.consumer = consumer.into();
+        l.event_type = Some(event_type.into());
+        dlq.put(&l).await.unwrap()
+    };
+    // Person a twice (two event types), b once for the summary; c for the policy engine.
+    put(&a, summary, "created").await;
+    put(&a, summary, "activated").await;
+    put(&b, summary, "created").await;
+    put(&c, policy, "created").await;
+    // A letter with no readable person names nobody.
+    let mut nobody = letter_for("garbage", 99, Bytes::from_static(b"\xff"), vec![], &a);
+    nobody.person_id = None;
+    nobody.event_type = None;
+    dlq.put(&nobody).await.unwrap();
+
+    let mut ab = vec![a.to_string(), b.to_string()];
+    ab.sort();
+    assert_eq!(dlq.parked_people(summary).await.unwrap(), ab);
+    assert_eq!(
+        dlq.parked_people(policy).await.unwrap(),
+        vec![c.to_string()]
+    );
+    assert!(
+        dlq.parked_people("person-to-location")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(dlq.holds_letters(summary, &a.to_string()).await.unwrap());
+    assert!(dlq.holds_letters(summary, &b.to_string()).await.unwrap());
+    assert!(!dlq.holds_letters(summary, &c.to_string()).await.unwrap());
+    assert!(dlq.holds_letters(policy, &c.to_string()).await.unwrap());
+    assert!(
+        dlq.holds_letters(summary, person_streaming::UNKNOWN_TOKEN)
+            .await
+            .unwrap()
+    );
+
+    // Deleting a's letters (by sequence, as replay and purge do) un-parks a only.
+    let purged = dlq
+        .purge(&DeadLetterFilter {
+            consumer: Some(summary.into()),
+            person_id: Some(a.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(purged, 2);
+    assert_eq!(
+        dlq.parked_people(summary).await.unwrap(),
+        vec![b.to_string()]
+    );
+    assert!(!dlq.holds_letters(summary, &a.to_string()).await.unwrap());
+    assert!(dlq.holds_letters(summary, &b.to_string()).await.unwrap());
+    assert_eq!(
+        dlq.parked_people(policy).await.unwrap(),
+        vec![c.to_string()]
+    );
+
+    // Tokens that would widen the filter are refused before anything is sent.
+    for bad in ["*", ">", "a.b", "", "a b"] {
+        let e = dlq.parked_people(bad).await.unwrap_err();
+        assert_eq!(e.kind(), StreamingErrorKind::InvalidInput, "{bad:?}: {e}");
+        let e = dlq.holds_letters(summary, bad).await.unwrap_err();
+        assert_eq!(e.kind(), StreamingErrorKind::InvalidInput, "{bad:?}: {e}");
+        assert!(e.to_string().contains("person"), "{e}");
+        let e = dlq.holds_letters(bad, &b.to_string()).await.unwrap_err();
+        assert_eq!(e.kind(), StreamingErrorKind::InvalidInput, "{bad:?}: {e}");
+    }
+
+    // Without a DLQ stream the answer is NotFound, not "nobody is parked".
+    client
+        .jetstream()
+        .delete_stream("PERSON_EVENTS_DLQ")
+        .await
+        .unwrap();
+    let e = dlq.parked_people(summary).await.unwrap_err();
+    assert_eq!(e.kind(), StreamingErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains("PERSON_EVENTS_DLQ"), "{e}");
+    let e = dlq
+        .holds_letters(summary, &b.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), StreamingErrorKind::NotFound, "{e}");
 }
