@@ -19,7 +19,11 @@
 //! [`DeadLetter`] / [`DeadLetterSink`] record what was given up on ([`MemorySink`]
 //! for tests).
 //!
-//! There are no feature flags.
+//! Feature `runtime` (on by default) adds the async parts: [`CircuitBreaker`],
+//! [`RetryHandler`], [`CancellationToken`] and the clocks, which need tokio. Without it
+//! the crate is plain data and pure functions ([`RetryPolicy`], [`ErrorClass`],
+//! [`CircuitBreakerConfig`], [`DeadLetter`]), which is what the sans-IO delivery core
+//! (`person-delivery`) depends on.
 //!
 //! # Example
 //!
@@ -63,22 +67,34 @@
 //! # }
 //! ```
 
+#[cfg(feature = "runtime")]
 mod breaker;
+mod breaker_config;
+#[cfg(feature = "runtime")]
 mod cancel;
 mod classify;
+#[cfg(feature = "runtime")]
 mod clock;
 mod dead_letter;
+#[cfg(feature = "runtime")]
 mod handler;
 mod policy;
 
+#[cfg(feature = "runtime")]
 pub use breaker::{
-    BreakerError, BreakerErrorKind, BreakerOpen, BreakerOpenKind, BreakerState, CircuitBreaker,
-    CircuitBreakerBuilder, CircuitBreakerConfig, CircuitBreakerConfigBuilder, FailureRatio,
-    MAX_BREAKER_COUNT, Permit, Transition,
+    BreakerError, BreakerErrorKind, BreakerOpen, BreakerOpenKind, CircuitBreaker,
+    CircuitBreakerBuilder, Permit,
 };
+pub use breaker_config::{
+    BreakerState, CircuitBreakerConfig, CircuitBreakerConfigBuilder, FailureRatio,
+    MAX_BREAKER_COUNT, Transition,
+};
+#[cfg(feature = "runtime")]
 pub use cancel::CancellationToken;
 pub use classify::{AlwaysTransient, ByClassify, Classifier, Classify, ErrorClass};
+#[cfg(feature = "runtime")]
 pub use clock::{Clock, TokioClock};
 pub use dead_letter::{DeadLetter, DeadLetterSink, MemorySink, SinkError, SinkErrorKind, dedup_id};
+#[cfg(feature = "runtime")]
 pub use handler::{RetryError, RetryErrorKind, RetryHandler, RetryHandlerBuilder};
 pub use policy::{Backoff, Jitter, PolicyError, PolicyErrorKind, RetryPolicy, RetryPolicyBuilder};

@@ -1,0 +1,86 @@
+//! [`Config`]: the numbers the core decides by.
+
+use std::time::Duration;
+
+use person_retry::{CircuitBreakerConfig, RetryPolicy};
+
+/// What the core needs to know of the consumer and the runtime options. The shell
+/// builds it once; every field is plain data.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Messages held at most (fetched and not settled), outstanding pull included.
+    pub max_in_hand: usize,
+    /// Handler calls and dead-letter stores running at once.
+    pub concurrency: usize,
+    /// Pull this many at once when there is room (fewer round trips); a smaller pull
+    /// is made when nothing else would free room soon.
+    pub pull_batch: usize,
+    /// How long a smaller pull waits for room to grow to `pull_batch`.
+    pub pull_linger: Duration,
+    /// The consumer's ack wait: an unsettled message without progress comes back after
+    /// it.
+    pub ack_wait: Duration,
+    /// How often held messages get a progress ack (well inside `ack_wait`).
+    pub progress_every: Duration,
+    /// Deliveries after which a failing message is dead-lettered (JetStream's own
+    /// count, so it is shared by instances and survives restarts).
+    pub max_deliver: u64,
+    /// Handler attempts within one delivery before a broker-side retry.
+    pub in_process_attempts: u32,
+    /// The retry schedule, for in-process waits and NAK delays.
+    pub retry: RetryPolicy,
+    /// The handler's circuit breaker.
+    pub breaker: CircuitBreakerConfig,
+    /// Park a person's later events behind a dead-lettered one.
+    pub park: bool,
+    /// How long a message given back to make room (see [`crate::Core`]) stays away.
+    pub evict_delay: Duration,
+    /// Seed of the jitter RNG: the same seed and inputs give the same actions.
+    pub seed: u64,
+}
+
+impl Config {
+    /// A config with the runtime's defaults around the given retry policy and ack
+    /// wait.
+    pub fn new(retry: RetryPolicy, ack_wait: Duration) -> Self {
+        Self {
+            max_in_hand: 256,
+            concurrency: 32,
+            pull_batch: 64,
+            pull_linger: Duration::from_millis(2),
+            ack_wait,
+            progress_every: progress_every(ack_wait),
+            max_deliver: u64::from(retry.max_attempts()),
+            in_process_attempts: 1,
+            retry,
+            breaker: CircuitBreakerConfig::default(),
+            park: true,
+            evict_delay: Duration::from_millis(500),
+            seed: 0,
+        }
+    }
+
+    /// The longest broker-side delay: half the ack wait. A crashed instance's held
+    /// messages come back no sooner than two thirds of the ack wait after the crash
+    /// (they had a progress ack at most a third before it), so a person's delayed
+    /// event always comes back before the later events the crash gave back.
+    pub fn max_nak_delay(&self) -> Duration {
+        self.ack_wait / 2
+    }
+
+    /// How long past its expected redelivery a lane waits before it warns.
+    pub fn overdue_after(&self) -> Duration {
+        self.progress_every.max(Duration::from_millis(100))
+    }
+
+    /// How long past its expected redelivery a lane waits before it stops waiting:
+    /// the redelivery went elsewhere (another instance, a deleted message).
+    pub fn give_up_after(&self) -> Duration {
+        self.ack_wait + self.overdue_after()
+    }
+}
+
+/// The progress-ack period for an ack wait: a third of it, at least 200 ms.
+pub fn progress_every(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(Duration::from_millis(200))
+}

@@ -1,0 +1,121 @@
+//! Deterministic simulation of the delivery core against a model of a JetStream
+//! consumer: seeded schedules of failures, panics, hung handlers, DLQ outages,
+//! breaker outages, crashes, graceful restarts, operator purges, hot people and
+//! crowds of people, with the contract checked throughout.
+//!
+//! - `SIM_SEEDS=N` sets how many schedules `schedules_keep_the_contract` explores
+//!   (default 100,000), from `SIM_FIRST` (default 0).
+//! - `SIM_SEED=S` makes `one_schedule` replay seed S with a trace.
+
+mod model;
+
+use std::sync::Mutex;
+
+use model::{Scenario, Sim, Tally};
+
+/// Seeds that found bugs while the core was written; each stays a regression test.
+const REGRESSIONS: &[u64] = &[];
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.trim()
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
+    })
+}
+
+fn run_seed(seed: u64, trace: bool) -> (Result<(), String>, Tally, Option<String>) {
+    let scenario = Scenario::from_seed(seed);
+    let described = format!("{scenario:?}");
+    let mut sim = Sim::new(scenario, trace);
+    let outcome = sim.run().map_err(|v| format!("{}\n  scenario: {described}", v.0));
+    (outcome, sim.tally, sim.trace.take())
+}
+
+fn reproducer(seed: u64) -> String {
+    format!("SIM_SEED={seed} cargo test -p person-delivery --test sim one_schedule -- --nocapture")
+}
+
+#[test]
+fn schedules_keep_the_contract() {
+    let count = env_u64("SIM_SEEDS").unwrap_or(100_000);
+    let first = env_u64("SIM_FIRST").unwrap_or(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8) as u64;
+    let failures = Mutex::new(Vec::new());
+    let total = Mutex::new(Tally::default());
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (failures, total) = (&failures, &total);
+            s.spawn(move || {
+                let mut tally = Tally::default();
+                let mut seed = first + t;
+                while seed < first + count {
+                    let (outcome, t2, _) = run_seed(seed, false);
+                    tally.add(&t2);
+                    if let Err(e) = outcome {
+                        failures.lock().unwrap().push((seed, e));
+                        break;
+                    }
+                    seed += threads;
+                }
+                total.lock().unwrap().add(&tally);
+            });
+        }
+    });
+    let t = total.into_inner().unwrap();
+    eprintln!(
+        "sim: {} schedules in {:.1?}: {} messages; faults: {} transient, {} permanent, {} panicking, \
+         {} hung, {} rejected, {} crashes, {} graceful restarts, {} handler outages, {} DLQ outages \
+         ({} failed stores), {} purges; {} multi-instance, {} hot-person; the core opened the \
+         breaker {} times, evicted {} messages to make room, stopped waiting {} times",
+        t.schedules,
+        started.elapsed(),
+        t.messages,
+        t.transient,
+        t.permanent,
+        t.panics,
+        t.hangs,
+        t.rejected,
+        t.crashes,
+        t.graceful,
+        t.outages,
+        t.dlq_outages,
+        t.dlq_failures,
+        t.purges,
+        t.multi_instance,
+        t.hot_person,
+        t.breaker_opens,
+        t.evictions,
+        t.stopped_waiting,
+    );
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|(s, _)| *s);
+    if let Some((seed, e)) = failures.first() {
+        panic!(
+            "{} failing seed(s), first {seed}: {e}\n  reproduce: {}",
+            failures.len(),
+            reproducer(*seed)
+        );
+    }
+}
+
+#[test]
+fn one_schedule() {
+    let seeds: Vec<u64> = match env_u64("SIM_SEED") {
+        Some(s) => vec![s],
+        None => REGRESSIONS.to_vec(),
+    };
+    for seed in seeds {
+        let (outcome, _, trace) = run_seed(seed, true);
+        if let Err(e) = outcome {
+            let trace = trace.unwrap_or_default();
+            let tail: Vec<&str> = trace.lines().rev().take(400).collect();
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            panic!("seed {seed}: {e}\n  reproduce: {}", reproducer(seed));
+        }
+    }
+}
