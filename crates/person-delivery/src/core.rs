@@ -693,7 +693,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
         self.counts
     }
 
-    /// Whether later messages still wait for an earlier instance's to come back.
+    /// Whether messages still wait for an earlier instance's to come back.
     pub fn recovering(&self) -> bool {
         self.barrier.is_some()
     }
@@ -730,9 +730,12 @@ impl<K: Clone + Eq + Hash> Core<K> {
         }
     }
 
-    /// Whether `seq` must wait for an earlier instance's messages.
-    fn held_back(&self, seq: u64) -> bool {
-        self.barrier.as_ref().is_some_and(|b| seq > b.upto)
+    /// Whether messages must wait for an earlier instance's to come back. The server
+    /// hands out redeliveries by deadline, not by stream order, so until everything
+    /// outstanding is here (or could have been), nothing runs; then each lane runs
+    /// its messages in order.
+    fn held_back(&self) -> bool {
+        self.barrier.is_some()
     }
 
     fn make_ready(&mut self, person: K) {
@@ -952,7 +955,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
                 }
             }
             None => match lane.head() {
-                Some(seq) if !self.held_back(seq) => (seq, false),
+                Some(seq) if !self.held_back() => (seq, false),
                 _ => return,
             },
         };
@@ -1034,12 +1037,11 @@ impl<K: Clone + Eq + Hash> Core<K> {
             .collect();
         let mut made = 0;
         if let Some(b) = &self.barrier {
-            let upto = b.upto;
             if b.room_made_at.is_none_or(|t| now >= t + retry) {
                 let victim = self
                     .msgs
                     .iter()
-                    .filter(|(s, m)| **s > upto && m.state == State::Queued && m.person.is_some())
+                    .filter(|(_, m)| m.state == State::Queued && m.person.is_some())
                     .map(|(s, _)| *s)
                     .max();
                 if let Some(victim) = victim {

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use model::{Scenario, Sim, Tally};
 
 /// Seeds that found bugs while the core was written; each stays a regression test.
-const REGRESSIONS: &[u64] = &[];
+const REGRESSIONS: &[u64] = &[1, 4, 5, 7, 11, 13, 14, 1907];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -111,7 +111,8 @@ fn one_schedule() {
         let (outcome, _, trace) = run_seed(seed, true);
         if let Err(e) = outcome {
             let trace = trace.unwrap_or_default();
-            let tail: Vec<&str> = trace.lines().rev().take(400).collect();
+            let keep = std::env::var("SIM_TRACE_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+            let tail: Vec<&str> = trace.lines().rev().take(keep).collect();
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }

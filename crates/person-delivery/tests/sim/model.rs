@@ -385,12 +385,26 @@ impl Sim {
         for _ in 0..self.sc.instances {
             self.start_instance();
         }
-        // Liveness: once faults stop, everything is settled within this bound.
+        // Liveness: once faults stop, everything is settled within this bound: the
+        // ack wait (crashed instances' messages, a restart's recovery), a last breaker
+        // opening and handler timeout, the longest retry delay, and the time to work
+        // through every message one at a time.
+        let c = &self.sc.config;
         let bound = self.faults_over()
-            + self.sc.config.ack_wait * 12
-            + self.sc.handler_timeout * 4
-            + self.sc.config.breaker.open_timeout() * 6
-            + Duration::from_secs(60);
+            + c.ack_wait * 4
+            + c.breaker.open_timeout() * 2
+            + self.sc.handler_timeout * 2
+            + c.retry.max_backoff() * 2
+            + c.evict_delay * 2
+            + Duration::from_secs(5)
+            + (MS * 10 + self.sc.latency * 4) * self.sc.messages as u32;
+        // Several instances on one unpartitioned consumer take each other's
+        // redeliveries; a lane then waits its full give-up time (slow, but bounded).
+        let bound = if self.sc.instances > 1 {
+            bound + c.give_up_after() * self.sc.messages as u32
+        } else {
+            bound
+        };
         let mut steps: u64 = 0;
         let cap = 2_000_000 + 4_000 * self.sc.messages as u64;
         while let Some(Reverse((t, _, idx))) = self.queue.pop() {
@@ -606,12 +620,20 @@ impl Sim {
         let i = seq as usize;
         self.calls_made[i] += 1;
         let n = self.calls_made[i];
+        // Faults happen until the horizon; after it only bad data still fails.
+        let faulty = self.now < self.faults_over();
         let plan = &self.plans[i];
-        let took = MS * self.r.random_range(0..3) + plan.slow;
+        let took = MS * self.r.random_range(0..3) + if faulty { plan.slow } else { Duration::ZERO };
         let down = self
             .sc
             .outage
             .is_some_and(|(a, b)| self.now >= a && self.now < b);
+        if plan.permanent {
+            return (CallResult::Failed(ErrorClass::Permanent), took);
+        }
+        if !faulty {
+            return (CallResult::Ok, took);
+        }
         if plan.hangs && n == 1 {
             return (
                 CallResult::Failed(ErrorClass::Transient),
@@ -620,9 +642,6 @@ impl Sim {
         }
         if n <= plan.panics {
             return (CallResult::Panicked, took);
-        }
-        if plan.permanent {
-            return (CallResult::Failed(ErrorClass::Permanent), took);
         }
         if down || n <= plan.transient + plan.panics {
             return (CallResult::Failed(ErrorClass::Transient), took);
@@ -719,7 +738,10 @@ impl Sim {
                 // Its calls, timers and pull die with it; what it held comes back
                 // after the ack wait.
                 let restart = MS * self.r.random_range(0..2000);
-                self.restarts_pending += 1;
+                if dead.stopping_since.is_none() {
+                    // (A stopping instance's restart is counted already.)
+                    self.restarts_pending += 1;
+                }
                 self.after(restart, Ev::Restart);
             }
             Ev::Restart => {
@@ -856,7 +878,10 @@ impl Sim {
     fn serve(&mut self) {
         let now = self.now;
         let aw = self.sc.config.ack_wait;
-        let map = 10_000usize;
+        // The consumer's max_ack_pending equals each instance's hand, as the runtime
+        // sets it: whatever a crashed instance left outstanding fits in the next one's
+        // hand, so a restart can gather it before running anything.
+        let map = self.sc.config.max_in_hand * self.sc.instances;
         while !self.pulls.is_empty() {
             let due = self.timeline.first().filter(|(d, _)| *d <= now).map(|(_, i)| *i);
             let seq = match due {
