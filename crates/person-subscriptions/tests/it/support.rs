@@ -81,6 +81,8 @@ pub(crate) struct Recorder {
     pub(crate) seen: Mutex<Vec<StreamingEventEnvelope>>,
     pub(crate) calls: Mutex<HashMap<EventId, u64>>,
     pub(crate) total_calls: AtomicU64,
+    /// Every call, in the order they started, with the time it started.
+    pub(crate) call_log: Mutex<Vec<(EventId, std::time::Instant)>>,
     fail: Box<FailFn>,
     delay: Duration,
 }
@@ -100,6 +102,7 @@ impl Recorder {
             seen: Mutex::new(Vec::new()),
             calls: Mutex::new(HashMap::new()),
             total_calls: AtomicU64::new(0),
+            call_log: Mutex::new(Vec::new()),
             fail: Box::new(fail),
             delay: Duration::ZERO,
         }
@@ -134,12 +137,45 @@ impl Recorder {
         }
         out
     }
+
+    /// Per person, the envelope sequences in the order of their first successful
+    /// handling (a repeat of an event already handled is left out).
+    pub(crate) fn first_success_order(&self) -> HashMap<PersonId, Vec<u64>> {
+        let mut done = std::collections::HashSet::new();
+        let mut out: HashMap<PersonId, Vec<u64>> = HashMap::new();
+        for e in self.seen.lock().unwrap().iter() {
+            if done.insert(e.event_id) {
+                out.entry(e.aggregate_id).or_default().push(e.sequence);
+            }
+        }
+        out
+    }
+
+    /// How many times the handler was called with `event` (failed calls included).
+    pub(crate) fn calls_of(&self, event: EventId) -> u64 {
+        self.calls.lock().unwrap().get(&event).copied().unwrap_or(0)
+    }
+
+    /// When each call with `event` started, in order.
+    pub(crate) fn call_times(&self, event: EventId) -> Vec<std::time::Instant> {
+        self.call_log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| *id == event)
+            .map(|(_, t)| *t)
+            .collect()
+    }
 }
 
 #[async_trait]
 impl StreamingEventHandler for Recorder {
     async fn handle_event(&self, envelope: StreamingEventEnvelope) -> DomainResult<()> {
         self.total_calls.fetch_add(1, Ordering::SeqCst);
+        self.call_log
+            .lock()
+            .unwrap()
+            .push((envelope.event_id, std::time::Instant::now()));
         let n = {
             let mut calls = self.calls.lock().unwrap();
             let n = calls.entry(envelope.event_id).or_default();
@@ -171,6 +207,134 @@ pub(crate) async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Like [`eventually`], but the panic message is `report()` at the deadline, so it can
+/// say how far things got.
+pub(crate) async fn eventually_report(
+    secs: u64,
+    mut cond: impl FnMut() -> bool,
+    report: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {}",
+            report()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls the async `cond` every 100 ms until it holds or `secs` pass; panics with
+/// `what` then.
+pub(crate) async fn eventually_async<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits up to `secs` for the test consumer to have nothing pending and nothing
+/// unacknowledged; panics with the consumer's numbers otherwise.
+pub(crate) async fn wait_idle(client: &StreamingClient, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let stream = client
+            .jetstream()
+            .get_stream("PERSON_EVENTS")
+            .await
+            .unwrap();
+        let info = stream.consumer_info(CONSUMER).await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer is not idle after {secs} s: {} pending, {} unacknowledged, {} redelivered",
+            info.num_pending,
+            info.num_ack_pending,
+            info.num_redelivered
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A second connection to `server` with `config`, as another process would open.
+pub(crate) async fn connect(server: &NatsServer, config: StreamingConfig) -> StreamingClient {
+    StreamingClient::new(&server.url(), config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A retry policy with `attempts` attempts, delays from `initial` doubling up to `max`,
+/// and the given jitter.
+pub(crate) fn retry_policy(
+    attempts: u32,
+    initial: Duration,
+    max: Duration,
+    jitter: person_retry::Jitter,
+) -> RetryPolicy {
+    RetryPolicy::builder()
+        .max_attempts(attempts)
+        .initial_backoff(initial)
+        .max_backoff(max)
+        .jitter(jitter)
+        .build()
+        .unwrap()
+}
+
+/// Default options with a breaker that never opens (65,535 failures in a row), for
+/// tests whose failures are not an outage.
+pub(crate) fn options() -> SubscriptionOptions {
+    SubscriptionOptions::default().breaker(
+        person_retry::CircuitBreakerConfig::builder()
+            .failure_threshold(65_535)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// One `Activated` event of `person` with envelope sequence `seq`.
+pub(crate) fn event(
+    person: PersonId,
+    seq: u64,
+    reason: impl Into<String>,
+) -> StreamingEventEnvelope {
+    StreamingEventEnvelope::new(
+        person,
+        seq,
+        PersonEventV2::Activated {
+            person_id: person,
+            reason: reason.into(),
+            metadata: EventMetadata::new().with_actor("test"),
+        },
+    )
+}
+
+/// The test consumer's dead letters for `person`, oldest first.
+pub(crate) async fn letters_of(
+    client: &StreamingClient,
+    person: PersonId,
+) -> Vec<person_streaming::StoredDeadLetter> {
+    client
+        .dead_letters()
+        .list(&person_streaming::DeadLetterFilter {
+            consumer: Some(CONSUMER.into()),
+            person_id: Some(person.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
 }
 
 pub(crate) async fn consumer_idle(client: &StreamingClient, durable: &str) -> bool {
