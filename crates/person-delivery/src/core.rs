@@ -70,6 +70,7 @@ pub enum CallResult {
 
 /// Why a message is dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Cause {
     /// It could not reach the handler ([`Kind::Rejected`]).
     Rejected,
@@ -86,6 +87,7 @@ pub enum Cause {
 
 /// Something worth telling an operator; the shell logs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Notice<K> {
     /// A lane has waited past the expected redelivery of `seq`.
     Overdue {
@@ -123,6 +125,7 @@ pub enum Notice<K> {
 
 /// What the shell must do. The shell performs actions in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Action<K> {
     /// Request up to `max` messages (one pull at a time); report them with
     /// [`Core::on_message`] and the pull's end with [`Core::on_pull_done`].

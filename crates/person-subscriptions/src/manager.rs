@@ -171,9 +171,13 @@ impl SubscriptionManager {
                 });
             }
         }
-        let sink: Arc<dyn DeadLetterSink> = match &self.sink {
-            Some(s) => s.clone(),
-            None => Arc::new(self.client.dead_letters()),
+        // Parking is read back from the DLQ stream when that is where letters go.
+        let (sink, dlq): (Arc<dyn DeadLetterSink>, _) = match &self.sink {
+            Some(s) => (s.clone(), None),
+            None => (
+                Arc::new(self.client.dead_letters()),
+                Some(self.client.dead_letters()),
+            ),
         };
         let single = self.handlers.len() == 1;
         let mut workers = Vec::new();
@@ -195,6 +199,7 @@ impl SubscriptionManager {
                 handler.clone(),
                 options,
                 sink.clone(),
+                dlq.clone(),
                 counters,
             );
             let task = tokio::spawn(worker.clone().run());
@@ -240,6 +245,8 @@ impl SubscriptionHandle {
                 in_hand: a.in_hand + s.in_hand,
                 lag: a.lag + s.lag,
                 reconnects: a.reconnects + s.reconnects,
+                waiting_lanes: a.waiting_lanes + s.waiting_lanes,
+                parked_people: a.parked_people + s.parked_people,
             })
     }
 
@@ -255,21 +262,26 @@ impl SubscriptionHandle {
     pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
         self.workers
             .iter()
-            .map(|(w, _)| (w.handler.name().to_owned(), w.breaker.state()))
+            .map(|(w, _)| (w.handler.name().to_owned(), w.breaker_state()))
             .collect()
     }
 
-    /// Stops pulling, lets running handlers finish within `timeout`, acks what
-    /// succeeded and NAKs the rest, so the next start resumes where this one stopped.
+    /// Stops pulling, waits for the outstanding pull to end (at most the fetch
+    /// expiry), lets running handlers finish within `timeout`, acks what succeeded and
+    /// NAKs the rest, each person's messages no sooner than the redelivery they wait
+    /// for, so the next start resumes where this one stopped, in order.
     pub async fn shutdown(self, timeout: Duration) {
         for (worker, _) in &self.workers {
-            worker
-                .stopping
-                .store(true, std::sync::atomic::Ordering::Release);
+            worker.request_stop(timeout);
         }
         for (worker, task) in self.workers {
-            worker.shutdown(timeout).await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            let limit = timeout + worker.options.fetch_expiry + Duration::from_secs(5);
+            if tokio::time::timeout(limit, task).await.is_err() {
+                tracing::warn!(
+                    consumer = %worker.settings.durable_name,
+                    "shutdown did not finish in time; unsettled messages come back after the ack wait"
+                );
+            }
         }
     }
 }

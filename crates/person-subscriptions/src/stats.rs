@@ -24,6 +24,11 @@ pub struct Stats {
     pub lag: u64,
     /// Times the consumer was recreated after the pull failed.
     pub reconnects: u64,
+    /// People whose next event waits for the redelivery of an earlier one now.
+    pub waiting_lanes: u64,
+    /// People parked behind a dead letter now (their later events are dead-lettered
+    /// as `blocked by ..` until the letters are replayed or purged).
+    pub parked_people: u64,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +42,8 @@ pub(crate) struct Counters {
     pub(crate) in_hand: AtomicU64,
     pub(crate) lag: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) waiting_lanes: AtomicU64,
+    pub(crate) parked_people: AtomicU64,
 }
 
 impl Counters {
@@ -52,6 +59,8 @@ impl Counters {
             in_hand: r(&self.in_hand),
             lag: r(&self.lag),
             reconnects: r(&self.reconnects),
+            waiting_lanes: r(&self.waiting_lanes),
+            parked_people: r(&self.parked_people),
         }
     }
 
@@ -59,7 +68,4 @@ impl Counters {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn sub(c: &AtomicU64) {
-        c.fetch_sub(1, Ordering::Relaxed);
-    }
 }

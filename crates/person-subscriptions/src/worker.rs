@@ -1,45 +1,50 @@
-//! One handler on one durable consumer: pull, decode, order per person, handle,
-//! settle (ack / delayed NAK / dead letter + TERM), breaker, shutdown.
+//! The async shell of one handler on one durable consumer. The decisions are the
+//! delivery core's (`person_delivery::Core`); this file performs its actions against
+//! NATS and the handler and turns what happens into its inputs. It holds no decision
+//! of its own beyond how to do each action.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use chrono::Utc;
-use futures::StreamExt;
+use futures::future::{AbortHandle, BoxFuture, abortable};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, Stream, StreamExt};
+use person_delivery::{Action, Arrival, CallResult, Cause, Core, Kind, Notice, Recovery};
 use person_events::codec::DecodeError;
 use person_events::subject::parse_event_subject;
 use person_events::{PersonId, StreamingEventEnvelope};
 use person_legacy_compat::{Origin, RawMessage, decode_message};
-use person_retry::{
-    BreakerState, CircuitBreaker, DeadLetter, DeadLetterSink, ErrorClass, RetryPolicy,
-};
-use person_streaming::ConsumerSettings;
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::AbortHandle;
+use person_retry::{BreakerState, DeadLetter, DeadLetterSink, ErrorClass};
+use person_streaming::{ConsumerSettings, DeadLetterQueue};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::handler::StreamingEventHandler;
 use crate::options::{DeadLetterPolicy, SubscriptionOptions};
 use crate::stats::Counters;
 
-/// A fetched message and what the runtime knows about it.
-///
-/// The message is shared (`Arc`): the lane keeps a handle on the running one, and the
-/// progress ticker on the queued ones, without copying its headers.
+/// A fetched message and what the shell knows about it.
 struct Held {
     msg: Arc<jetstream::Message>,
     seq: u64,
     delivered: u64,
+    person: Option<PersonId>,
     body: Body,
+    /// The last handler error, for the dead letter's reason.
+    last_error: Option<(String, ErrorClass)>,
 }
 
-/// The decoded payload. The envelope is moved into the handler call rather than copied;
-/// the rare paths that need it afterwards (dead-lettering) decode the payload again.
+/// The decoded payload. The envelope is moved into the handler call when only one
+/// attempt is made; the rare paths that need it again decode the payload again.
 enum Body {
-    /// Boxed: a held message moves through queues, and this keeps it small.
+    /// Boxed: a held message moves through maps, and this keeps it small.
     Event(Box<StreamingEventEnvelope>),
     /// Cannot be handed to the handler; the reason goes into the dead letter.
     Rejected(Rejected),
@@ -52,17 +57,20 @@ impl Held {
         match &self.body {
             Body::Event(env) => Some(std::borrow::Cow::Borrowed(env)),
             Body::Rejected(_) => None,
-            Body::HandedOver => decode_held(&self.msg, self.seq)
+            Body::HandedOver => decode_message(&raw_message(&self.msg, self.seq))
                 .ok()
-                .map(std::borrow::Cow::Owned),
+                .map(|d| std::borrow::Cow::Owned(d.envelope)),
+        }
+    }
+
+    /// How this message is named in the reason of letters parked behind it.
+    fn label(&self) -> String {
+        match self.envelope() {
+            Some(env) => env.event_id.to_string(),
+            None => format!("stream sequence {}", self.seq),
         }
     }
 }
-
-/// How much of an oversized body its dead letter keeps. The whole body, base64 in a
-/// JSON record, could exceed the server's `max_payload`: the record could never be
-/// stored and the message would be NAKed forever.
-const OVERSIZED_KEPT: usize = 64 * 1024;
 
 /// Why a message cannot be handed to the handler. Its Display is the dead letter's
 /// reason, starting with a stable label: `oversized`, `undecodable` or `bad headers`.
@@ -81,8 +89,7 @@ impl std::fmt::Display for Rejected {
         match self {
             Rejected::Oversized { size, limit } => write!(
                 f,
-                "oversized: the body is {size} bytes, more than max_message_bytes ({limit}); \
-                 this record keeps its first {OVERSIZED_KEPT} bytes"
+                "oversized: the body is {size} bytes, more than max_message_bytes ({limit})"
             ),
             Rejected::Undecodable(e) => write!(f, "undecodable: {e}"),
             Rejected::BadHeaders(detail) => write!(f, "bad headers: {detail}"),
@@ -128,44 +135,32 @@ fn raw_message(msg: &jetstream::Message, seq: u64) -> RawMessage<'_> {
     }
 }
 
-/// Decodes a message whose checks passed before (the envelope was handed over).
-fn decode_held(msg: &jetstream::Message, seq: u64) -> Result<StreamingEventEnvelope, DecodeError> {
-    decode_message(&raw_message(msg, seq)).map(|d| d.envelope)
+/// What a background operation (handler call, dead-letter store, parked check)
+/// reports back to the driver.
+enum Done {
+    Call {
+        seq: u64,
+        result: Result<Result<(), crate::HandlerError>, String>,
+    },
+    Stored {
+        seq: u64,
+        stored: bool,
+    },
+    Parked {
+        person: PersonId,
+        parked: bool,
+    },
+    /// An aborted operation; nothing to report.
+    Aborted,
 }
 
-#[derive(Default)]
-struct Lane {
-    queue: VecDeque<Held>,
-    /// A runner is on this person, or the person is queued for one.
-    running: bool,
-    /// The message being handled now, with its stream sequence (to recognise its
-    /// redelivery, and to NAK it on shutdown).
-    current: Option<(u64, Arc<jetstream::Message>)>,
-    /// An earlier event was NAKed and will be redelivered: nothing of this person runs
-    /// before it.
-    waiting_for: Option<u64>,
-    /// An earlier event was dead-lettered; later ones are parked behind it.
-    parked_behind: Option<String>,
-}
+type Batch = Pin<Box<dyn Stream<Item = Result<jetstream::Message, String>> + Send>>;
+type Opening = BoxFuture<'static, Result<(consumer::PullConsumer, Batch), String>>;
 
-/// Per-person lanes and the runners that work them. At most `concurrency` runner tasks
-/// exist; a runner that finishes a person takes the next ready one instead of exiting,
-/// so a message costs no task spawn and no wait for a concurrency slot.
-#[derive(Default)]
-struct Lanes {
-    map: HashMap<PersonId, Lane>,
-    /// People with work, waiting for a runner, oldest first.
-    ready: VecDeque<PersonId>,
-    /// Live runner tasks, by a local id (to abort them on shutdown).
-    runners: HashMap<u64, AbortHandle>,
-    next_runner: u64,
-}
-
-enum Outcome {
-    Done,
-    WaitFor(u64),
-    DeadLettered(String),
-    Released,
+/// The outstanding pull: being sent, or delivering.
+enum Pull {
+    Opening(Opening),
+    Streaming(Batch),
 }
 
 pub(crate) struct Worker {
@@ -175,17 +170,16 @@ pub(crate) struct Worker {
     pub(crate) handler: Arc<dyn StreamingEventHandler>,
     pub(crate) options: SubscriptionOptions,
     pub(crate) sink: Arc<dyn DeadLetterSink>,
-    pub(crate) breaker: CircuitBreaker,
+    /// The DLQ stream, when it is the sink: where parking is read from.
+    pub(crate) dlq: Option<DeadLetterQueue>,
     pub(crate) counters: Arc<Counters>,
-    lanes: Mutex<Lanes>,
-    pub(crate) stopping: AtomicBool,
-    settled: Notify,
-    semaphore: Semaphore,
-    retry: RetryPolicy,
-    max_deliver: u64,
+    breaker: AtomicU8,
+    /// `Some(grace)` once shutdown is asked for.
+    stop: watch::Sender<Option<Duration>>,
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         js: jetstream::Context,
         stream: String,
@@ -193,38 +187,62 @@ impl Worker {
         handler: Arc<dyn StreamingEventHandler>,
         options: SubscriptionOptions,
         sink: Arc<dyn DeadLetterSink>,
+        dlq: Option<DeadLetterQueue>,
         counters: Arc<Counters>,
     ) -> Arc<Self> {
-        let breaker_counters = counters.clone();
-        let breaker = CircuitBreaker::builder(options.breaker.clone())
-            .name(handler.name().to_owned())
-            .on_transition(move |t| {
-                Counters::add(&breaker_counters.breaker_transitions);
-                tracing::info!(transition = %t, "circuit breaker changed state");
-            })
-            .build();
-        let retry = settings.retry.clone();
-        let max_deliver = u64::try_from(settings.max_deliver).unwrap_or(1).max(1);
         Arc::new(Self {
-            semaphore: Semaphore::new(options.concurrency.max(1)),
             js,
             stream,
             settings,
             handler,
             options,
             sink,
-            breaker,
+            dlq,
             counters,
-            lanes: Mutex::new(Lanes::default()),
-            stopping: AtomicBool::new(false),
-            settled: Notify::new(),
-            retry,
-            max_deliver,
+            breaker: AtomicU8::new(0),
+            stop: watch::channel(None).0,
         })
     }
 
     fn consumer_name(&self) -> &str {
         &self.settings.durable_name
+    }
+
+    /// The breaker's state, as the core last reported it.
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        match self.breaker.load(Ordering::Relaxed) {
+            0 => BreakerState::Closed,
+            1 => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Asks the driver to stop, letting running calls finish within `grace`.
+    pub(crate) fn request_stop(&self, grace: Duration) {
+        self.stop.send_if_modified(|s| {
+            if s.is_none() {
+                *s = Some(grace);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn core_config(&self) -> person_delivery::Config {
+        let mut c = person_delivery::Config::new(self.settings.retry.clone(), self.settings.ack_wait());
+        c.max_in_hand = self.options.max_in_hand;
+        c.concurrency = self.options.concurrency;
+        c.pull_batch = (self.options.max_in_hand / 4).max(1);
+        c.max_deliver = u64::try_from(self.settings.max_deliver).unwrap_or(1).max(1);
+        c.in_process_attempts = self.options.in_process_attempts;
+        c.breaker = self.options.breaker.clone();
+        c.park = self.options.dead_letter_policy == DeadLetterPolicy::Park;
+        // Jitter only needs to differ between instances.
+        c.seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        c
     }
 
     async fn open_consumer(&self) -> Result<consumer::PullConsumer, String> {
@@ -239,165 +257,136 @@ impl Worker {
             .map_err(|e| format!("cannot create consumer {}: {e}", self.consumer_name()))
     }
 
-    /// The pull loop. Returns when stopping.
-    pub(crate) async fn run(self: Arc<Self>) {
-        let ticker = tokio::spawn(self.clone().progress_ticker());
-        let mut consumer = None;
+    /// Opens the consumer and reads what it has outstanding, retrying until it works
+    /// or shutdown is asked for.
+    async fn start(&self) -> Option<(consumer::PullConsumer, Recovery)> {
+        let mut stop = self.stop.subscribe();
         let mut failures = 0u32;
-        while !self.stopping.load(Ordering::Acquire) {
-            // While the breaker is open nothing is pulled: an outage must not burn
-            // delivery attempts or fill the DLQ.
-            if self.breaker.state() == BreakerState::Open {
-                let mut watch = self.breaker.subscribe();
-                let _ = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
-                continue;
+        loop {
+            if stop.borrow().is_some() {
+                return None;
             }
-            let in_hand = self.counters.in_hand.load(Ordering::Relaxed) as usize;
-            let mut room = self.options.max_in_hand.saturating_sub(in_hand);
-            if room == 0 {
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(100), self.settled.notified()).await;
-                continue;
-            }
-            // Pull in sizeable batches: each pull is a round trip. Wait a moment for room
-            // to grow, then pull whatever room there is (held messages may be waiting for
-            // a redelivery that only a pull brings in).
-            let batch = (self.options.max_in_hand / 4).max(1);
-            if room < batch && in_hand > 0 {
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(2), self.settled.notified()).await;
-                let in_hand = self.counters.in_hand.load(Ordering::Relaxed) as usize;
-                room = self.options.max_in_hand.saturating_sub(in_hand);
-                if room == 0 {
-                    continue;
-                }
-            }
-            let c = match &consumer {
-                Some(c) => c,
-                None => match self.open_consumer().await {
-                    Ok(c) => {
-                        failures = 0;
-                        consumer.insert(c)
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        Counters::add(&self.counters.reconnects);
-                        tracing::warn!(consumer = self.consumer_name(), error = %e, "consumer unavailable; retrying");
-                        tokio::time::sleep(reconnect_delay(failures)).await;
-                        continue;
-                    }
-                },
+            let opened = async {
+                let mut c = self.open_consumer().await?;
+                let info = c
+                    .info()
+                    .await
+                    .map_err(|e| format!("cannot read consumer {}: {e}", self.consumer_name()))?;
+                let recovery = Recovery {
+                    delivered_up_to: info.delivered.stream_sequence,
+                    outstanding: u64::try_from(info.num_ack_pending).unwrap_or(0),
+                };
+                Ok::<_, String>((c, recovery))
             };
-            let batch = c
-                .fetch()
-                .max_messages(room)
-                .expires(self.options.fetch_expiry)
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(b) => b,
+            match opened.await {
+                Ok(ok) => return Some(ok),
                 Err(e) => {
-                    tracing::debug!(consumer = self.consumer_name(), error = %e, "pull failed; recreating the consumer");
-                    consumer = None;
-                    continue;
-                }
-            };
-            while let Some(item) = batch.next().await {
-                match item {
-                    Ok(msg) => self.dispatch(msg),
-                    Err(e) => {
-                        tracing::debug!(consumer = self.consumer_name(), error = %e, "pull interrupted; recreating the consumer");
-                        consumer = None;
-                        break;
+                    failures += 1;
+                    Counters::add(&self.counters.reconnects);
+                    tracing::warn!(consumer = self.consumer_name(), error = %e, "consumer unavailable; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(reconnect_delay(failures)) => {}
+                        _ = stop.changed() => {}
                     }
                 }
             }
         }
-        ticker.abort();
     }
 
-    fn dispatch(self: &Arc<Self>, msg: jetstream::Message) {
-        let (seq, delivered, pending) = match msg.info() {
-            Ok(i) => (
-                i.stream_sequence,
-                u64::try_from(i.delivered).unwrap_or(1),
-                i.pending,
-            ),
-            Err(_) => return,
+    /// Who is parked already: the people with dead letters for this consumer.
+    async fn parked_at_start(&self) -> Vec<PersonId> {
+        let Some(dlq) = &self.dlq else {
+            return Vec::new();
         };
-        self.counters.lag.store(pending, Ordering::Relaxed);
-        Counters::add(&self.counters.in_hand);
-        let body = match self.decode(&msg, seq) {
-            Ok(env) => Body::Event(Box::new(env)),
-            Err(rejected) => Body::Rejected(rejected),
-        };
-        let person = match &body {
-            Body::Event(env) => Some(env.aggregate_id),
-            _ => parse_event_subject(msg.subject.as_str())
-                .ok()
-                .map(|s| s.person_id),
-        };
-        let held = Held {
-            msg: Arc::new(msg),
-            seq,
-            delivered,
-            body,
-        };
-        let Some(person) = person else {
-            // No person to order by: dead-letter it on its own.
-            let this = self.clone();
-            tokio::spawn(async move {
-                let _ = this.process(held, None).await;
-            });
-            return;
-        };
-        let mut guard = self.lanes.lock().expect("lanes lock");
-        let lanes = &mut *guard;
-        let lane = lanes.map.entry(person).or_default();
-        if let Some(existing) = lane.queue.iter_mut().find(|h| h.seq == held.seq) {
-            // A redelivery of a message we already hold: keep the newest copy.
-            *existing = held;
-            Counters::sub(&self.counters.in_hand);
-        } else if lane.waiting_for == Some(held.seq) {
-            lane.waiting_for = None;
-            lane.queue.push_front(held);
-        } else if lane
-            .current
-            .as_ref()
-            .is_some_and(|(seq, _)| *seq == held.seq)
-        {
-            // Redelivered while being handled (the handler outran the ack wait): the
-            // running attempt settles it; drop this copy without acking.
-            Counters::sub(&self.counters.in_hand);
-            return;
-        } else {
-            let at = lane
-                .queue
-                .iter()
-                .position(|h| h.seq > held.seq)
-                .unwrap_or(lane.queue.len());
-            lane.queue.insert(at, held);
+        if self.options.dead_letter_policy != DeadLetterPolicy::Park {
+            return Vec::new();
         }
-        if !lane.running && lane.waiting_for.is_none() {
-            lane.running = true;
-            if lanes.runners.len() < self.options.concurrency.max(1) {
-                let id = lanes.next_runner;
-                lanes.next_runner += 1;
-                let this = self.clone();
-                let task = tokio::spawn(async move { this.runner(person, id).await });
-                lanes.runners.insert(id, task.abort_handle());
-            } else {
-                lanes.ready.push_back(person);
+        match dlq.parked_people(self.consumer_name()).await {
+            Ok(people) => people.iter().filter_map(|p| p.parse().ok()).collect(),
+            Err(e) => {
+                tracing::warn!(consumer = self.consumer_name(), error = %e, "cannot read parked people from the DLQ; each person's next event is checked instead");
+                Vec::new()
             }
         }
+    }
+
+    /// The driver: runs until shutdown completes.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let Some((consumer, recovery)) = self.start().await else {
+            return;
+        };
+        let parked = self.parked_at_start().await;
+        let origin = Instant::now();
+        let now = move || origin.elapsed();
+        let mut core: Core<PersonId> = Core::new(self.core_config(), parked, recovery, now());
+        if recovery.outstanding > 0 {
+            tracing::info!(
+                consumer = self.consumer_name(),
+                outstanding = recovery.outstanding,
+                "gathering what the consumer had outstanding before handling anything"
+            );
+        }
+        let mut d = Driver {
+            w: &self,
+            consumer: Some(consumer),
+            pull_failures: 0,
+            held: HashMap::new(),
+            ops: FuturesUnordered::new(),
+            aborts: HashMap::new(),
+            pull: None,
+            stopping: false,
+            blockers: HashMap::new(),
+            pending_blockers: HashMap::new(),
+        };
+        loop {
+            while let Some(action) = core.poll_action() {
+                d.perform(&mut core, action).await;
+            }
+            self.publish(&core);
+            if core.is_stopped() {
+                break;
+            }
+            let wake = core.poll_timeout().map(|t| origin + t);
+            tokio::select! {
+                biased;
+                Some(done) = d.ops.next(), if !d.ops.is_empty() => d.finished(&mut core, done, now()),
+                item = next_pulled(&mut d.pull), if d.pull.is_some() => d.pulled(&mut core, item, now()),
+                changed = stop.changed(), if !d.stopping => {
+                    d.stopping = true;
+                    let grace = if changed.is_ok() { (*stop.borrow()).unwrap_or_default() } else { Duration::ZERO };
+                    core.on_shutdown(now(), grace);
+                }
+                () = sleep_until(wake), if wake.is_some() => core.on_timeout(now()),
+            }
+        }
+        // Every ack and NAK sent reaches the server before the next start.
+        let _ = self.js.client().flush().await;
+    }
+
+    fn publish(&self, core: &Core<PersonId>) {
+        let c = core.counts();
+        let s = &self.counters;
+        let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&s.processed, c.processed);
+        set(&s.retried, c.retried);
+        set(&s.dead_lettered, c.dead_lettered);
+        set(&s.parked, c.parked);
+        set(&s.breaker_transitions, c.breaker_transitions);
+        set(&s.in_flight, core.in_flight() as u64);
+        set(&s.in_hand, core.in_hand() as u64);
+        set(&s.waiting_lanes, core.waiting_lanes() as u64);
+        set(&s.parked_people, core.parked_people() as u64);
+        let b = match core.breaker_state() {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            _ => 2,
+        };
+        self.breaker.store(b, Ordering::Relaxed);
     }
 
     /// Size check, decode (upcasting), header check: the envelope, or why not.
-    fn decode(
-        &self,
-        msg: &jetstream::Message,
-        seq: u64,
-    ) -> Result<StreamingEventEnvelope, Rejected> {
+    fn decode(&self, msg: &jetstream::Message, seq: u64) -> Result<StreamingEventEnvelope, Rejected> {
         let limit = self.options.max_message_bytes;
         if msg.payload.len() > limit {
             return Err(Rejected::Oversized {
@@ -412,272 +401,30 @@ impl Worker {
         Ok(decoded.envelope)
     }
 
-    /// A runner: handles one event of `person`, then one of whichever person is ready
-    /// next (round robin, so a person with a long backlog does not hold a runner while
-    /// others wait); exits when no one is ready (or when stopping).
-    async fn runner(self: Arc<Self>, mut person: PersonId, id: u64) {
-        loop {
-            let more = self.run_lane(person).await;
-            let mut lanes = self.lanes.lock().expect("lanes lock");
-            if more {
-                lanes.ready.push_back(person);
-            }
-            let next = if self.stopping.load(Ordering::Acquire) {
-                None
-            } else {
-                lanes.ready.pop_front()
-            };
-            match next {
-                Some(p) => person = p,
-                None => {
-                    lanes.runners.remove(&id);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Handles the next event of one person's lane. Returns `true` when the lane may
-    /// have more to do; `false` (and the lane is no longer running) when it is empty,
-    /// waits for a redelivery, or the worker stops.
-    async fn run_lane(self: &Arc<Self>, person: PersonId) -> bool {
-        let (held, parked) = {
-            let mut lanes = self.lanes.lock().expect("lanes lock");
-            let Some(lane) = lanes.map.get_mut(&person) else {
-                return false;
-            };
-            if lane.waiting_for.is_some() || self.stopping.load(Ordering::Acquire) {
-                lane.running = false;
-                return false;
-            }
-            match lane.queue.pop_front() {
-                Some(h) => {
-                    lane.current = Some((h.seq, h.msg.clone()));
-                    // The replay of the event a person is parked behind un-parks
-                    // the person: it and the replays after it run in order.
-                    if lane
-                        .parked_behind
-                        .as_deref()
-                        .is_some_and(|b| is_replay_of(&h, b))
-                    {
-                        lane.parked_behind = None;
-                    }
-                    (h, lane.parked_behind.clone())
-                }
-                None => {
-                    lane.running = false;
-                    if lane.parked_behind.is_none() {
-                        lanes.map.remove(&person);
-                    }
-                    return false;
-                }
-            }
-        };
-        let outcome = self.process(held, parked).await;
-        let mut lanes = self.lanes.lock().expect("lanes lock");
-        if let Some(lane) = lanes.map.get_mut(&person) {
-            lane.current = None;
-            match outcome {
-                Outcome::Done | Outcome::Released => {}
-                Outcome::WaitFor(seq) => lane.waiting_for = Some(seq),
-                Outcome::DeadLettered(label) => {
-                    if self.options.dead_letter_policy == DeadLetterPolicy::Park {
-                        lane.parked_behind.get_or_insert(label);
-                    }
-                }
-            }
-        }
-        true
-    }
-
-    async fn process(self: &Arc<Self>, mut held: Held, parked: Option<String>) -> Outcome {
-        let body = std::mem::replace(&mut held.body, Body::HandedOver);
-        let envelope = match (body, parked) {
-            (body, Some(blocker)) if self.options.dead_letter_policy == DeadLetterPolicy::Park => {
-                held.body = body;
-                let reason = format!("{}{blocker}", person_streaming::BLOCKED_BY_PREFIX);
-                return self
-                    .dead_letter(held, reason, ErrorClass::Permanent, true, blocker)
-                    .await;
-            }
-            (Body::Rejected(e), _) => {
-                let reason = e.to_string();
-                held.body = Body::Rejected(e);
-                let label = format!("stream sequence {}", held.seq);
-                return self
-                    .dead_letter(held, reason, ErrorClass::Permanent, false, label)
-                    .await;
-            }
-            (Body::Event(env), _) => *env,
-            (Body::HandedOver, _) => match decode_held(&held.msg, held.seq) {
-                Ok(env) => env,
-                Err(e) => {
-                    let reason = format!("undecodable: {e}");
-                    let label = format!("stream sequence {}", held.seq);
-                    return self
-                        .dead_letter(held, reason, ErrorClass::Permanent, false, label)
-                        .await;
-                }
+    fn dead_letter(&self, held: &Held, cause: Cause, blocker: Option<&str>) -> DeadLetter {
+        let (reason, class) = match cause {
+            Cause::Rejected => match &held.body {
+                Body::Rejected(r) => (r.to_string(), ErrorClass::Permanent),
+                _ => ("undecodable".to_owned(), ErrorClass::Permanent),
             },
+            Cause::Permanent => {
+                let (e, class) = held.last_error.clone().unwrap_or_default_error();
+                (format!("permanent failure: {e}"), class)
+            }
+            Cause::GaveUp { delivered } => {
+                let (e, class) = held.last_error.clone().unwrap_or_default_error();
+                (format!("gave up after {delivered} deliveries: {e}"), class)
+            }
+            Cause::Parked => (
+                format!(
+                    "{}{}",
+                    person_streaming::BLOCKED_BY_PREFIX,
+                    blocker.unwrap_or(UNKNOWN_BLOCKER)
+                ),
+                ErrorClass::Permanent,
+            ),
+            _ => ("dead-lettered".to_owned(), ErrorClass::Permanent),
         };
-        let span = tracing::info_span!(
-            "person_event",
-            event_id = %envelope.event_id,
-            correlation_id = %envelope.metadata().correlation_id,
-            causation_id = ?envelope.metadata().causation_id.map(|c| c.to_string()),
-            person = %envelope.aggregate_id,
-            consumer = %self.settings.durable_name,
-            handler = %self.handler.name(),
-            delivered = held.delivered,
-        );
-        self.handle(held, envelope).instrument(span).await
-    }
-
-    async fn handle(self: &Arc<Self>, held: Held, envelope: StreamingEventEnvelope) -> Outcome {
-        let _slot = match self.semaphore.acquire().await {
-            Ok(p) => p,
-            Err(_) => return self.release(held).await,
-        };
-        // Wait while the breaker rejects calls; keep the message alive meanwhile so its
-        // delivery count is not burned.
-        let permit = loop {
-            if self.stopping.load(Ordering::Acquire) {
-                return self.release(held).await;
-            }
-            match self.breaker.try_acquire() {
-                Ok(permit) => break permit,
-                Err(open) => {
-                    let wait = open.retry_in().unwrap_or(Duration::from_millis(100));
-                    let wait = wait.clamp(Duration::from_millis(10), self.progress_every());
-                    let mut watch = self.breaker.subscribe();
-                    let _ = tokio::time::timeout(wait, watch.changed()).await;
-                    let _ = held.msg.ack_with(AckKind::Progress).await;
-                }
-            }
-        };
-        let attempts = self.options.in_process_attempts.max(1);
-        let event_id = envelope.event_id;
-        let mut attempt = 0;
-        let result = loop {
-            attempt += 1;
-            if attempt >= attempts {
-                // The last attempt hands the envelope over; earlier ones pass a copy.
-                break self.attempt(&held, envelope).await;
-            }
-            match self.attempt(&held, envelope.clone()).await {
-                Err(ref e) if e.class().is_retryable() => {
-                    Counters::add(&self.counters.retried);
-                    let delay = e
-                        .class()
-                        .retry_after()
-                        .unwrap_or_else(|| self.retry.delay(attempt));
-                    tracing::debug!(attempt, ?delay, error = %e, "handler failed; retrying in process");
-                    tokio::time::sleep(delay.min(self.progress_every())).await;
-                    let _ = held.msg.ack_with(AckKind::Progress).await;
-                }
-                other => break other,
-            }
-        };
-        match result {
-            Ok(()) => {
-                permit.success();
-                self.settle(&held.msg, AckKind::Ack).await;
-                Counters::add(&self.counters.processed);
-                Outcome::Done
-            }
-            Err(e) if e.class() == ErrorClass::Permanent => {
-                // Bad data is not a downstream outage: it does not count against the breaker.
-                permit.success();
-                let label = event_id.to_string();
-                self.dead_letter(
-                    held,
-                    format!("permanent failure: {e}"),
-                    ErrorClass::Permanent,
-                    false,
-                    label,
-                )
-                .await
-            }
-            Err(e) => {
-                permit.failure();
-                if held.delivered >= self.max_deliver {
-                    let label = event_id.to_string();
-                    let reason = format!("gave up after {} deliveries: {e}", held.delivered);
-                    return self
-                        .dead_letter(held, reason, e.class(), false, label)
-                        .await;
-                }
-                Counters::add(&self.counters.retried);
-                let delay = e
-                    .class()
-                    .retry_after()
-                    .unwrap_or_else(|| self.retry.nak_delay(held.delivered));
-                tracing::debug!(?delay, error = %e, "handler failed; redelivery requested");
-                self.settle(&held.msg, AckKind::Nak(Some(delay))).await;
-                Outcome::WaitFor(held.seq)
-            }
-        }
-    }
-
-    /// One handler call, counted as in flight while it runs.
-    async fn attempt(
-        &self,
-        held: &Held,
-        envelope: StreamingEventEnvelope,
-    ) -> Result<(), crate::HandlerError> {
-        Counters::add(&self.counters.in_flight);
-        let result = self.call_handler(held, envelope).await;
-        Counters::sub(&self.counters.in_flight);
-        result
-    }
-
-    async fn call_handler(
-        &self,
-        held: &Held,
-        envelope: StreamingEventEnvelope,
-    ) -> Result<(), crate::HandlerError> {
-        let call = self.handler.handle_event(envelope);
-        tokio::pin!(call);
-        // One timer per call, for whichever comes first: the next progress ack or the
-        // timeout. (Awaiting an interval's immediate first tick would cost a timer-wheel
-        // turn, about 1 ms, per event; a second timer costs a wheel insert and removal.)
-        let start = tokio::time::Instant::now();
-        let deadline = start + self.options.handler_timeout;
-        let period = self.progress_every();
-        let mut next_progress = start + period;
-        let timer = tokio::time::sleep_until(next_progress.min(deadline));
-        tokio::pin!(timer);
-        loop {
-            tokio::select! {
-                biased;
-                r = &mut call => return r,
-                () = &mut timer => {
-                    let now = tokio::time::Instant::now();
-                    if now >= deadline {
-                        return Err(crate::HandlerError::transient(format!(
-                            "handler timed out after {:?}",
-                            self.options.handler_timeout
-                        )));
-                    }
-                    // Longer than the ack wait is fine: tell the server we are working.
-                    let _ = held.msg.ack_with(AckKind::Progress).await;
-                    next_progress = now + period;
-                    timer.as_mut().reset(next_progress.min(deadline));
-                }
-            }
-        }
-    }
-
-    /// Stores a dead letter, waits for the server's ack, then terminates the message. If
-    /// the store fails, the message is NAKed with a delay and comes back later.
-    async fn dead_letter(
-        &self,
-        held: Held,
-        reason: String,
-        class: ErrorClass,
-        parked: bool,
-        label: String,
-    ) -> Outcome {
         let env = held.envelope();
         let env = env.as_deref();
         let headers: Vec<(String, String)> = held
@@ -691,20 +438,13 @@ impl Worker {
             })
             .unwrap_or_default();
         let now = Utc::now();
-        let payload = match &held.body {
-            Body::Rejected(Rejected::Oversized { .. }) => held
-                .msg
-                .payload
-                .slice(..held.msg.payload.len().min(OVERSIZED_KEPT)),
-            _ => held.msg.payload.clone(),
-        };
-        let letter = DeadLetter {
+        DeadLetter {
             subject: held.msg.subject.to_string(),
             stream: self.stream.clone(),
             stream_sequence: held.seq,
-            payload,
+            payload: held.msg.payload.clone(),
             headers,
-            reason: reason.clone(),
+            reason,
             error_class: class,
             delivery_count: held.delivered,
             first_failure_at: now,
@@ -713,128 +453,410 @@ impl Worker {
             handler: self.handler.name().to_owned(),
             metadata: env.map(|e| e.metadata().clone()),
             event_id: env.map(|e| e.event_id.to_string()),
-            person_id: env.map(|e| e.aggregate_id.to_string()).or_else(|| {
-                parse_event_subject(held.msg.subject.as_str())
-                    .ok()
-                    .map(|s| s.person_id.to_string())
-            }),
+            person_id: held.person.map(|p| p.to_string()),
             event_type: env.map(|e| e.event.event_type().to_owned()),
-        };
-        match self.sink.store(&letter).await {
-            Ok(()) => {
-                self.settle(&held.msg, AckKind::Term).await;
-                Counters::add(&self.counters.dead_lettered);
-                if parked {
-                    Counters::add(&self.counters.parked);
-                }
-                tracing::warn!(seq = held.seq, %reason, "dead-lettered");
-                Outcome::DeadLettered(label)
-            }
-            Err(e) => {
-                let delay = self
-                    .retry
-                    .nak_delay(held.delivered)
-                    .max(Duration::from_millis(500));
-                tracing::warn!(seq = held.seq, error = %e, ?delay, "cannot store the dead letter; the message will come back");
-                self.settle(&held.msg, AckKind::Nak(Some(delay))).await;
-                Outcome::WaitFor(held.seq)
-            }
+            payload_truncated: false,
+            original_size: None,
+            headers_truncated: false,
         }
-    }
-
-    async fn release(&self, held: Held) -> Outcome {
-        self.settle(&held.msg, AckKind::Nak(None)).await;
-        Outcome::Released
-    }
-
-    async fn settle(&self, msg: &jetstream::Message, kind: AckKind) {
-        // Fire-and-forget, like a raw consumer; `shutdown` flushes the connection, so
-        // every ack sent before it reaches the server before the next start.
-        let result = msg.ack_with(kind).await;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "could not settle a message; the server will redeliver it");
-        }
-        Counters::sub(&self.counters.in_hand);
-        // notify_one keeps a permit when the pull loop is not waiting yet, so a settle
-        // that lands between its room check and its wait is never lost.
-        self.settled.notify_one();
-    }
-
-    fn progress_every(&self) -> Duration {
-        (self.settings.ack_wait() / 3).max(Duration::from_millis(200))
-    }
-
-    /// Keeps held (queued) messages alive while they wait for their person's turn.
-    async fn progress_ticker(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.progress_every());
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let msgs: Vec<Arc<jetstream::Message>> = {
-                let lanes = self.lanes.lock().expect("lanes lock");
-                lanes
-                    .map
-                    .values()
-                    .flat_map(|l| l.queue.iter().map(|h| h.msg.clone()))
-                    .collect()
-            };
-            for m in msgs {
-                let _ = m.ack_with(AckKind::Progress).await;
-            }
-        }
-    }
-
-    /// Stops pulling, lets running handlers finish within `timeout`, then NAKs whatever
-    /// did not finish or never started. Nothing unfinished is acked.
-    pub(crate) async fn shutdown(self: &Arc<Self>, timeout: Duration) {
-        self.stopping.store(true, Ordering::Release);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let busy = {
-                let lanes = self.lanes.lock().expect("lanes lock");
-                lanes.map.values().any(|l| l.current.is_some())
-            };
-            if !busy || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let leftovers: Vec<Arc<jetstream::Message>> = {
-            let mut lanes = self.lanes.lock().expect("lanes lock");
-            let mut out = Vec::new();
-            for (_, runner) in lanes.runners.drain() {
-                runner.abort();
-            }
-            for lane in lanes.map.values_mut() {
-                out.extend(lane.current.take().map(|(_, m)| m));
-                out.extend(lane.queue.drain(..).map(|h| h.msg));
-            }
-            lanes.map.clear();
-            lanes.ready.clear();
-            out
-        };
-        for m in leftovers {
-            self.settle(&m, AckKind::Nak(None)).await;
-        }
-        let _ = self.js.client().flush().await;
     }
 }
 
-/// `true` when `held` is a DLQ replay of the event labelled `blocker`.
-fn is_replay_of(held: &Held, blocker: &str) -> bool {
-    let replayed = held
-        .msg
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get(person_streaming::REPLAY_OF_HEADER).is_some());
-    replayed
-        && match &held.body {
-            Body::Event(env) => env.event_id.to_string() == blocker,
-            Body::Rejected(_) => blocker == format!("stream sequence {}", held.seq),
-            Body::HandedOver => held
-                .envelope()
-                .is_some_and(|env| env.event_id.to_string() == blocker),
+/// The blocker named when a person was parked by an earlier process.
+const UNKNOWN_BLOCKER: &str = "an earlier dead letter of this person";
+
+trait LastError {
+    fn unwrap_or_default_error(self) -> (String, ErrorClass);
+}
+
+impl LastError for Option<(String, ErrorClass)> {
+    fn unwrap_or_default_error(self) -> (String, ErrorClass) {
+        self.unwrap_or_else(|| ("unknown failure".to_owned(), ErrorClass::Transient))
+    }
+}
+
+/// The driver's I/O state: what is held, what runs, the outstanding pull.
+struct Driver<'a> {
+    w: &'a Arc<Worker>,
+    consumer: Option<consumer::PullConsumer>,
+    pull_failures: u32,
+    held: HashMap<u64, Held>,
+    ops: FuturesUnordered<BoxFuture<'static, Done>>,
+    aborts: HashMap<u64, AbortHandle>,
+    pull: Option<Pull>,
+    stopping: bool,
+    /// The event each parked person is parked behind, as far as this process knows.
+    blockers: HashMap<PersonId, String>,
+    /// Dead letters being stored that will park their person: (person, label).
+    pending_blockers: HashMap<u64, (PersonId, String)>,
+}
+
+impl Driver<'_> {
+    async fn perform(&mut self, core: &mut Core<PersonId>, action: Action<PersonId>) {
+        match action {
+            Action::Pull { max } => self.start_pull(max),
+            Action::Run { seq, attempt } => self.run(seq, attempt),
+            Action::Ack { seq } => self.settle(seq, AckKind::Ack).await,
+            Action::Nak { seq, delay } => {
+                let delay = (!delay.is_zero()).then_some(delay);
+                self.settle(seq, AckKind::Nak(delay)).await;
+            }
+            Action::Term { seq } => self.settle(seq, AckKind::Term).await,
+            Action::Progress { seq } => {
+                if let Some(h) = self.held.get(&seq) {
+                    let _ = h.msg.ack_with(AckKind::Progress).await;
+                }
+            }
+            Action::DeadLetter { seq, cause } => self.store(core, seq, cause),
+            Action::CheckParked { person } => self.check_parked(person),
+            Action::Abort { seq } => {
+                if let Some(a) = self.aborts.remove(&seq) {
+                    a.abort();
+                }
+            }
+            Action::Notice(n) => self.notice(n),
+            other => tracing::debug!(?other, "unknown action ignored"),
         }
+    }
+
+    fn start_pull(&mut self, max: usize) {
+        let consumer = self.consumer.clone();
+        let w = self.w.clone();
+        let expiry = w.options.fetch_expiry;
+        let failures = self.pull_failures;
+        let opening: Opening = Box::pin(async move {
+            if failures > 0 {
+                tokio::time::sleep(reconnect_delay(failures)).await;
+            }
+            let c = match consumer {
+                Some(c) => c,
+                None => w.open_consumer().await?,
+            };
+            let batch = c
+                .fetch()
+                .max_messages(max)
+                .expires(expiry)
+                .messages()
+                .await
+                .map_err(|e| format!("pull failed: {e}"))?;
+            let batch: Batch = Box::pin(batch.map(|r| r.map_err(|e| e.to_string())));
+            Ok((c, batch))
+        });
+        self.pull = Some(Pull::Opening(opening));
+    }
+
+    fn pulled(&mut self, core: &mut Core<PersonId>, item: Pulled, now: Duration) {
+        match item {
+            Pulled::Opened(Ok((c, batch))) => {
+                self.consumer = Some(c);
+                self.pull = Some(Pull::Streaming(batch));
+            }
+            Pulled::Opened(Err(e)) | Pulled::Failed(e) => {
+                self.pull = None;
+                self.consumer = None;
+                self.pull_failures += 1;
+                Counters::add(&self.w.counters.reconnects);
+                tracing::warn!(consumer = self.w.consumer_name(), error = %e, "pull failed; reopening the consumer");
+                core.on_pull_done(now);
+            }
+            Pulled::Ended => {
+                self.pull = None;
+                core.on_pull_done(now);
+            }
+            Pulled::Message(msg) => {
+                self.pull_failures = 0;
+                self.arrived(core, msg, now);
+            }
+        }
+    }
+
+    fn arrived(&mut self, core: &mut Core<PersonId>, msg: jetstream::Message, now: Duration) {
+        let Ok(info) = msg.info() else {
+            return;
+        };
+        let (seq, delivered) = (info.stream_sequence, u64::try_from(info.delivered).unwrap_or(1));
+        self.w.counters.lag.store(info.pending, Ordering::Relaxed);
+        if let Some(h) = self.held.get_mut(&seq) {
+            // A redelivery of a message held already: keep the newest copy.
+            h.msg = Arc::new(msg);
+            h.delivered = delivered;
+            core.on_message(
+                now,
+                Arrival {
+                    seq,
+                    delivered,
+                    person: h.person,
+                    kind: Kind::Event,
+                },
+            );
+            return;
+        }
+        let body = match self.w.decode(&msg, seq) {
+            Ok(env) => Body::Event(Box::new(env)),
+            Err(rejected) => Body::Rejected(rejected),
+        };
+        let person = match &body {
+            Body::Event(env) => Some(env.aggregate_id),
+            _ => parse_event_subject(msg.subject.as_str())
+                .ok()
+                .map(|s| s.person_id),
+        };
+        let replay = msg
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(person_streaming::REPLAY_OF_HEADER).is_some());
+        let kind = match (&body, replay) {
+            (Body::Rejected(_), _) => Kind::Rejected,
+            (_, true) => Kind::Replay,
+            _ => Kind::Event,
+        };
+        self.held.insert(
+            seq,
+            Held {
+                msg: Arc::new(msg),
+                seq,
+                delivered,
+                person,
+                body,
+                last_error: None,
+            },
+        );
+        core.on_message(
+            now,
+            Arrival {
+                seq,
+                delivered,
+                person,
+                kind,
+            },
+        );
+        // A message the core gave back at once (a full hand) is settled by its NAK.
+    }
+
+    fn run(&mut self, seq: u64, attempt: u32) {
+        let w = self.w.clone();
+        let Some(held) = self.held.get_mut(&seq) else {
+            return;
+        };
+        let last = attempt >= w.options.in_process_attempts.max(1);
+        let envelope = match std::mem::replace(&mut held.body, Body::HandedOver) {
+            Body::Event(env) if last => Some(*env),
+            Body::Event(env) => {
+                let copy = (*env).clone();
+                held.body = Body::Event(env);
+                Some(copy)
+            }
+            other => {
+                held.body = other;
+                held.envelope().map(|e| e.into_owned())
+            }
+        };
+        let span = tracing::info_span!(
+            "person_event",
+            event_id = tracing::field::Empty,
+            person = ?held.person.map(|p| p.to_string()),
+            consumer = %w.settings.durable_name,
+            handler = %w.handler.name(),
+            delivered = held.delivered,
+            attempt,
+        );
+        let call = async move {
+            let Some(envelope) = envelope else {
+                return Done::Call {
+                    seq,
+                    result: Ok(Err(crate::HandlerError::permanent(
+                        "the message could not be decoded again",
+                    ))),
+                };
+            };
+            tracing::Span::current().record("event_id", tracing::field::display(envelope.event_id));
+            let timeout = w.options.handler_timeout;
+            let handler = w.handler.clone();
+            let call = AssertUnwindSafe(handler.handle_event(envelope)).catch_unwind();
+            let result = match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(panic)) => Err(panic_message(&*panic)),
+                Err(_) => Ok(Err(crate::HandlerError::transient(format!(
+                    "handler timed out after {timeout:?}"
+                )))),
+            };
+            Done::Call { seq, result }
+        }
+        .instrument(span);
+        self.spawn_op(seq, call);
+    }
+
+    fn spawn_op(&mut self, seq: u64, op: impl Future<Output = Done> + Send + 'static) {
+        let (op, handle) = abortable(op);
+        self.aborts.insert(seq, handle);
+        self.ops
+            .push(Box::pin(op.map(|r| r.unwrap_or(Done::Aborted))));
+    }
+
+    fn store(&mut self, _core: &mut Core<PersonId>, seq: u64, cause: Cause) {
+        let Some(held) = self.held.get(&seq) else {
+            return;
+        };
+        let blocker = held.person.and_then(|p| self.blockers.get(&p).cloned());
+        let letter = self.w.dead_letter(held, cause, blocker.as_deref());
+        if cause != Cause::Parked {
+            if let Some(p) = held.person {
+                self.pending_blockers.insert(seq, (p, held.label()));
+            }
+        }
+        let sink = self.w.sink.clone();
+        let reason = letter.reason.clone();
+        self.spawn_op(seq, async move {
+            match sink.store(&letter).await {
+                Ok(()) => {
+                    tracing::warn!(seq, %reason, "dead-lettered");
+                    Done::Stored { seq, stored: true }
+                }
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "cannot store the dead letter; the message will come back");
+                    Done::Stored { seq, stored: false }
+                }
+            }
+        });
+    }
+
+    fn check_parked(&mut self, person: PersonId) {
+        let w = self.w.clone();
+        let op = async move {
+            let parked = match &w.dlq {
+                Some(dlq) => match dlq.holds_letters(w.consumer_name(), &person.to_string()).await {
+                    Ok(parked) => parked,
+                    Err(e) => {
+                        // Unsure: stay parked; the dead letter written next names it.
+                        tracing::warn!(%person, error = %e, "cannot check the DLQ; the person stays parked");
+                        true
+                    }
+                },
+                // A custom sink: parking lasts for this process.
+                None => true,
+            };
+            Done::Parked { person, parked }
+        };
+        self.ops.push(Box::pin(op));
+    }
+
+    fn finished(&mut self, core: &mut Core<PersonId>, done: Done, now: Duration) {
+        match done {
+            Done::Call { seq, result } => {
+                self.aborts.remove(&seq);
+                let result = match result {
+                    Ok(Ok(())) => CallResult::Ok,
+                    Ok(Err(e)) => {
+                        let class = e.class();
+                        tracing::debug!(seq, error = %e, "handler failed");
+                        if let Some(h) = self.held.get_mut(&seq) {
+                            h.last_error = Some((e.to_string(), class));
+                        }
+                        CallResult::Failed(class)
+                    }
+                    Err(panic) => {
+                        tracing::warn!(seq, panic = %panic, "handler panicked");
+                        if let Some(h) = self.held.get_mut(&seq) {
+                            h.last_error = Some((format!("handler panicked: {panic}"), ErrorClass::Transient));
+                        }
+                        CallResult::Panicked
+                    }
+                };
+                core.on_call_done(now, seq, result);
+            }
+            Done::Stored { seq, stored } => {
+                self.aborts.remove(&seq);
+                if let Some((person, label)) = self.pending_blockers.remove(&seq) {
+                    if stored {
+                        self.blockers.entry(person).or_insert(label);
+                    }
+                }
+                core.on_dead_letter_done(now, seq, stored);
+            }
+            Done::Parked { person, parked } => {
+                if !parked {
+                    self.blockers.remove(&person);
+                }
+                core.on_parked_checked(now, person, parked);
+            }
+            Done::Aborted => {}
+        }
+    }
+
+    async fn settle(&mut self, seq: u64, kind: AckKind) {
+        let Some(h) = self.held.remove(&seq) else {
+            return;
+        };
+        // Fire-and-forget, like a raw consumer; the driver flushes the connection at
+        // the end, so every ack sent reaches the server before the next start.
+        if let Err(e) = h.msg.ack_with(kind).await {
+            tracing::debug!(seq, error = %e, "could not settle a message; the server will redeliver it");
+        }
+    }
+
+    fn notice(&self, n: Notice<PersonId>) {
+        let consumer = self.w.consumer_name();
+        match n {
+            Notice::Overdue { person, seq } => tracing::warn!(
+                consumer, %person, seq,
+                "a redelivery is overdue: the person's later events wait for it"
+            ),
+            Notice::StoppedWaiting { person, seq } => tracing::warn!(
+                consumer, %person, seq,
+                "the redelivery never came (another instance took it, or it was deleted); the person's later events run"
+            ),
+            Notice::Breaker { from, to } => {
+                if to == BreakerState::Open {
+                    tracing::warn!(consumer, %from, %to, "circuit breaker opened: pulling paused");
+                } else {
+                    tracing::info!(consumer, %from, %to, "circuit breaker changed state");
+                }
+            }
+            Notice::Evicted { seq } => {
+                tracing::debug!(consumer, seq, "gave a message back to make room for a redelivery")
+            }
+            Notice::DeadLetterFailed { seq } => {
+                tracing::warn!(consumer, seq, "dead letter not stored; the message comes back")
+            }
+            _ => {}
+        }
+    }
+}
+
+enum Pulled {
+    Opened(Result<(consumer::PullConsumer, Batch), String>),
+    Message(jetstream::Message),
+    Failed(String),
+    Ended,
+}
+
+async fn next_pulled(pull: &mut Option<Pull>) -> Pulled {
+    match pull {
+        Some(Pull::Opening(f)) => Pulled::Opened(f.await),
+        Some(Pull::Streaming(batch)) => match batch.next().await {
+            Some(Ok(m)) => Pulled::Message(m),
+            Some(Err(e)) => Pulled::Failed(e),
+            None => Pulled::Ended,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
 }
 
 fn reconnect_delay(failures: u32) -> Duration {
