@@ -149,6 +149,8 @@ enum Done {
     Parked {
         person: PersonId,
         parked: bool,
+        /// What the person is parked behind, when this process did not know it.
+        blocker: Option<String>,
     },
     /// An aborted operation; nothing to report.
     Aborted,
@@ -722,20 +724,26 @@ impl Driver<'_> {
 
     fn check_parked(&mut self, person: PersonId) {
         let w = self.w.clone();
+        let known = self.blockers.contains_key(&person);
         let op = async move {
-            let parked = match &w.dlq {
-                Some(dlq) => match dlq.holds_letters(w.consumer_name(), &person.to_string()).await {
-                    Ok(parked) => parked,
-                    Err(e) => {
-                        // Unsure: stay parked; the dead letter written next names it.
-                        tracing::warn!(%person, error = %e, "cannot check the DLQ; the person stays parked");
-                        true
-                    }
-                },
+            let Some(dlq) = &w.dlq else {
                 // A custom sink: parking lasts for this process.
-                None => true,
+                return Done::Parked { person, parked: true, blocker: None };
             };
-            Done::Parked { person, parked }
+            let parked = match dlq.holds_letters(w.consumer_name(), &person.to_string()).await {
+                Ok(parked) => parked,
+                Err(e) => {
+                    // Unsure: stay parked rather than apply an event out of order.
+                    tracing::warn!(%person, error = %e, "cannot check the DLQ; the person stays parked");
+                    true
+                }
+            };
+            let blocker = if parked && !known {
+                first_blocker(dlq, w.consumer_name(), person).await
+            } else {
+                None
+            };
+            Done::Parked { person, parked, blocker }
         };
         self.ops.push(Box::pin(op));
     }
@@ -773,9 +781,11 @@ impl Driver<'_> {
                 }
                 core.on_dead_letter_done(now, seq, stored);
             }
-            Done::Parked { person, parked } => {
+            Done::Parked { person, parked, blocker } => {
                 if !parked {
                     self.blockers.remove(&person);
+                } else if let Some(b) = blocker {
+                    self.blockers.entry(person).or_insert(b);
                 }
                 core.on_parked_checked(now, person, parked);
             }
@@ -840,6 +850,26 @@ async fn next_pulled(pull: &mut Option<Pull>) -> Pulled {
         },
         None => std::future::pending().await,
     }
+}
+
+/// The event a person's oldest dead letter (for this consumer) names: the blocker
+/// later letters are parked behind.
+async fn first_blocker(dlq: &DeadLetterQueue, consumer: &str, person: PersonId) -> Option<String> {
+    let filter = person_streaming::DeadLetterFilter {
+        consumer: Some(consumer.to_owned()),
+        person_id: Some(person.to_string()),
+        ..Default::default()
+    };
+    let letters = dlq.list(&filter).await.ok()?;
+    let first = letters.first()?;
+    let l = &first.letter;
+    Some(match l.reason.strip_prefix(person_streaming::BLOCKED_BY_PREFIX) {
+        Some(label) => label.to_owned(),
+        None => l
+            .event_id
+            .clone()
+            .unwrap_or_else(|| format!("stream sequence {}", l.stream_sequence)),
+    })
 }
 
 async fn sleep_until(at: Option<Instant>) {
