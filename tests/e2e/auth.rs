@@ -69,6 +69,9 @@ fn letter(seq: u64) -> DeadLetter {
         event_id: None,
         person_id: Some(person),
         event_type: Some("activated".into()),
+        payload_truncated: false,
+        original_size: None,
+        headers_truncated: false,
     }
 }
 

@@ -206,6 +206,9 @@ fn dead_letter_of(env: &StreamingEventEnvelope, seq: u64) -> DeadLetter {
         event_id: Some(env.event_id.to_string()),
         person_id: Some(env.aggregate_id.to_string()),
         event_type: Some(env.event.event_type().to_owned()),
+        payload_truncated: false,
+        original_size: None,
+        headers_truncated: false,
     }
 }
 

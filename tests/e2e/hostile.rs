@@ -322,6 +322,9 @@ async fn bad_identifiers_are_rejected_before_any_publish() {
             event_id: None,
             person_id: Some(person.into()),
             event_type: Some(event_type.into()),
+            payload_truncated: false,
+            original_size: None,
+            headers_truncated: false,
         }
     };
     for bad in BAD_TOKENS {

@@ -27,6 +27,7 @@ fn rules() -> Vec<(&'static str, &'static [&'static str])> {
         ("person-metadata", IMPURE),
         ("person-events", IMPURE),
         ("person-legacy-compat", IMPURE),
+        ("person-delivery", IMPURE),
         ("person-retry", &["async-nats", "nats-harness"]),
         ("person-streaming", &["nats-harness"]),
         ("person-subscriptions", &["nats-harness"]),

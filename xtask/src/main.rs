@@ -6,12 +6,14 @@
 //! - `cargo xtask nats`: install (if needed) the pinned nats-server and print its path.
 //! - `cargo xtask reliability`: run the reliability suite and regenerate RELIABILITY.md.
 //! - `cargo xtask soak --minutes N`: the soak case alone, for N minutes.
+//! - `cargo xtask sim --seeds N`: the delivery core's simulation over N schedules.
 
 mod bench;
 mod ci;
 mod layering;
 mod nats;
 mod reliability;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -29,6 +31,7 @@ fn main() -> Result<()> {
         "bench" => bench::run(&rest),
         "reliability" => reliability::run(&rest),
         "soak" => reliability::soak(&rest),
+        "sim" => sim::run(&rest),
         "" | "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -49,7 +52,8 @@ fn print_help() {
          nats       install the pinned nats-server if needed and print its path\n  \
          bench      product vs raw async-nats benchmarks (--quick for a short run)\n  \
          reliability  run the reliability suite and regenerate RELIABILITY.md\n  \
-         soak       the soak case alone: --minutes N (default 1)"
+         soak       the soak case alone: --minutes N (default 1)\n  \
+         sim        the delivery simulation: --seeds N (default 1,000,000), --first S"
     );
 }
 

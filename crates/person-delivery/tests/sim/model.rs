@@ -612,6 +612,7 @@ impl Sim {
                 }
                 self.log(|| format!("[{id}] {n:?}"));
             }
+            other => panic!("the simulation does not know {other:?}"),
         }
     }
 
