@@ -80,12 +80,10 @@ impl Gate {
     /// Half-opens an Open breaker whose timeout passed. Returns the transition.
     pub(crate) fn tick(&mut self, now: Duration) -> Option<(BreakerState, BreakerState)> {
         match self.state {
-            State::Open { until } if now >= until => Some(self.go(
-                State::HalfOpen {
-                    probes: 0,
-                    successes: 0,
-                },
-            )),
+            State::Open { until } if now >= until => Some(self.go(State::HalfOpen {
+                probes: 0,
+                successes: 0,
+            })),
             _ => None,
         }
     }

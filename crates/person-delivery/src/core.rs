@@ -399,12 +399,12 @@ impl<K: Clone + Eq + Hash> Core<K> {
             person,
             kind,
         } = arrival;
-        if let Some(b) = &mut self.barrier {
-            if seq <= b.upto {
-                b.seen.insert(seq);
-                if b.seen.len() as u64 >= b.outstanding {
-                    self.lift_barrier();
-                }
+        if let Some(b) = &mut self.barrier
+            && seq <= b.upto
+        {
+            b.seen.insert(seq);
+            if b.seen.len() as u64 >= b.outstanding {
+                self.lift_barrier();
             }
         }
         if let Some(m) = self.msgs.get_mut(&seq) {
@@ -518,11 +518,9 @@ impl<K: Clone + Eq + Hash> Core<K> {
         } else if delivered >= self.config.max_deliver {
             self.store(seq, Cause::GaveUp { delivered });
         } else {
-            let delay = class.retry_after().unwrap_or_else(|| {
-                self.config
-                    .retry
-                    .nak_delay_with(delivered, &mut self.rng)
-            });
+            let delay = class
+                .retry_after()
+                .unwrap_or_else(|| self.config.retry.nak_delay_with(delivered, &mut self.rng));
             self.counts.retried += 1;
             self.nak_owed(seq, delay);
         }
@@ -548,10 +546,10 @@ impl<K: Clone + Eq + Hash> Core<K> {
             if cause == Cause::Parked {
                 self.counts.parked += 1;
             }
-            if self.config.park {
-                if let Some(p) = person {
-                    self.parked.insert(p);
-                }
+            if self.config.park
+                && let Some(p) = person
+            {
+                self.parked.insert(p);
             }
             self.settle(seq, Action::Term { seq });
         } else {
@@ -643,15 +641,15 @@ impl<K: Clone + Eq + Hash> Core<K> {
         at(self.gate.opens_until());
         at(self.linger_until);
         at(self.barrier.as_ref().map(|b| b.until));
-        if let Some(t) = self.barrier.as_ref().and_then(|b| b.room_made_at) {
-            if self.msgs.len() >= self.config.max_in_hand {
-                at(Some(t + self.config.evict_delay));
-            }
+        if let Some(t) = self.barrier.as_ref().and_then(|b| b.room_made_at)
+            && self.msgs.len() >= self.config.max_in_hand
+        {
+            at(Some(t + self.config.evict_delay));
         }
-        if let Phase::Draining { deadline } = self.phase {
-            if self.busy > 0 {
-                at(Some(deadline));
-            }
+        if let Phase::Draining { deadline } = self.phase
+            && self.busy > 0
+        {
+            at(Some(deadline));
         }
         t
     }
@@ -895,10 +893,10 @@ impl<K: Clone + Eq + Hash> Core<K> {
         if !owed.warned {
             next = next.min(owed.due + overdue);
         }
-        if let Some(t) = owed.room_made_at {
-            if t + retry > now {
-                next = next.min(t + retry);
-            }
+        if let Some(t) = owed.room_made_at
+            && t + retry > now
+        {
+            next = next.min(t + retry);
         }
         owed.timer = next;
         self.timers.insert((next, seq));
@@ -1039,24 +1037,24 @@ impl<K: Clone + Eq + Hash> Core<K> {
             })
             .collect();
         let mut made = 0;
-        if let Some(b) = &self.barrier {
-            if b.room_made_at.is_none_or(|t| now >= t + retry) {
-                let victim = self
-                    .msgs
-                    .iter()
-                    .filter(|(_, m)| m.state == State::Queued && m.person.is_some())
-                    .map(|(s, _)| *s)
-                    .max();
-                if let Some(victim) = victim {
-                    if let Some(b) = &mut self.barrier {
-                        b.room_made_at = Some(now);
-                    }
-                    self.counts.evicted += 1;
-                    self.out
-                        .push_back(Action::Notice(Notice::Evicted { seq: victim }));
-                    self.nak_owed(victim, retry);
-                    made += 1;
+        if let Some(b) = &self.barrier
+            && b.room_made_at.is_none_or(|t| now >= t + retry)
+        {
+            let victim = self
+                .msgs
+                .iter()
+                .filter(|(_, m)| m.state == State::Queued && m.person.is_some())
+                .map(|(s, _)| *s)
+                .max();
+            if let Some(victim) = victim {
+                if let Some(b) = &mut self.barrier {
+                    b.room_made_at = Some(now);
                 }
+                self.counts.evicted += 1;
+                self.out
+                    .push_back(Action::Notice(Notice::Evicted { seq: victim }));
+                self.nak_owed(victim, retry);
+                made += 1;
             }
         }
         for (person, owed_seq) in due {
@@ -1177,10 +1175,10 @@ impl<K: Clone + Eq + Hash> Core<K> {
                     floor = floor.max(due.saturating_sub(now) + margin);
                 }
             }
-            if let Some(m) = self.msgs.get(&seq) {
-                if let State::Backoff(at) = m.state {
-                    self.timers.remove(&(at, seq));
-                }
+            if let Some(m) = self.msgs.get(&seq)
+                && let State::Backoff(at) = m.state
+            {
+                self.timers.remove(&(at, seq));
             }
             self.settle(seq, Action::Nak { seq, delay: floor });
         }

@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::clock::{Clock, TokioClock};
-use crate::breaker_config::{BreakerState, CircuitBreakerConfig, MAX_BREAKER_COUNT, Transition};
 #[cfg(test)]
 use crate::breaker_config::FailureRatio;
+use crate::breaker_config::{BreakerState, CircuitBreakerConfig, MAX_BREAKER_COUNT, Transition};
+use crate::clock::{Clock, TokioClock};
 #[cfg(test)]
 use crate::policy::PolicyErrorKind;
 

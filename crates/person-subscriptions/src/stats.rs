@@ -67,5 +67,4 @@ impl Counters {
     pub(crate) fn add(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
-
 }

@@ -232,7 +232,8 @@ impl Worker {
     }
 
     fn core_config(&self) -> person_delivery::Config {
-        let mut c = person_delivery::Config::new(self.settings.retry.clone(), self.settings.ack_wait());
+        let mut c =
+            person_delivery::Config::new(self.settings.retry.clone(), self.settings.ack_wait());
         c.max_in_hand = self.options.max_in_hand;
         c.concurrency = self.options.concurrency;
         c.pull_batch = (self.options.max_in_hand / 4).max(1);
@@ -388,7 +389,11 @@ impl Worker {
     }
 
     /// Size check, decode (upcasting), header check: the envelope, or why not.
-    fn decode(&self, msg: &jetstream::Message, seq: u64) -> Result<StreamingEventEnvelope, Rejected> {
+    fn decode(
+        &self,
+        msg: &jetstream::Message,
+        seq: u64,
+    ) -> Result<StreamingEventEnvelope, Rejected> {
         let limit = self.options.max_message_bytes;
         if msg.payload.len() > limit {
             return Err(Rejected::Oversized {
@@ -548,12 +553,20 @@ impl Driver<'_> {
     }
 
     fn pulled(&mut self, core: &mut Core<PersonId>, item: Pulled, now: Duration) {
+        let item = match item {
+            Pulled::Opened(opened) => match *opened {
+                Ok((c, batch)) => {
+                    self.consumer = Some(c);
+                    self.pull = Some(Pull::Streaming(batch));
+                    return;
+                }
+                Err(e) => Pulled::Failed(e),
+            },
+            other => other,
+        };
         match item {
-            Pulled::Opened(Ok((c, batch))) => {
-                self.consumer = Some(c);
-                self.pull = Some(Pull::Streaming(batch));
-            }
-            Pulled::Opened(Err(e)) | Pulled::Failed(e) => {
+            Pulled::Opened(_) => {}
+            Pulled::Failed(e) => {
                 self.pull = None;
                 self.consumer = None;
                 self.pull_failures += 1;
@@ -567,7 +580,7 @@ impl Driver<'_> {
             }
             Pulled::Message(msg) => {
                 self.pull_failures = 0;
-                self.arrived(core, msg, now);
+                self.arrived(core, *msg, now);
             }
         }
     }
@@ -576,7 +589,10 @@ impl Driver<'_> {
         let Ok(info) = msg.info() else {
             return;
         };
-        let (seq, delivered) = (info.stream_sequence, u64::try_from(info.delivered).unwrap_or(1));
+        let (seq, delivered) = (
+            info.stream_sequence,
+            u64::try_from(info.delivered).unwrap_or(1),
+        );
         self.w.counters.lag.store(info.pending, Ordering::Relaxed);
         if let Some(h) = self.held.get_mut(&seq) {
             // A redelivery of a message held already: keep the newest copy.
@@ -701,10 +717,10 @@ impl Driver<'_> {
         };
         let blocker = held.person.and_then(|p| self.blockers.get(&p).cloned());
         let letter = self.w.dead_letter(held, cause, blocker.as_deref());
-        if cause != Cause::Parked {
-            if let Some(p) = held.person {
-                self.pending_blockers.insert(seq, (p, held.label()));
-            }
+        if cause != Cause::Parked
+            && let Some(p) = held.person
+        {
+            self.pending_blockers.insert(seq, (p, held.label()));
         }
         let sink = self.w.sink.clone();
         let reason = letter.reason.clone();
@@ -728,9 +744,16 @@ impl Driver<'_> {
         let op = async move {
             let Some(dlq) = &w.dlq else {
                 // A custom sink: parking lasts for this process.
-                return Done::Parked { person, parked: true, blocker: None };
+                return Done::Parked {
+                    person,
+                    parked: true,
+                    blocker: None,
+                };
             };
-            let parked = match dlq.holds_letters(w.consumer_name(), &person.to_string()).await {
+            let parked = match dlq
+                .holds_letters(w.consumer_name(), &person.to_string())
+                .await
+            {
                 Ok(parked) => parked,
                 Err(e) => {
                     // Unsure: stay parked rather than apply an event out of order.
@@ -743,7 +766,11 @@ impl Driver<'_> {
             } else {
                 None
             };
-            Done::Parked { person, parked, blocker }
+            Done::Parked {
+                person,
+                parked,
+                blocker,
+            }
         };
         self.ops.push(Box::pin(op));
     }
@@ -765,7 +792,8 @@ impl Driver<'_> {
                     Err(panic) => {
                         tracing::warn!(seq, panic = %panic, "handler panicked");
                         if let Some(h) = self.held.get_mut(&seq) {
-                            h.last_error = Some((format!("handler panicked: {panic}"), ErrorClass::Transient));
+                            h.last_error =
+                                Some((format!("handler panicked: {panic}"), ErrorClass::Transient));
                         }
                         CallResult::Panicked
                     }
@@ -774,14 +802,18 @@ impl Driver<'_> {
             }
             Done::Stored { seq, stored } => {
                 self.aborts.remove(&seq);
-                if let Some((person, label)) = self.pending_blockers.remove(&seq) {
-                    if stored {
-                        self.blockers.entry(person).or_insert(label);
-                    }
+                if let Some((person, label)) = self.pending_blockers.remove(&seq)
+                    && stored
+                {
+                    self.blockers.entry(person).or_insert(label);
                 }
                 core.on_dead_letter_done(now, seq, stored);
             }
-            Done::Parked { person, parked, blocker } => {
+            Done::Parked {
+                person,
+                parked,
+                blocker,
+            } => {
                 if !parked {
                     self.blockers.remove(&person);
                 } else if let Some(b) = blocker {
@@ -823,10 +855,18 @@ impl Driver<'_> {
                 }
             }
             Notice::Evicted { seq } => {
-                tracing::debug!(consumer, seq, "gave a message back to make room for a redelivery")
+                tracing::debug!(
+                    consumer,
+                    seq,
+                    "gave a message back to make room for a redelivery"
+                )
             }
             Notice::DeadLetterFailed { seq } => {
-                tracing::warn!(consumer, seq, "dead letter not stored; the message comes back")
+                tracing::warn!(
+                    consumer,
+                    seq,
+                    "dead letter not stored; the message comes back"
+                )
             }
             _ => {}
         }
@@ -834,17 +874,17 @@ impl Driver<'_> {
 }
 
 enum Pulled {
-    Opened(Result<(consumer::PullConsumer, Batch), String>),
-    Message(jetstream::Message),
+    Opened(Box<Result<(consumer::PullConsumer, Batch), String>>),
+    Message(Box<jetstream::Message>),
     Failed(String),
     Ended,
 }
 
 async fn next_pulled(pull: &mut Option<Pull>) -> Pulled {
     match pull {
-        Some(Pull::Opening(f)) => Pulled::Opened(f.await),
+        Some(Pull::Opening(f)) => Pulled::Opened(Box::new(f.await)),
         Some(Pull::Streaming(batch)) => match batch.next().await {
-            Some(Ok(m)) => Pulled::Message(m),
+            Some(Ok(m)) => Pulled::Message(Box::new(m)),
             Some(Err(e)) => Pulled::Failed(e),
             None => Pulled::Ended,
         },
@@ -863,13 +903,15 @@ async fn first_blocker(dlq: &DeadLetterQueue, consumer: &str, person: PersonId) 
     let letters = dlq.list(&filter).await.ok()?;
     let first = letters.first()?;
     let l = &first.letter;
-    Some(match l.reason.strip_prefix(person_streaming::BLOCKED_BY_PREFIX) {
-        Some(label) => label.to_owned(),
-        None => l
-            .event_id
-            .clone()
-            .unwrap_or_else(|| format!("stream sequence {}", l.stream_sequence)),
-    })
+    Some(
+        match l.reason.strip_prefix(person_streaming::BLOCKED_BY_PREFIX) {
+            Some(label) => label.to_owned(),
+            None => l
+                .event_id
+                .clone()
+                .unwrap_or_else(|| format!("stream sequence {}", l.stream_sequence)),
+        },
+    )
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -29,7 +29,9 @@ fn run_seed(seed: u64, trace: bool) -> (Result<(), String>, Tally, Option<String
     let scenario = Scenario::from_seed(seed);
     let described = format!("{scenario:?}");
     let mut sim = Sim::new(scenario, trace);
-    let outcome = sim.run().map_err(|v| format!("{}\n  scenario: {described}", v.0));
+    let outcome = sim
+        .run()
+        .map_err(|v| format!("{}\n  scenario: {described}", v.0));
     (outcome, sim.tally, sim.trace.take())
 }
 
@@ -41,7 +43,9 @@ fn reproducer(seed: u64) -> String {
 fn schedules_keep_the_contract() {
     let count = env_u64("SIM_SEEDS").unwrap_or(100_000);
     let first = env_u64("SIM_FIRST").unwrap_or(0);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8) as u64;
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8) as u64;
     let failures = Mutex::new(Vec::new());
     let total = Mutex::new(Tally::default());
     let started = std::time::Instant::now();
@@ -111,7 +115,10 @@ fn one_schedule() {
         let (outcome, _, trace) = run_seed(seed, true);
         if let Err(e) = outcome {
             let trace = trace.unwrap_or_default();
-            let keep = std::env::var("SIM_TRACE_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+            let keep = std::env::var("SIM_TRACE_LINES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(400);
             let tail: Vec<&str> = trace.lines().rev().take(keep).collect();
             for line in tail.iter().rev() {
                 eprintln!("{line}");

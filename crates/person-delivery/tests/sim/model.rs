@@ -106,7 +106,7 @@ impl Tally {
 
 impl Scenario {
     pub(crate) fn from_seed(seed: u64) -> Self {
-        let mut r = StdRng::seed_from_u64(seed ^ 0x5eed_0f_de11_7e57);
+        let mut r = StdRng::seed_from_u64(seed ^ 0x005e_ed0f_de11_7e57);
         let shape = r.random_range(0..100);
         let (people, messages) = match shape {
             // One hot person with a long backlog.
@@ -115,10 +115,18 @@ impl Scenario {
             1..=2 => (300 + r.random_range(0..300), 0),
             _ => (1 + r.random_range(0..12), 1 + r.random_range(0..80)),
         };
-        let messages = if messages == 0 { people as usize } else { messages };
+        let messages = if messages == 0 {
+            people as usize
+        } else {
+            messages
+        };
         let ack_wait = Duration::from_secs(r.random_range(1..=4));
-        let jitter = [Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Decorrelated]
-            [r.random_range(0..4)];
+        let jitter = [
+            Jitter::None,
+            Jitter::Full,
+            Jitter::Equal,
+            Jitter::Decorrelated,
+        ][r.random_range(0..4)];
         let max_attempts = r.random_range(2..=6);
         let retry = RetryPolicy::builder()
             .max_attempts(max_attempts)
@@ -154,11 +162,23 @@ impl Scenario {
             people,
             messages,
             park: config.park,
-            crashes: if r.random_bool(0.25) { r.random_range(1..=3) } else { 0 },
-            graceful_restarts: if r.random_bool(0.25) { r.random_range(1..=3) } else { 0 },
+            crashes: if r.random_bool(0.25) {
+                r.random_range(1..=3)
+            } else {
+                0
+            },
+            graceful_restarts: if r.random_bool(0.25) {
+                r.random_range(1..=3)
+            } else {
+                0
+            },
             outage: r.random_bool(0.2).then(|| window(&mut r)),
             dlq_outage: r.random_bool(0.15).then(|| window(&mut r)),
-            purges: if config.park && r.random_bool(0.2) { r.random_range(1..=3) } else { 0 },
+            purges: if config.park && r.random_bool(0.2) {
+                r.random_range(1..=3)
+            } else {
+                0
+            },
             config,
             latency: MS * r.random_range(0..3),
             fetch_expiry: MS * r.random_range(50..1000),
@@ -171,21 +191,48 @@ impl Scenario {
 #[derive(Debug)]
 enum Ev {
     /// A message reaches an instance.
-    Deliver { inst: u64, seq: u64, delivered: u64 },
+    Deliver {
+        inst: u64,
+        seq: u64,
+        delivered: u64,
+    },
     /// A pull ended, as the instance learns.
-    PullDone { inst: u64 },
+    PullDone {
+        inst: u64,
+    },
     /// The server receives something from an instance.
-    Server { inst: u64, what: ToServer },
-    CallDone { inst: u64, seq: u64, call: u64, result: CallResult },
-    DlqDone { inst: u64, seq: u64, stored: bool },
-    Parked { inst: u64, person: Person },
-    Timer { inst: u64 },
-    PullExpire { pull: u64 },
+    Server {
+        inst: u64,
+        what: ToServer,
+    },
+    CallDone {
+        inst: u64,
+        seq: u64,
+        call: u64,
+        result: CallResult,
+    },
+    DlqDone {
+        inst: u64,
+        seq: u64,
+        stored: bool,
+    },
+    Parked {
+        inst: u64,
+        person: Person,
+    },
+    Timer {
+        inst: u64,
+    },
+    PullExpire {
+        pull: u64,
+    },
     ServerWake,
     Crash,
     Restart,
     Shutdown,
-    Purge { person: Person },
+    Purge {
+        person: Person,
+    },
 }
 
 #[derive(Debug)]
@@ -363,8 +410,11 @@ impl Sim {
     fn at(&mut self, t: Duration, ev: Ev) {
         self.order += 1;
         self.events.push(Some(ev));
-        self.queue
-            .push(Reverse((t.max(self.now), self.order, self.events.len() - 1)));
+        self.queue.push(Reverse((
+            t.max(self.now),
+            self.order,
+            self.events.len() - 1,
+        )));
     }
 
     fn after(&mut self, d: Duration, ev: Ev) {
@@ -415,9 +465,7 @@ impl Sim {
                     t.as_secs_f64()
                 )));
             }
-            if self.done == self.sc.messages
-                && self.restarts_pending == 0
-                && t > self.faults_over()
+            if self.done == self.sc.messages && self.restarts_pending == 0 && t > self.faults_over()
             {
                 break;
             }
@@ -531,11 +579,11 @@ impl Sim {
             return;
         }
         let next = inst.core.poll_timeout();
-        if let Some(t) = next {
-            if inst.timer_at != Some(t) {
-                inst.timer_at = Some(t);
-                self.at(t.max(now), Ev::Timer { inst: id });
-            }
+        if let Some(t) = next
+            && inst.timer_at != Some(t)
+        {
+            inst.timer_at = Some(t);
+            self.at(t.max(now), Ev::Timer { inst: id });
         }
     }
 
@@ -544,7 +592,13 @@ impl Sim {
         match action {
             Action::Pull { max } => {
                 self.log(|| format!("[{id}] pull {max}"));
-                self.after(lat, Ev::Server { inst: id, what: ToServer::Pull { max } });
+                self.after(
+                    lat,
+                    Ev::Server {
+                        inst: id,
+                        what: ToServer::Pull { max },
+                    },
+                );
             }
             Action::Run { seq, attempt } => {
                 self.log(|| format!("[{id}] run {seq} (attempt {attempt})"));
@@ -561,17 +615,47 @@ impl Sim {
                 let call = self.next_call;
                 self.inst_mut(id).expect("live").calls.insert(seq, call);
                 let (result, took) = self.call(seq);
-                self.after(took, Ev::CallDone { inst: id, seq, call, result });
+                self.after(
+                    took,
+                    Ev::CallDone {
+                        inst: id,
+                        seq,
+                        call,
+                        result,
+                    },
+                );
             }
-            Action::Ack { seq } => self.after(lat, Ev::Server { inst: id, what: ToServer::Ack(seq) }),
+            Action::Ack { seq } => self.after(
+                lat,
+                Ev::Server {
+                    inst: id,
+                    what: ToServer::Ack(seq),
+                },
+            ),
             Action::Nak { seq, delay } => {
                 self.log(|| format!("[{id}] nak {seq} +{}ms", delay.as_millis()));
-                self.after(lat, Ev::Server { inst: id, what: ToServer::Nak(seq, delay) })
+                self.after(
+                    lat,
+                    Ev::Server {
+                        inst: id,
+                        what: ToServer::Nak(seq, delay),
+                    },
+                )
             }
-            Action::Progress { seq } => {
-                self.after(lat, Ev::Server { inst: id, what: ToServer::Progress(seq) })
-            }
-            Action::Term { seq } => self.after(lat, Ev::Server { inst: id, what: ToServer::Term(seq) }),
+            Action::Progress { seq } => self.after(
+                lat,
+                Ev::Server {
+                    inst: id,
+                    what: ToServer::Progress(seq),
+                },
+            ),
+            Action::Term { seq } => self.after(
+                lat,
+                Ev::Server {
+                    inst: id,
+                    what: ToServer::Term(seq),
+                },
+            ),
             Action::DeadLetter { seq, cause } => {
                 let down = self
                     .sc
@@ -587,7 +671,14 @@ impl Sim {
                     self.tally.dlq_failures += 1;
                 }
                 self.log(|| format!("[{id}] dead letter {seq} {cause:?} stored={stored}"));
-                self.after(lat * 2 + MS, Ev::DlqDone { inst: id, seq, stored });
+                self.after(
+                    lat * 2 + MS,
+                    Ev::DlqDone {
+                        inst: id,
+                        seq,
+                        stored,
+                    },
+                );
             }
             Action::CheckParked { person } => {
                 self.after(lat * 2, Ev::Parked { inst: id, person });
@@ -605,9 +696,10 @@ impl Sim {
                 match n {
                     Notice::Evicted { .. } => self.tally.evictions += 1,
                     Notice::StoppedWaiting { .. } => self.tally.stopped_waiting += 1,
-                    Notice::Breaker { to, .. } if to == person_retry::BreakerState::Open => {
-                        self.tally.breaker_opens += 1
-                    }
+                    Notice::Breaker {
+                        to: person_retry::BreakerState::Open,
+                        ..
+                    } => self.tally.breaker_opens += 1,
                     _ => {}
                 }
                 self.log(|| format!("[{id}] {n:?}"));
@@ -652,7 +744,11 @@ impl Sim {
 
     fn handle(&mut self, ev: Ev) -> Result<(), Violation> {
         match ev {
-            Ev::Deliver { inst, seq, delivered } => {
+            Ev::Deliver {
+                inst,
+                seq,
+                delivered,
+            } => {
                 let plan = &self.plans[seq as usize];
                 let arrival = Arrival {
                     seq,
@@ -673,7 +769,12 @@ impl Sim {
                     self.drive(inst);
                 }
             }
-            Ev::CallDone { inst, seq, call, result } => {
+            Ev::CallDone {
+                inst,
+                seq,
+                call,
+                result,
+            } => {
                 let now = self.now;
                 let person = self.plans[seq as usize].person;
                 let Some(i) = self.inst_mut(inst) else {
@@ -713,12 +814,12 @@ impl Sim {
             }
             Ev::Timer { inst } => {
                 let now = self.now;
-                if let Some(i) = self.inst_mut(inst) {
-                    if i.timer_at.is_some_and(|t| t <= now) {
-                        i.timer_at = None;
-                        i.core.on_timeout(now);
-                        self.drive(inst);
-                    }
+                if let Some(i) = self.inst_mut(inst)
+                    && i.timer_at.is_some_and(|t| t <= now)
+                {
+                    i.timer_at = None;
+                    i.core.on_timeout(now);
+                    self.drive(inst);
                 }
             }
             Ev::Server { inst, what } => self.server(inst, what)?,
@@ -800,14 +901,13 @@ impl Sim {
                 )));
             }
         }
-        if self.sc.park {
-            if let Some(letters) = self.dlq.get(&person) {
-                if let Some(blocker) = letters.iter().find(|s| **s < seq) {
-                    return Err(Violation(format!(
-                        "parking: person {person}'s event {seq} handled while its event {blocker} is dead-lettered"
-                    )));
-                }
-            }
+        if self.sc.park
+            && let Some(letters) = self.dlq.get(&person)
+            && let Some(blocker) = letters.iter().find(|s| **s < seq)
+        {
+            return Err(Violation(format!(
+                "parking: person {person}'s event {seq} handled while its event {blocker} is dead-lettered"
+            )));
         }
         Ok(())
     }
@@ -840,7 +940,11 @@ impl Sim {
                     self.next_pull += 1;
                     let id = self.next_pull;
                     let expires = now + self.sc.fetch_expiry;
-                    self.pulls.push(OpenPull { id, inst, left: max });
+                    self.pulls.push(OpenPull {
+                        id,
+                        inst,
+                        left: max,
+                    });
                     self.at(expires, Ev::PullExpire { pull: id });
                 }
             }
@@ -862,12 +966,24 @@ impl Sim {
             }
             ToServer::Nak(seq, delay) => {
                 if let Srv::Pending { delivered, .. } = self.srv[seq as usize] {
-                    self.set_srv(seq as usize, Srv::Pending { deadline: now + delay, delivered });
+                    self.set_srv(
+                        seq as usize,
+                        Srv::Pending {
+                            deadline: now + delay,
+                            delivered,
+                        },
+                    );
                 }
             }
             ToServer::Progress(seq) => {
                 if let Srv::Pending { delivered, .. } = self.srv[seq as usize] {
-                    self.set_srv(seq as usize, Srv::Pending { deadline: now + aw, delivered });
+                    self.set_srv(
+                        seq as usize,
+                        Srv::Pending {
+                            deadline: now + aw,
+                            delivered,
+                        },
+                    );
                 }
             }
         }
@@ -884,7 +1000,11 @@ impl Sim {
         // hand, so a restart can gather it before running anything.
         let map = self.sc.config.max_in_hand * self.sc.instances;
         while !self.pulls.is_empty() {
-            let due = self.timeline.first().filter(|(d, _)| *d <= now).map(|(_, i)| *i);
+            let due = self
+                .timeline
+                .first()
+                .filter(|(d, _)| *d <= now)
+                .map(|(_, i)| *i);
             let seq = match due {
                 Some(i) => i,
                 None if self.cursor < self.srv.len() && self.timeline.len() < map => {
@@ -897,7 +1017,13 @@ impl Sim {
                 Srv::Pending { delivered, .. } => delivered + 1,
                 _ => 1,
             };
-            self.set_srv(seq, Srv::Pending { deadline: now + aw, delivered });
+            self.set_srv(
+                seq,
+                Srv::Pending {
+                    deadline: now + aw,
+                    delivered,
+                },
+            );
             let pull = &mut self.pulls[0];
             pull.left -= 1;
             let inst = pull.inst;
@@ -905,19 +1031,25 @@ impl Sim {
             if filled {
                 self.pulls.remove(0);
             }
-            self.after(self.sc.latency, Ev::Deliver { inst, seq: seq as u64, delivered });
+            self.after(
+                self.sc.latency,
+                Ev::Deliver {
+                    inst,
+                    seq: seq as u64,
+                    delivered,
+                },
+            );
             if filled {
                 self.after(self.sc.latency, Ev::PullDone { inst });
             }
         }
         // Wake when the next pending deadline passes, if someone is pulling.
-        if !self.pulls.is_empty() {
-            if let Some(&(t, _)) = self.timeline.iter().find(|(d, _)| *d > now) {
-                if self.wake_at.is_none_or(|w| w > t || w <= now) {
-                    self.wake_at = Some(t);
-                    self.at(t, Ev::ServerWake);
-                }
-            }
+        if !self.pulls.is_empty()
+            && let Some(&(t, _)) = self.timeline.iter().find(|(d, _)| *d > now)
+            && self.wake_at.is_none_or(|w| w > t || w <= now)
+        {
+            self.wake_at = Some(t);
+            self.at(t, Ev::ServerWake);
         }
     }
 
@@ -951,5 +1083,4 @@ impl Sim {
         }
         Ok(())
     }
-
 }
