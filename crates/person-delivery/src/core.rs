@@ -1197,3 +1197,216 @@ impl<K: Clone + Eq + Hash> Core<K> {
 /// How much later than an owed redelivery a message after it is given back at
 /// shutdown, so the server hands them out in order.
 pub const RELEASE_MARGIN: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use person_retry::{CircuitBreakerConfig, Jitter, RetryPolicy};
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn config(max_in_hand: usize) -> Config {
+        let retry = RetryPolicy::builder()
+            .max_attempts(5)
+            .initial_backoff(MS * 100)
+            .max_backoff(MS * 100)
+            .jitter(Jitter::None)
+            .build()
+            .unwrap();
+        let mut c = Config::new(retry, Duration::from_secs(3));
+        c.max_in_hand = max_in_hand;
+        c.pull_batch = 1;
+        c
+    }
+
+    fn event(seq: u64, person: u32) -> Arrival<u32> {
+        Arrival {
+            seq,
+            delivered: 1,
+            person: Some(person),
+            kind: Kind::Event,
+        }
+    }
+
+    fn drain(core: &mut Core<u32>) -> Vec<Action<u32>> {
+        std::iter::from_fn(|| core.poll_action())
+            .filter(|a| !matches!(a, Action::Progress { .. } | Action::Notice(_)))
+            .collect()
+    }
+
+    #[test]
+    fn a_full_hand_behind_a_due_redelivery_gives_back_its_latest_message_and_pulls() {
+        let mut core = Core::new(config(3), [], Recovery::default(), Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 3 }]);
+        for seq in 1..=3 {
+            core.on_message(MS, event(seq, 7));
+        }
+        core.on_pull_done(MS);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 1,
+                    delay: MS * 100
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+        core.on_message(MS * 3, event(4, 7));
+        core.on_pull_done(MS * 3);
+        assert!(
+            drain(&mut core).is_empty(),
+            "the hand is full and 1 is not due yet"
+        );
+        assert_eq!(core.waiting_lanes(), 1);
+        core.on_timeout(MS * 102);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 4,
+                    delay: MS * 500
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+        core.on_message(MS * 103, event(1, 7));
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+    }
+
+    #[test]
+    fn an_open_breaker_pulls_nothing_and_half_opens_on_its_own_timer() {
+        let mut c = config(4);
+        c.breaker = CircuitBreakerConfig::builder()
+            .failure_threshold(1)
+            .open_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(1, 1));
+        core.on_pull_done(MS);
+        drain(&mut core);
+        core.on_call_done(MS * 2, 1, CallResult::Panicked);
+        core.on_pull_done(MS * 2);
+        assert_eq!(core.breaker_state(), BreakerState::Open);
+        assert_eq!(
+            drain(&mut core),
+            [Action::Nak {
+                seq: 1,
+                delay: MS * 100
+            }]
+        );
+        core.on_timeout(MS * 1001);
+        assert_eq!(core.breaker_state(), BreakerState::Open);
+        assert!(drain(&mut core).is_empty(), "no pull while Open");
+        core.on_timeout(MS * 1002);
+        assert_eq!(core.breaker_state(), BreakerState::HalfOpen);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 4 }]);
+    }
+
+    #[test]
+    fn the_first_in_process_retry_waits_the_policys_first_delay() {
+        let mut c = config(4);
+        c.in_process_attempts = 2;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(1, 1));
+        drain(&mut core);
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        assert!(
+            drain(&mut core)
+                .iter()
+                .all(|a| !matches!(a, Action::Run { .. }))
+        );
+        core.on_timeout(MS * 101);
+        assert!(drain(&mut core).is_empty());
+        core.on_timeout(MS * 102);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 2 }]);
+    }
+
+    #[test]
+    fn shutdown_waits_for_the_pull_then_gives_back_each_lane_behind_its_redelivery() {
+        let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        for seq in 1..=3 {
+            core.on_message(MS, event(seq, 1));
+        }
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        let nak = drain(&mut core);
+        assert!(
+            nak.contains(&Action::Nak {
+                seq: 1,
+                delay: MS * 100
+            }),
+            "{nak:?}"
+        );
+        core.on_shutdown(MS * 10, Duration::from_secs(5));
+        assert!(
+            drain(&mut core).is_empty(),
+            "nothing is NAKed while the pull is open"
+        );
+        core.on_pull_done(MS * 20);
+        // 1 comes back at 102 ms; 2 and 3 half a second after it.
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 2,
+                    delay: MS * 582
+                },
+                Action::Nak {
+                    seq: 3,
+                    delay: MS * 582
+                }
+            ]
+        );
+        assert!(core.is_stopped());
+    }
+
+    #[test]
+    fn a_restart_gathers_what_was_outstanding_and_then_runs_each_person_in_order() {
+        let recovery = Recovery {
+            delivered_up_to: 10,
+            outstanding: 2,
+        };
+        let mut core = Core::new(config(8), [], recovery, Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(11, 1));
+        core.on_message(MS, event(9, 1));
+        assert!(
+            drain(&mut core).is_empty(),
+            "one outstanding message is still out"
+        );
+        assert!(core.recovering());
+        core.on_message(MS * 2, event(4, 1));
+        assert!(!core.recovering());
+        assert_eq!(drain(&mut core), [Action::Run { seq: 4, attempt: 1 }]);
+    }
+
+    #[test]
+    fn a_parked_persons_event_is_checked_and_dead_lettered_as_parked() {
+        let mut core = Core::new(config(8), [5], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(1, 5));
+        assert_eq!(drain(&mut core), [Action::CheckParked { person: 5 }]);
+        core.on_parked_checked(MS * 2, 5, true);
+        assert_eq!(
+            drain(&mut core),
+            [Action::DeadLetter {
+                seq: 1,
+                cause: Cause::Parked
+            }]
+        );
+        core.on_dead_letter_done(MS * 3, 1, true);
+        assert_eq!(drain(&mut core), [Action::Term { seq: 1 }]);
+        core.on_message(MS * 4, event(2, 5));
+        assert_eq!(drain(&mut core), [Action::CheckParked { person: 5 }]);
+        core.on_parked_checked(MS * 5, 5, false);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 2, attempt: 1 }]);
+        assert_eq!(core.parked_people(), 0);
+    }
+}

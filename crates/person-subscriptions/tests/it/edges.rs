@@ -841,3 +841,62 @@ async fn broker_side_retry_delays_follow_the_jitter_mode_and_stay_under_the_cap(
     );
     handle.shutdown(Duration::from_secs(5)).await;
 }
+
+// A lane whose redelivery never comes (the message was deleted from the stream while it
+// waited) stops waiting after the ack wait, and says so in its stats meanwhile.
+
+#[tokio::test]
+async fn a_lane_whose_redelivery_was_deleted_stops_waiting_after_the_ack_wait() {
+    let mut cfg = config(5);
+    cfg.consumers[0].ack_wait_secs = 1;
+    cfg.consumers[0].retry = retry_policy(
+        5,
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+        Jitter::None,
+    );
+    let (_server, client) = start(cfg).await;
+    let person = PersonId::new();
+    let e: Vec<_> = (1..=3)
+        .map(|seq| event(person, seq, format!("step {seq}")))
+        .collect();
+    let first = e[0].event_id;
+    publish(&client, &e).await;
+    let recorder = Arc::new(Recorder::failing("summary", move |env, _| {
+        (env.event_id == first).then(|| HandlerError::transient("downstream 503"))
+    }));
+    let handle = run(&client, recorder.clone(), options()).await;
+    eventually_report(
+        10,
+        || recorder.calls_of(first) == 1 && handle.stats().waiting_lanes == 1,
+        || {
+            format!(
+                "event 1 failed once and its lane waits; {:?}",
+                handle.stats()
+            )
+        },
+    )
+    .await;
+    // Remove event 1 before its 300 ms redelivery: it can never come back.
+    let stream = client
+        .jetstream()
+        .get_stream(&client.config().stream.name)
+        .await
+        .expect("stream");
+    stream.delete_message(1).await.expect("delete event 1");
+    eventually_report(
+        15,
+        || recorder.distinct() == 2,
+        || {
+            format!(
+                "events 2 and 3 handled once the lane stopped waiting; handled {:?}, {:?}",
+                recorder.first_success_order().get(&person),
+                handle.stats()
+            )
+        },
+    )
+    .await;
+    assert_eq!(recorder.first_success_order()[&person], seqs(2..=3));
+    assert_eq!(handle.stats().waiting_lanes, 0);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
