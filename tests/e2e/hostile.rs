@@ -235,10 +235,18 @@ async fn bad_messages_are_dead_lettered_with_a_precise_reason_and_the_consumer_g
             assert!(letter.payload_truncated, "{name}: marked truncated");
             assert_eq!(letter.original_size, Some(body.len() as u64));
             assert!(letter.payload.len() > 64 * 1024 && letter.payload.len() < body.len());
-            assert_eq!(&letter.payload[..], &body[..letter.payload.len()], "{name}: a prefix");
+            assert_eq!(
+                &letter.payload[..],
+                &body[..letter.payload.len()],
+                "{name}: a prefix"
+            );
         } else {
             assert!(!letter.payload_truncated, "{name}");
-            assert_eq!(&letter.payload[..], &body[..], "{name}: original bytes kept");
+            assert_eq!(
+                &letter.payload[..],
+                &body[..],
+                "{name}: original bytes kept"
+            );
         }
         assert_eq!(letter.error_class, ErrorClass::Permanent, "{name}");
         assert_eq!(letter.consumer, CONSUMER);

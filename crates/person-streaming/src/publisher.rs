@@ -77,6 +77,10 @@ pub enum PublishErrorKind {
     PayloadTooLarge,
     /// No stream captures the subject.
     NoStream,
+    /// The configured stream captures the subject but did not answer ("no responders":
+    /// a leader election or a restart lasting longer than every retry). Transient:
+    /// publishing again is safe (same `Nats-Msg-Id`).
+    Unavailable,
     /// The person's version is not the expected one (optimistic concurrency).
     Conflict,
     /// No ack within the timeout, after every retry. The event may or may not be stored;
@@ -162,7 +166,9 @@ impl PublishError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self.kind,
-            PublishErrorKind::TimedOut | PublishErrorKind::Transport
+            PublishErrorKind::TimedOut
+                | PublishErrorKind::Transport
+                | PublishErrorKind::Unavailable
         )
     }
 }
@@ -596,6 +602,14 @@ impl Publisher {
                 format!("event on {subject} is larger than the server's max_payload"),
                 e,
             ),
+            NatsKind::StreamNotFound if self.captured(subject) => PublishError::with_source(
+                PublishErrorKind::Unavailable,
+                format!(
+                    "the stream capturing {subject} did not answer after {} attempts (a leader election or a restart); publishing again is safe",
+                    self.retry.max_attempts()
+                ),
+                e,
+            ),
             NatsKind::StreamNotFound => PublishError::with_source(
                 PublishErrorKind::NoStream,
                 format!(
@@ -631,12 +645,14 @@ impl Publisher {
         if self.denials.publish_denied(subject) {
             return false;
         }
-        retryable_kind(e.kind())
-            || (e.kind() == NatsKind::StreamNotFound
-                && self
-                    .stream_subjects
-                    .iter()
-                    .any(|s| crate::config::subject_within(subject, s)))
+        retryable_kind(e.kind()) || (e.kind() == NatsKind::StreamNotFound && self.captured(subject))
+    }
+
+    /// Whether the configured stream captures `subject`.
+    fn captured(&self, subject: &str) -> bool {
+        self.stream_subjects
+            .iter()
+            .any(|s| crate::config::subject_within(subject, s))
     }
 
     fn outgoing(&self, envelope: &StreamingEventEnvelope) -> Result<Outgoing, PublishError> {

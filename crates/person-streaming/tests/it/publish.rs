@@ -372,3 +372,29 @@ async fn publishing_through_a_server_crash_loses_and_duplicates_nothing() {
     }
     assert_eq!(stored, ids);
 }
+
+#[tokio::test]
+async fn a_configured_stream_that_does_not_answer_is_a_transient_failure() {
+    let mut config = StreamingConfig::default();
+    config.publisher.retry = person_retry::RetryPolicy::builder()
+        .max_attempts(3)
+        .initial_backoff(Duration::from_millis(10))
+        .max_backoff(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let (_server, client) = start_with(config, None).await;
+    // The stream goes away (as during a leader election, nothing answers its subjects).
+    client
+        .jetstream()
+        .delete_stream(&client.config().stream.name)
+        .await
+        .unwrap();
+    let err = client
+        .publisher()
+        .publish(&activated(PersonId::new(), 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::Unavailable, "{err}");
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("publishing again is safe"), "{err}");
+}
