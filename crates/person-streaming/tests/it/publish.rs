@@ -396,5 +396,8 @@ async fn a_configured_stream_that_does_not_answer_is_a_transient_failure() {
         .unwrap_err();
     assert_eq!(err.kind(), PublishErrorKind::Unavailable, "{err}");
     assert!(err.is_transient(), "{err}");
-    assert!(err.to_string().contains("publishing again is safe"), "{err}");
+    assert!(
+        err.to_string().contains("publishing again is safe"),
+        "{err}"
+    );
 }
