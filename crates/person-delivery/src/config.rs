@@ -17,6 +17,9 @@ pub struct Config {
     pub pull_batch: usize,
     /// How long a smaller pull waits for room to grow to `pull_batch`.
     pub pull_linger: Duration,
+    /// How long a pull request stays open at the server. A crashed instance's open
+    /// pull can still receive messages until then, which come back an ack wait later.
+    pub pull_expiry: Duration,
     /// The consumer's ack wait: an unsettled message without progress comes back after
     /// it.
     pub ack_wait: Duration,
@@ -48,6 +51,7 @@ impl Config {
             concurrency: 32,
             pull_batch: 64,
             pull_linger: Duration::from_millis(2),
+            pull_expiry: Duration::from_secs(1),
             ack_wait,
             progress_every: progress_every(ack_wait),
             max_deliver: u64::from(retry.max_attempts()),

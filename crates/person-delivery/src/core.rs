@@ -349,12 +349,13 @@ impl<K: Clone + Eq + Hash> Core<K> {
         config.in_process_attempts = config.in_process_attempts.max(1);
         config.max_deliver = config.max_deliver.max(1);
         // Whatever an earlier instance held is redelivered within the ack wait (its
-        // delayed NAKs, capped at half of it, sooner).
+        // delayed NAKs, capped at half of it, sooner), and what reached its pull after
+        // it died an ack wait after that pull expired.
         let barrier = (recovery.outstanding > 0).then(|| Barrier {
             upto: recovery.delivered_up_to,
             outstanding: recovery.outstanding,
             seen: HashSet::new(),
-            until: now + config.ack_wait + config.overdue_after(),
+            until: now + config.ack_wait + config.pull_expiry + config.overdue_after(),
             room_made_at: None,
         });
         let mut core = Self {

@@ -237,6 +237,7 @@ impl Worker {
         c.max_in_hand = self.options.max_in_hand;
         c.concurrency = self.options.concurrency;
         c.pull_batch = (self.options.max_in_hand / 4).max(1);
+        c.pull_expiry = self.options.fetch_expiry;
         c.max_deliver = u64::try_from(self.settings.max_deliver).unwrap_or(1).max(1);
         c.in_process_attempts = self.options.in_process_attempts;
         c.breaker = self.options.breaker.clone();

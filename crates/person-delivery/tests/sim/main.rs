@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use model::{Scenario, Sim, Tally};
 
 /// Seeds that found bugs while the core was written; each stays a regression test.
-const REGRESSIONS: &[u64] = &[1, 4, 5, 7, 11, 13, 14, 1907];
+const REGRESSIONS: &[u64] = &[1, 4, 5, 7, 11, 13, 14, 1907, 10270];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {

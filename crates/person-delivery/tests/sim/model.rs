@@ -535,10 +535,12 @@ impl Sim {
         };
         let mut config = self.sc.config.clone();
         config.seed = self.sc.seed.wrapping_add(id);
+        config.pull_expiry = self.sc.fetch_expiry;
         let recovery = Recovery {
             delivered_up_to: self.cursor as u64 - 1,
             outstanding: self.timeline.len() as u64,
         };
+        self.log(|| format!("instance {id}: {recovery:?}"));
         let core = Core::new(config, parked, recovery, self.now);
         self.instances.push(Instance {
             id,
@@ -749,6 +751,7 @@ impl Sim {
                 seq,
                 delivered,
             } => {
+                self.log(|| format!("[{inst}] receives {seq} (delivery {delivered})"));
                 let plan = &self.plans[seq as usize];
                 let arrival = Arrival {
                     seq,
