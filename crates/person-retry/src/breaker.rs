@@ -370,7 +370,7 @@ impl<C: Clock> Inner<C> {
 /// successes) → Closed, or back to Open on a probe failure.
 ///
 /// - **Opening**: `failure_threshold` consecutive failures while Closed, or the
-///   optional [`FailureRatio`] over a count-based window.
+///   optional [`FailureRatio`](crate::FailureRatio) over a count-based window.
 /// - **Open**: every call is rejected with [`BreakerOpen::Open`] without running. The
 ///   first call after `open_timeout` turns it HalfOpen and becomes a probe (the
 ///   transition happens on that check: [`state`](Self::state) reads Open until then).

@@ -15,7 +15,7 @@ use crate::policy::{PolicyError, PolicyErrorKind, millis};
 /// ```
 pub const MAX_BREAKER_COUNT: u32 = u16::MAX as u32;
 
-/// The state of a [`CircuitBreaker`].
+/// The state of a [`CircuitBreaker`](crate::CircuitBreaker).
 ///
 /// ```
 /// use person_retry::BreakerState;
@@ -49,7 +49,7 @@ impl fmt::Display for BreakerState {
     }
 }
 
-/// A state change of a [`CircuitBreaker`], passed to its `on_transition` callback.
+/// A state change of a [`CircuitBreaker`](crate::CircuitBreaker), passed to its `on_transition` callback.
 ///
 /// ```
 /// use person_retry::{BreakerState, Transition};
@@ -91,7 +91,7 @@ pub struct FailureRatio {
     pub min_calls: u32,
 }
 
-/// Configuration of a [`CircuitBreaker`]; always valid (builder and deserialization
+/// Configuration of a [`CircuitBreaker`](crate::CircuitBreaker); always valid (builder and deserialization
 /// validate).
 ///
 /// # Defaults and serialized form
