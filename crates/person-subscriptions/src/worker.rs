@@ -343,6 +343,10 @@ impl Worker {
             blockers: HashMap::new(),
             pending_blockers: HashMap::new(),
         };
+        // One timer, moved only when the core's next wake-up changes.
+        let timer = tokio::time::sleep_until(origin);
+        tokio::pin!(timer);
+        let mut armed: Option<Duration> = None;
         loop {
             while let Some(action) = core.poll_action() {
                 d.perform(&mut core, action).await;
@@ -351,17 +355,32 @@ impl Worker {
             if core.is_stopped() {
                 break;
             }
-            let wake = core.poll_timeout().map(|t| origin + t);
+            let wake = core.poll_timeout();
+            if wake != armed {
+                armed = wake;
+                if let Some(t) = wake {
+                    timer.as_mut().reset(origin + t);
+                }
+            }
             tokio::select! {
                 biased;
-                Some(done) = d.ops.next(), if !d.ops.is_empty() => d.finished(&mut core, done, now()),
+                Some(done) = d.ops.next(), if !d.ops.is_empty() => {
+                    d.finished(&mut core, done, now());
+                    // Take every other result that is ready too, before acting.
+                    while let Some(Some(done)) = d.ops.next().now_or_never() {
+                        d.finished(&mut core, done, now());
+                    }
+                }
                 item = next_pulled(&mut d.pull), if d.pull.is_some() => d.pulled(&mut core, item, now()),
                 changed = stop.changed(), if !d.stopping => {
                     d.stopping = true;
                     let grace = if changed.is_ok() { (*stop.borrow()).unwrap_or_default() } else { Duration::ZERO };
                     core.on_shutdown(now(), grace);
                 }
-                () = sleep_until(wake), if wake.is_some() => core.on_timeout(now()),
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    core.on_timeout(now());
+                }
             }
         }
         // Every ack and NAK sent reaches the server before the next start.
@@ -705,6 +724,8 @@ impl Driver<'_> {
         self.spawn_op(seq, call);
     }
 
+    /// Runs a handler call or a store among the driver's operations (no task spawn per
+    /// message); its result comes back through `ops`.
     fn spawn_op(&mut self, seq: u64, op: impl Future<Output = Done> + Send + 'static) {
         let (op, handle) = abortable(op);
         self.aborts.insert(seq, handle);
@@ -913,13 +934,6 @@ async fn first_blocker(dlq: &DeadLetterQueue, consumer: &str, person: PersonId) 
                 .unwrap_or_else(|| format!("stream sequence {}", l.stream_sequence)),
         },
     )
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
