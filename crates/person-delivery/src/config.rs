@@ -12,6 +12,8 @@ pub struct Config {
     pub max_in_hand: usize,
     /// Handler calls and dead-letter stores running at once.
     pub concurrency: usize,
+    /// The most one pull may ask for (the consumer's `max_batch`).
+    pub max_pull: usize,
     /// Pull this many at once when there is room (fewer round trips); a smaller pull
     /// is made when nothing else would free room soon.
     pub pull_batch: usize,
@@ -49,6 +51,7 @@ impl Config {
         Self {
             max_in_hand: 256,
             concurrency: 32,
+            max_pull: usize::MAX,
             pull_batch: 64,
             pull_linger: Duration::from_millis(2),
             pull_expiry: Duration::from_secs(1),

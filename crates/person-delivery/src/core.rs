@@ -345,7 +345,10 @@ impl<K: Clone + Eq + Hash> Core<K> {
         let mut config = config;
         config.max_in_hand = config.max_in_hand.max(1);
         config.concurrency = config.concurrency.max(1);
-        config.pull_batch = config.pull_batch.clamp(1, config.max_in_hand);
+        config.max_pull = config.max_pull.max(1);
+        config.pull_batch = config
+            .pull_batch
+            .clamp(1, config.max_in_hand.min(config.max_pull));
         config.in_process_attempts = config.in_process_attempts.max(1);
         config.max_deliver = config.max_deliver.max(1);
         // Whatever an earlier instance held is redelivered within the ack wait (its
@@ -1012,6 +1015,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
                 return;
             }
         }
+        let room = room.min(self.config.max_pull);
         let idle = self.busy == 0;
         let lingered = self.linger_until.is_some_and(|t| self.now >= t);
         if room >= self.config.pull_batch || idle || lingered {

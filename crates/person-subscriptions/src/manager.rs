@@ -23,6 +23,10 @@ pub enum SubscriptionErrorKind {
     NoHandlers,
     /// A handler name is not a subject-safe token, or two handlers share a name.
     InvalidHandlerName,
+    /// The running consumer was deleted on the server; it stopped rather than recreate
+    /// itself and deliver its history again (see
+    /// [`SubscriptionOptions::recreate_deleted_consumer`]).
+    ConsumerDeleted,
 }
 
 /// A consumer could not start.
@@ -34,6 +38,15 @@ pub struct SubscriptionError {
 }
 
 impl SubscriptionError {
+    pub(crate) fn consumer_deleted(consumer: &str) -> Self {
+        Self {
+            kind: SubscriptionErrorKind::ConsumerDeleted,
+            message: format!(
+                "consumer `{consumer}` was deleted on the server; it stopped (recreate it with `person-stream setup` or `StreamingClient::ensure`, then start it again, or opt in to recreation with SubscriptionOptions::recreate_deleted_consumer)"
+            ),
+        }
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> SubscriptionErrorKind {
         self.kind
@@ -255,6 +268,15 @@ impl SubscriptionHandle {
         self.workers
             .iter()
             .map(|(w, _)| (w.handler.name().to_owned(), w.counters.snapshot()))
+            .collect()
+    }
+
+    /// The consumers that stopped on their own, by handler name, with why (today: their
+    /// durable consumer was deleted). Empty while everything runs.
+    pub fn errors(&self) -> Vec<(String, SubscriptionError)> {
+        self.workers
+            .iter()
+            .filter_map(|(w, _)| w.failure().map(|e| (w.handler.name().to_owned(), e)))
             .collect()
     }
 

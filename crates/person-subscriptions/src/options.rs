@@ -52,6 +52,13 @@ pub struct SubscriptionOptions {
     /// its event id; otherwise it is dead-lettered as `bad headers`. Legacy shapes (V1,
     /// week-1 envelopes) were stored without headers and are exempt. Default `true`.
     pub require_headers: bool,
+    /// When the durable consumer is deleted while running (by an operator, or by
+    /// `inactive_threshold`), recreate it from the configuration and go on. It then
+    /// delivers from its deliver policy again: with `All`, the whole history. Default
+    /// `false`: the consumer stops, logs an error and reports
+    /// [`SubscriptionErrorKind::ConsumerDeleted`](crate::SubscriptionErrorKind::ConsumerDeleted)
+    /// through [`SubscriptionHandle::errors`](crate::SubscriptionHandle::errors).
+    pub recreate_deleted_consumer: bool,
 }
 
 impl Default for SubscriptionOptions {
@@ -66,6 +73,7 @@ impl Default for SubscriptionOptions {
             breaker: CircuitBreakerConfig::default(),
             max_message_bytes: 1024 * 1024,
             require_headers: true,
+            recreate_deleted_consumer: false,
         }
     }
 }
@@ -116,6 +124,12 @@ impl SubscriptionOptions {
     /// Sets `require_headers`.
     pub fn require_headers(mut self, require: bool) -> Self {
         self.require_headers = require;
+        self
+    }
+
+    /// Sets `recreate_deleted_consumer`.
+    pub fn recreate_deleted_consumer(mut self, recreate: bool) -> Self {
+        self.recreate_deleted_consumer = recreate;
         self
     }
 

@@ -157,7 +157,33 @@ enum Done {
 }
 
 type Batch = Pin<Box<dyn Stream<Item = Result<jetstream::Message, String>> + Send>>;
-type Opening = BoxFuture<'static, Result<(consumer::PullConsumer, Batch), String>>;
+type Opening = BoxFuture<'static, Result<(consumer::PullConsumer, PullLimits, Batch), PullError>>;
+
+/// Why a pull could not be made.
+enum PullError {
+    /// The consumer was deleted (and is not to be recreated).
+    Deleted,
+    Other(String),
+}
+
+/// What opening the consumer found.
+enum Opened {
+    Ready(consumer::PullConsumer, PullLimits, Recovery),
+    /// It no longer exists, and recreating it was not asked for.
+    Deleted,
+}
+
+/// The consumer's own bounds on one pull request.
+#[derive(Debug, Clone, Copy, Default)]
+struct PullLimits {
+    max_batch: Option<usize>,
+    max_bytes: Option<usize>,
+}
+
+/// `open_consumer(true)` creates a missing consumer, so it is never `Deleted`.
+fn unreachable_deleted() -> ! {
+    unreachable!("a consumer opened for starting is created when missing")
+}
 
 /// The outstanding pull: being sent, or delivering.
 enum Pull {
@@ -176,6 +202,8 @@ pub(crate) struct Worker {
     pub(crate) dlq: Option<DeadLetterQueue>,
     pub(crate) counters: Arc<Counters>,
     breaker: AtomicU8,
+    /// Why the consumer stopped on its own (it was deleted).
+    failure: std::sync::Mutex<Option<crate::SubscriptionError>>,
     /// `Some(grace)` once shutdown is asked for.
     stop: watch::Sender<Option<Duration>>,
 }
@@ -202,6 +230,7 @@ impl Worker {
             dlq,
             counters,
             breaker: AtomicU8::new(0),
+            failure: std::sync::Mutex::new(None),
             stop: watch::channel(None).0,
         })
     }
@@ -249,41 +278,77 @@ impl Worker {
         c
     }
 
-    async fn open_consumer(&self) -> Result<consumer::PullConsumer, String> {
+    /// Opens the durable consumer as it is on the server; never changes its settings
+    /// (that is `ensure()`'s job). A missing consumer is created from the configuration
+    /// at start (`creating`), or when the user opted in to recreation; otherwise it is
+    /// `Open::Deleted`.
+    async fn open_consumer(&self, creating: bool) -> Result<Opened, String> {
         let stream = self
             .js
             .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| format!("cannot open stream {}: {e}", self.stream))?;
-        stream
-            .create_consumer(person_streaming::consumer_config(&self.settings))
+        match stream.consumer_info(self.consumer_name()).await {
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+            {
+                if !creating && !self.options.recreate_deleted_consumer {
+                    return Ok(Opened::Deleted);
+                }
+                if !creating {
+                    tracing::error!(
+                        consumer = self.consumer_name(),
+                        "the consumer was deleted; recreating it as configured (recreate_deleted_consumer): it delivers from its deliver policy again"
+                    );
+                }
+                stream
+                    .create_consumer(person_streaming::consumer_config(&self.settings))
+                    .await
+                    .map_err(|e| format!("cannot create consumer {}: {e}", self.consumer_name()))?;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot read consumer {}: {e}",
+                    self.consumer_name()
+                ));
+            }
+        }
+        let mut c: consumer::PullConsumer = stream
+            .get_consumer(self.consumer_name())
             .await
-            .map_err(|e| format!("cannot create consumer {}: {e}", self.consumer_name()))
+            .map_err(|e| format!("cannot open consumer {}: {e}", self.consumer_name()))?;
+        let info = c
+            .info()
+            .await
+            .map_err(|e| format!("cannot read consumer {}: {e}", self.consumer_name()))?;
+        let limits = PullLimits {
+            max_batch: usize::try_from(info.config.max_batch)
+                .ok()
+                .filter(|n| *n > 0),
+            max_bytes: usize::try_from(info.config.max_bytes)
+                .ok()
+                .filter(|n| *n > 0),
+        };
+        let recovery = Recovery {
+            delivered_up_to: info.delivered.stream_sequence,
+            outstanding: u64::try_from(info.num_ack_pending).unwrap_or(0),
+        };
+        Ok(Opened::Ready(c, limits, recovery))
     }
 
-    /// Opens the consumer and reads what it has outstanding, retrying until it works
-    /// or shutdown is asked for.
-    async fn start(&self) -> Option<(consumer::PullConsumer, Recovery)> {
+    /// Opens the consumer (creating it if missing), retrying until it works or
+    /// shutdown is asked for.
+    async fn start(&self) -> Option<(consumer::PullConsumer, PullLimits, Recovery)> {
         let mut stop = self.stop.subscribe();
         let mut failures = 0u32;
         loop {
             if stop.borrow().is_some() {
                 return None;
             }
-            let opened = async {
-                let mut c = self.open_consumer().await?;
-                let info = c
-                    .info()
-                    .await
-                    .map_err(|e| format!("cannot read consumer {}: {e}", self.consumer_name()))?;
-                let recovery = Recovery {
-                    delivered_up_to: info.delivered.stream_sequence,
-                    outstanding: u64::try_from(info.num_ack_pending).unwrap_or(0),
-                };
-                Ok::<_, String>((c, recovery))
-            };
-            match opened.await {
-                Ok(ok) => return Some(ok),
+            match self.open_consumer(true).await {
+                Ok(Opened::Ready(c, limits, recovery)) => return Some((c, limits, recovery)),
+                Ok(Opened::Deleted) => unreachable_deleted(),
                 Err(e) => {
                     failures += 1;
                     Counters::add(&self.counters.reconnects);
@@ -295,6 +360,14 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The error this consumer stopped with, if it stopped on its own.
+    pub(crate) fn failure(&self) -> Option<crate::SubscriptionError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Who is parked already: the people with dead letters for this consumer.
@@ -317,13 +390,17 @@ impl Worker {
     /// The driver: runs until shutdown completes.
     pub(crate) async fn run(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
-        let Some((consumer, recovery)) = self.start().await else {
+        let Some((consumer, limits, recovery)) = self.start().await else {
             return;
         };
         let parked = self.parked_at_start().await;
         let origin = Instant::now();
         let now = move || origin.elapsed();
-        let mut core: Core<PersonId> = Core::new(self.core_config(), parked, recovery, now());
+        let mut config = self.core_config();
+        if let Some(n) = limits.max_batch {
+            config.max_pull = n;
+        }
+        let mut core: Core<PersonId> = Core::new(config, parked, recovery, now());
         if recovery.outstanding > 0 {
             tracing::info!(
                 consumer = self.consumer_name(),
@@ -334,6 +411,7 @@ impl Worker {
         let mut d = Driver {
             w: &self,
             consumer: Some(consumer),
+            limits,
             pull_failures: 0,
             held: HashMap::new(),
             ops: FuturesUnordered::new(),
@@ -506,6 +584,7 @@ impl LastError for Option<(String, ErrorClass)> {
 struct Driver<'a> {
     w: &'a Arc<Worker>,
     consumer: Option<consumer::PullConsumer>,
+    limits: PullLimits,
     pull_failures: u32,
     held: HashMap<u64, Held>,
     ops: FuturesUnordered<BoxFuture<'static, Done>>,
@@ -548,6 +627,7 @@ impl Driver<'_> {
 
     fn start_pull(&mut self, max: usize) {
         let consumer = self.consumer.clone();
+        let known = self.limits;
         let w = self.w.clone();
         let expiry = w.options.fetch_expiry;
         let failures = self.pull_failures;
@@ -555,19 +635,28 @@ impl Driver<'_> {
             if failures > 0 {
                 tokio::time::sleep(reconnect_delay(failures)).await;
             }
-            let c = match consumer {
-                Some(c) => c,
-                None => w.open_consumer().await?,
+            let (c, limits) = match consumer {
+                Some(c) => (c, known),
+                None => match w.open_consumer(false).await {
+                    Ok(Opened::Ready(c, limits, _)) => (c, limits),
+                    Ok(Opened::Deleted) => return Err(PullError::Deleted),
+                    Err(e) => return Err(PullError::Other(e)),
+                },
             };
-            let batch = c
+            // The consumer's own limits bound each request (a larger one is refused).
+            let mut fetch = c
                 .fetch()
-                .max_messages(max)
-                .expires(expiry)
+                .max_messages(limits.max_batch.map_or(max, |b| max.min(b)))
+                .expires(expiry);
+            if let Some(bytes) = limits.max_bytes {
+                fetch = fetch.max_bytes(bytes);
+            }
+            let batch = fetch
                 .messages()
                 .await
-                .map_err(|e| format!("pull failed: {e}"))?;
+                .map_err(|e| PullError::Other(format!("pull failed: {e}")))?;
             let batch: Batch = Box::pin(batch.map(|r| r.map_err(|e| e.to_string())));
-            Ok((c, batch))
+            Ok((c, limits, batch))
         });
         self.pull = Some(Pull::Opening(opening));
     }
@@ -575,12 +664,33 @@ impl Driver<'_> {
     fn pulled(&mut self, core: &mut Core<PersonId>, item: Pulled, now: Duration) {
         let item = match item {
             Pulled::Opened(opened) => match *opened {
-                Ok((c, batch)) => {
+                Ok((c, limits, batch)) => {
                     self.consumer = Some(c);
+                    self.limits = limits;
                     self.pull = Some(Pull::Streaming(batch));
                     return;
                 }
-                Err(e) => Pulled::Failed(e),
+                Err(PullError::Deleted) => {
+                    self.pull = None;
+                    let name = self.w.consumer_name().to_owned();
+                    tracing::error!(
+                        consumer = %name,
+                        "the consumer was deleted: stopping it (it is not recreated, which would deliver its history again; set recreate_deleted_consumer to opt in, or recreate it with `person-stream setup`)"
+                    );
+                    *self
+                        .w
+                        .failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(crate::SubscriptionError::consumer_deleted(&name));
+                    core.on_pull_done(now);
+                    if !self.stopping {
+                        self.stopping = true;
+                        core.on_shutdown(now, Duration::ZERO);
+                    }
+                    return;
+                }
+                Err(PullError::Other(e)) => Pulled::Failed(e),
             },
             other => other,
         };
@@ -896,7 +1006,7 @@ impl Driver<'_> {
 }
 
 enum Pulled {
-    Opened(Box<Result<(consumer::PullConsumer, Batch), String>>),
+    Opened(Box<Result<(consumer::PullConsumer, PullLimits, Batch), PullError>>),
     Message(Box<jetstream::Message>),
     Failed(String),
     Ended,

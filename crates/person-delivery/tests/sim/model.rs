@@ -143,6 +143,11 @@ impl Scenario {
         config.park = r.random_bool(0.6);
         config.evict_delay = MS * r.random_range(50..600);
         config.seed = seed;
+        // Drawn apart, so the other draws (and the regression seeds) stay as they were.
+        let mut extra = StdRng::seed_from_u64(seed ^ 0x00ba_7c4e_5000_0001);
+        if extra.random_bool(0.2) {
+            config.max_pull = extra.random_range(1..=8);
+        }
         config.breaker = CircuitBreakerConfig::builder()
             .failure_threshold(r.random_range(1..=6))
             .open_timeout(MS * r.random_range(100..3000))

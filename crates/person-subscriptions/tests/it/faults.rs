@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use person_retry::CircuitBreakerConfig;
 use person_streaming::DeadLetterFilter;
-use person_subscriptions::{HandlerError, SubscriptionOptions};
+use person_subscriptions::{HandlerError, SubscriptionErrorKind, SubscriptionOptions};
 
 use crate::support::*;
 
@@ -216,7 +216,7 @@ async fn legacy_events_arrive_upcast_and_garbage_goes_to_the_dlq() {
 }
 
 #[tokio::test]
-async fn a_deleted_consumer_is_recreated_and_consumption_goes_on() {
+async fn a_deleted_consumer_stops_with_a_clear_error_and_is_not_recreated() {
     let (_server, client) = start(config(5)).await;
     let (_, first) = workload(5, 10);
     publish(&client, &first).await;
@@ -231,11 +231,86 @@ async fn a_deleted_consumer_is_recreated_and_consumption_goes_on() {
     stream.delete_consumer(CONSUMER).await.unwrap();
     let (_, second) = workload(5, 10);
     publish(&client, &second).await;
+    eventually(20, "the handle reports the deleted consumer", || {
+        !handle.errors().is_empty()
+    })
+    .await;
+    let errors = handle.errors();
+    assert_eq!(errors[0].0, "summary");
+    assert_eq!(errors[0].1.kind(), SubscriptionErrorKind::ConsumerDeleted);
+    assert!(
+        errors[0].1.to_string().contains(CONSUMER),
+        "{}",
+        errors[0].1
+    );
+    // Nothing recreated it, so nothing delivered the history again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        stream.consumer_info(CONSUMER).await.is_err(),
+        "not recreated"
+    );
+    assert_eq!(recorder.distinct(), 50);
+    assert_eq!(
+        recorder.total_calls.load(Ordering::SeqCst),
+        50,
+        "no history replayed"
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_is_recreated_when_asked_and_consumption_goes_on() {
+    let (_server, client) = start(config(5)).await;
+    let (_, first) = workload(5, 10);
+    publish(&client, &first).await;
+    let recorder = Arc::new(Recorder::new("summary"));
+    let options = SubscriptionOptions::default().recreate_deleted_consumer(true);
+    let handle = run(&client, recorder.clone(), options).await;
+    eventually(20, "first 50 handled", || recorder.distinct() == 50).await;
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    stream.delete_consumer(CONSUMER).await.unwrap();
+    let (_, second) = workload(5, 10);
+    publish(&client, &second).await;
     eventually(30, "events published after the deletion handled", || {
         recorder.distinct() == 100
     })
     .await;
+    assert!(handle.errors().is_empty());
     assert_eq!(handle.stats().dead_lettered, 0);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn hand_tuned_consumer_settings_are_respected_and_never_overwritten() {
+    let (_server, client) = start(config(5)).await;
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    // An operator tunes the consumer by hand: smaller pulls, fewer pending acks.
+    let mut tuned = stream
+        .consumer_info(CONSUMER)
+        .await
+        .expect("the consumer exists after ensure")
+        .config
+        .clone();
+    tuned.max_batch = 10;
+    tuned.max_ack_pending = 40;
+    stream.update_consumer(tuned).await.unwrap();
+    let (_, events) = workload(10, 30);
+    publish(&client, &events).await;
+    let recorder = Arc::new(Recorder::new("summary"));
+    let handle = run(&client, recorder.clone(), SubscriptionOptions::default()).await;
+    eventually(30, "300 handled", || recorder.distinct() == 300).await;
+    let info = stream.consumer_info(CONSUMER).await.unwrap();
+    assert_eq!(info.config.max_batch, 10, "max_batch kept");
+    assert_eq!(info.config.max_ack_pending, 40, "max_ack_pending kept");
+    assert_eq!(handle.stats().reconnects, 0, "no pull was refused");
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
