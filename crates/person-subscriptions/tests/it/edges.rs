@@ -872,3 +872,76 @@ async fn a_lane_whose_redelivery_was_deleted_stops_waiting_after_the_ack_wait() 
     assert_eq!(handle.stats().waiting_lanes, 0);
     handle.shutdown(Duration::from_secs(5)).await;
 }
+
+// A half-open probe that meets bad data says nothing about the downstream: the breaker
+// neither closes nor reopens, and the next event probes.
+
+#[tokio::test]
+async fn a_poison_event_probing_a_half_open_breaker_does_not_close_it() {
+    let mut cfg = config(10);
+    cfg.consumers[0].retry = retry_policy(
+        10,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+        Jitter::None,
+    );
+    let (_server, client) = start(cfg).await;
+    let person = PersonId::new();
+    let (first, poison) = (
+        event(person, 1, "first"),
+        event(PersonId::new(), 1, "poison"),
+    );
+    let poison_id = poison.event_id;
+    let recorder = Arc::new(Recorder::failing("sync", move |env, _| {
+        if env.event_id == poison_id {
+            Some(HandlerError::permanent("corrupt event"))
+        } else {
+            // The downstream stays down throughout.
+            Some(HandlerError::transient("downstream unavailable"))
+        }
+    }));
+    let breaker = CircuitBreakerConfig::builder()
+        .failure_threshold(1)
+        .open_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let handle = run(
+        &client,
+        recorder.clone(),
+        options()
+            .dead_letter_policy(DeadLetterPolicy::Continue)
+            .breaker(breaker),
+    )
+    .await;
+    publish(&client, std::slice::from_ref(&first)).await;
+    eventually(10, "the breaker opens", || {
+        handle.breaker_states()[0].1 == BreakerState::Open
+    })
+    .await;
+    publish(&client, std::slice::from_ref(&poison)).await;
+    eventually_report(
+        10,
+        || handle.stats().dead_lettered == 1,
+        || {
+            format!(
+                "the poison event probes and is dead-lettered; {:?}",
+                handle.stats()
+            )
+        },
+    )
+    .await;
+    let state = handle.breaker_states()[0].1;
+    assert_ne!(state, BreakerState::Closed, "bad data closed the breaker");
+    // The downstream is still down: the first event's redelivery reopens it, and no
+    // burst of calls happens in between.
+    eventually(15, "the first event probes again", || {
+        recorder.calls_of(first.event_id) >= 2
+    })
+    .await;
+    assert_eq!(
+        recorder.calls_of(first.event_id),
+        2,
+        "one probe, not a threshold's worth"
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
