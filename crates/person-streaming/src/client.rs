@@ -412,37 +412,37 @@ impl StreamingClient {
         let stream_missing = report.created_streams.contains(&self.config.stream.name);
         for c in &self.config.consumers {
             let name = c.durable_name.clone();
-            let changes = if stream_missing {
-                None
+            let plan = if stream_missing {
+                ConsumerPlan::Create
             } else {
-                self.consumer_changes(c).await?
+                self.consumer_plan(c).await?
             };
-            match changes {
-                None => report.created_consumers.push(name.clone()),
-                Some(changes) if changes.is_empty() => {
+            match &plan {
+                ConsumerPlan::Create => report.created_consumers.push(name.clone()),
+                ConsumerPlan::Update { changes, .. } if changes.is_empty() => {
                     report.unchanged_consumers.push(name.clone());
                 }
-                Some(changes) => {
+                ConsumerPlan::Update { changes, .. } => {
                     report
                         .changes
-                        .extend(changes.into_iter().map(|c| format!("consumer {name}: {c}")));
+                        .extend(changes.iter().map(|c| format!("consumer {name}: {c}")));
                     report.updated_consumers.push(name.clone());
                 }
             }
-            if apply && !report.unchanged_consumers.contains(&name) {
-                self.ensure_consumer(c).await?;
+            if apply {
+                self.apply_consumer_plan(c, plan).await?;
             }
             report.consumers.push(name);
         }
         Ok(report)
     }
 
-    /// The settings of an existing consumer that differ from `settings`; `None` when it
-    /// does not exist.
-    async fn consumer_changes(
+    /// What ensuring `settings` takes: create the consumer, or update the server's
+    /// current configuration in the managed fields only (no change when they match).
+    async fn consumer_plan(
         &self,
         settings: &ConsumerSettings,
-    ) -> Result<Option<Vec<String>>, StreamingError> {
+    ) -> Result<ConsumerPlan, StreamingError> {
         let stream = self
             .jetstream
             .get_stream_no_info(&self.config.stream.name)
@@ -451,7 +451,7 @@ impl StreamingClient {
         let info = match stream.consumer_info(&settings.durable_name).await {
             Ok(info) => info,
             Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
-                return Ok(None);
+                return Ok(ConsumerPlan::Create);
             }
             Err(e) => {
                 return Err(js_error(
@@ -460,83 +460,88 @@ impl StreamingClient {
                 ));
             }
         };
-        let current = &info.config;
-        let desired = consumer_config(settings);
-        let mut changes = Vec::new();
-        let mut cmp = |field: &str, now: String, want: String| {
-            if now != want {
-                changes.push(format!("{field} {now} -> {want}"));
-            }
-        };
-        let filters = |one: &str, many: &[String]| -> String {
-            if one.is_empty() {
-                format!("{many:?}")
-            } else {
-                format!("{:?}", [one])
-            }
-        };
-        cmp(
-            "filter_subjects",
-            filters(&current.filter_subject, &current.filter_subjects),
-            filters(&desired.filter_subject, &desired.filter_subjects),
-        );
-        cmp(
-            "description",
-            format!("{:?}", current.description),
-            format!("{:?}", desired.description),
-        );
-        cmp(
-            "deliver_policy",
-            format!("{:?}", current.deliver_policy),
-            format!("{:?}", desired.deliver_policy),
-        );
-        cmp(
-            "ack_policy",
-            format!("{:?}", current.ack_policy),
-            format!("{:?}", desired.ack_policy),
-        );
-        cmp(
-            "ack_wait",
-            format!("{:?}", current.ack_wait),
-            format!("{:?}", desired.ack_wait),
-        );
-        cmp(
-            "max_deliver",
-            current.max_deliver.to_string(),
-            desired.max_deliver.to_string(),
-        );
-        cmp(
-            "max_ack_pending",
-            current.max_ack_pending.to_string(),
-            desired.max_ack_pending.to_string(),
-        );
-        cmp(
-            "backoff",
-            format!("{:?}", current.backoff),
-            format!("{:?}", desired.backoff),
-        );
-        Ok(Some(changes))
+        let mut update = info.config.clone();
+        let changes = apply_consumer_settings(&mut update, settings);
+        Ok(ConsumerPlan::Update {
+            update: Box::new(update),
+            changes,
+        })
     }
 
-    /// Creates or updates one consumer on the event stream. Refuses, before sending
-    /// anything, a consumer whose `ack_policy` is not explicit (see [`AckPolicy`]).
-    pub async fn ensure_consumer(&self, settings: &ConsumerSettings) -> Result<(), StreamingError> {
-        crate::config::check_ack_policy("ack_policy", settings)?;
+    async fn apply_consumer_plan(
+        &self,
+        settings: &ConsumerSettings,
+        plan: ConsumerPlan,
+    ) -> Result<(), StreamingError> {
         let stream = self
             .jetstream
             .get_stream_no_info(&self.config.stream.name)
             .await
             .map_err(|e| js_error(format!("cannot open stream {}", self.config.stream.name), e))?;
-        stream
-            .create_consumer(consumer_config(settings))
-            .await
-            .map_err(|e| {
-                js_error(
-                    format!("cannot create or update consumer {}", settings.durable_name),
-                    e,
-                )
-            })?;
+        match plan {
+            ConsumerPlan::Create => {
+                stream
+                    .create_consumer(consumer_config(settings))
+                    .await
+                    .map_err(|e| {
+                        js_error(
+                            format!("cannot create consumer {}", settings.durable_name),
+                            e,
+                        )
+                    })?;
+            }
+            ConsumerPlan::Update { changes, .. } if changes.is_empty() => {}
+            ConsumerPlan::Update { update, .. } => {
+                // An update, never a create: a consumer deleted since it was read is
+                // not brought back from its old settings.
+                stream.update_consumer(*update).await.map_err(|e| {
+                    js_error(
+                        format!("cannot update consumer {}", settings.durable_name),
+                        e,
+                    )
+                })?;
+            }
+        }
         Ok(())
+    }
+
+    /// Creates one consumer on the event stream, or updates the fields
+    /// [`ConsumerSettings`] manages on an existing one (every other setting stays as
+    /// it is on the server, as [`ensure`](Self::ensure) does). Refuses, before
+    /// sending anything, a consumer whose `ack_policy` is not explicit (see
+    /// [`AckPolicy`]).
+    pub async fn ensure_consumer(&self, settings: &ConsumerSettings) -> Result<(), StreamingError> {
+        crate::config::check_ack_policy("ack_policy", settings)?;
+        let plan = self.consumer_plan(settings).await?;
+        self.apply_consumer_plan(settings, plan).await
+    }
+}
+
+/// What ensuring one consumer takes.
+enum ConsumerPlan {
+    /// It does not exist: create it from [`consumer_config`].
+    Create,
+    /// It exists: `update` is its current configuration with the managed fields set,
+    /// and `changes` names each one that differs (nothing to send when empty).
+    Update {
+        update: Box<consumer::Config>,
+        changes: Vec<String>,
+    },
+}
+
+/// The setting lines of a plan, collected while the update is built, so that what
+/// [`StreamingClient::plan`] lists and what [`StreamingClient::ensure`] sends cannot
+/// drift apart.
+#[derive(Default)]
+struct Changes(Vec<String>);
+
+impl Changes {
+    /// Sets `slot` to `want`, recording `<field> <now> -> <want>` when they differ.
+    fn set<T: PartialEq + std::fmt::Debug>(&mut self, field: &str, slot: &mut T, want: T) {
+        if *slot != want {
+            self.0.push(format!("{field} {slot:?} -> {want:?}"));
+            *slot = want;
+        }
     }
 }
 
@@ -583,6 +588,7 @@ pub(crate) fn stream_config(s: &StreamSettings) -> stream::Config {
         duplicate_window: s.duplicate_window(),
         num_replicas: s.replicas,
         allow_atomic_publish: s.allow_atomic,
+        // A creation default, not a managed field: `ensure` keeps what the server has.
         allow_direct: true,
         description: s.description.clone(),
         ..Default::default()
@@ -630,6 +636,75 @@ pub fn consumer_config(c: &ConsumerSettings) -> consumer::pull::Config {
     }
 }
 
+/// Sets the stream fields [`StreamSettings`] manages on `update` (the server's current
+/// configuration) and returns a line per field that changed. Storage and retention are
+/// checked before, never changed; every other field is left as the server has it.
+fn apply_stream_settings(update: &mut stream::Config, s: &StreamSettings) -> Vec<String> {
+    let want = stream_config(s);
+    let mut c = Changes::default();
+    c.set("subjects", &mut update.subjects, want.subjects);
+    c.set("max_age", &mut update.max_age, want.max_age);
+    c.set("max_messages", &mut update.max_messages, want.max_messages);
+    c.set("max_bytes", &mut update.max_bytes, want.max_bytes);
+    c.set(
+        "duplicate_window",
+        &mut update.duplicate_window,
+        want.duplicate_window,
+    );
+    c.set("replicas", &mut update.num_replicas, want.num_replicas);
+    c.set(
+        "allow_atomic",
+        &mut update.allow_atomic_publish,
+        want.allow_atomic_publish,
+    );
+    c.set("description", &mut update.description, want.description);
+    c.0
+}
+
+/// Sets the consumer fields [`ConsumerSettings`] manages on `update` (the server's
+/// current configuration) and returns a line per field that changed. Every other
+/// field (`max_waiting`, `max_batch`, `max_expires`, `inactive_threshold`, metadata,
+/// replicas, ...) is left as the server has it.
+fn apply_consumer_settings(
+    update: &mut consumer::Config,
+    settings: &ConsumerSettings,
+) -> Vec<String> {
+    let want = consumer_config(settings);
+    let mut c = Changes::default();
+    // One filter travels as `filter_subject`, several as `filter_subjects`; compare
+    // the lists, and set both when they differ.
+    let filters = |one: &str, many: &[String]| -> Vec<String> {
+        if one.is_empty() {
+            many.to_vec()
+        } else {
+            vec![one.to_owned()]
+        }
+    };
+    let now = filters(&update.filter_subject, &update.filter_subjects);
+    let wanted = filters(&want.filter_subject, &want.filter_subjects);
+    if now != wanted {
+        c.0.push(format!("filter_subjects {now:?} -> {wanted:?}"));
+        update.filter_subject = want.filter_subject;
+        update.filter_subjects = want.filter_subjects;
+    }
+    c.set("description", &mut update.description, want.description);
+    c.set(
+        "deliver_policy",
+        &mut update.deliver_policy,
+        want.deliver_policy,
+    );
+    c.set("ack_policy", &mut update.ack_policy, want.ack_policy);
+    c.set("ack_wait", &mut update.ack_wait, want.ack_wait);
+    c.set("max_deliver", &mut update.max_deliver, want.max_deliver);
+    c.set(
+        "max_ack_pending",
+        &mut update.max_ack_pending,
+        want.max_ack_pending,
+    );
+    c.set("backoff", &mut update.backoff, want.backoff);
+    c.0
+}
+
 async fn ensure_stream(
     js: &jetstream::Context,
     at: &str,
@@ -665,62 +740,15 @@ async fn ensure_stream(
                     ),
                 ));
             }
-            let mut changes = Vec::new();
-            let mut cmp = |field: &str, now: String, want: String| {
-                if now != want {
-                    changes.push(format!("stream {}: {field} {now} -> {want}", settings.name));
-                }
-            };
-            cmp(
-                "subjects",
-                format!("{:?}", current.subjects),
-                format!("{:?}", desired.subjects),
-            );
-            cmp(
-                "max_age",
-                format!("{:?}", current.max_age),
-                format!("{:?}", desired.max_age),
-            );
-            cmp(
-                "max_messages",
-                current.max_messages.to_string(),
-                desired.max_messages.to_string(),
-            );
-            cmp(
-                "max_bytes",
-                current.max_bytes.to_string(),
-                desired.max_bytes.to_string(),
-            );
-            cmp(
-                "duplicate_window",
-                format!("{:?}", current.duplicate_window),
-                format!("{:?}", desired.duplicate_window),
-            );
-            cmp(
-                "replicas",
-                current.num_replicas.to_string(),
-                desired.num_replicas.to_string(),
-            );
-            cmp(
-                "allow_atomic",
-                current.allow_atomic_publish.to_string(),
-                desired.allow_atomic_publish.to_string(),
-            );
-            cmp(
-                "allow_direct",
-                current.allow_direct.to_string(),
-                desired.allow_direct.to_string(),
-            );
-            cmp(
-                "description",
-                format!("{:?}", current.description),
-                format!("{:?}", desired.description),
-            );
+            // The update is the server's configuration with the managed fields set:
+            // what the operator set by hand (discard policy, limits, sources, ...) stays.
+            let mut update = current.clone();
+            let changes = apply_stream_settings(&mut update, settings);
             if changes.is_empty() {
                 report.unchanged_streams.push(settings.name.clone());
             } else {
                 if apply {
-                    js.update_stream(&desired).await.map_err(|e| {
+                    js.update_stream(&update).await.map_err(|e| {
                         let kind = StreamingErrorKind::ImmutableField;
                         StreamingError::with_source(
                             kind,
@@ -732,7 +760,11 @@ async fn ensure_stream(
                         )
                     })?;
                 }
-                report.changes.extend(changes);
+                report.changes.extend(
+                    changes
+                        .into_iter()
+                        .map(|c| format!("stream {}: {c}", settings.name)),
+                );
                 report.updated_streams.push(settings.name.clone());
             }
         }
@@ -760,6 +792,127 @@ async fn ensure_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The top-level keys whose JSON values differ between two configurations.
+    fn differing_keys<T: serde::Serialize>(a: &T, b: &T) -> Vec<String> {
+        let (serde_json::Value::Object(a), serde_json::Value::Object(b)) = (
+            serde_json::to_value(a).unwrap(),
+            serde_json::to_value(b).unwrap(),
+        ) else {
+            panic!("configurations serialize as objects");
+        };
+        let mut keys: Vec<String> = a.keys().chain(b.keys()).cloned().collect();
+        keys.sort();
+        keys.dedup();
+        keys.retain(|k| a.get(k) != b.get(k));
+        keys
+    }
+
+    #[test]
+    fn a_stream_update_changes_only_the_managed_fields_it_lists() {
+        let settings = StreamSettings::default();
+        let mut current = stream_config(&settings);
+        current.discard = stream::DiscardPolicy::New;
+        current.max_message_size = 64 * 1024;
+        current.max_messages_per_subject = 1000;
+        current.max_consumers = 50;
+        current.allow_rollup = true;
+        current.allow_direct = false;
+        current.compression = Some(stream::Compression::S2);
+        current.metadata.insert("owner".into(), "ops".into());
+        current.sources = Some(vec![stream::Source {
+            name: "LEGACY".into(),
+            ..Default::default()
+        }]);
+
+        let mut unchanged = current.clone();
+        assert!(apply_stream_settings(&mut unchanged, &settings).is_empty());
+        assert_eq!(unchanged, current);
+
+        let changed = StreamSettings {
+            max_age_secs: settings.max_age_secs + 24 * 60 * 60,
+            ..settings.clone()
+        };
+        let mut update = current.clone();
+        let changes = apply_stream_settings(&mut update, &changed);
+        assert_eq!(changes, vec!["max_age 31536000s -> 31622400s".to_owned()]);
+        assert_eq!(
+            differing_keys(&current, &update),
+            vec!["max_age".to_owned()]
+        );
+
+        // Every managed field: one line each, and nothing else differs.
+        let all = StreamSettings {
+            subjects: vec!["person.events.x.>".into()],
+            max_age_secs: 7,
+            max_messages: 5,
+            max_bytes: 6,
+            duplicate_window_secs: 7,
+            replicas: 3,
+            allow_atomic: false,
+            description: None,
+            ..settings
+        };
+        let mut update = current.clone();
+        let changes = apply_stream_settings(&mut update, &all);
+        let keys = differing_keys(&current, &update);
+        assert_eq!(changes.len(), keys.len(), "{changes:?} vs {keys:?}");
+        for key in [
+            "allow_atomic",
+            "description",
+            "duplicate_window",
+            "max_age",
+            "max_bytes",
+            "max_msgs",
+            "num_replicas",
+            "subjects",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn a_consumer_update_changes_only_the_managed_fields_it_lists() {
+        let settings = ConsumerSettings::new("c", &["person.events.>"], "d");
+        let mut current =
+            consumer::IntoConsumerConfig::into_consumer_config(consumer_config(&settings));
+        current.max_waiting = 7;
+        current.max_batch = 10;
+        current.max_expires = Duration::from_secs(9);
+        current.inactive_threshold = Duration::from_secs(3600);
+        current.metadata.insert("owner".into(), "ops".into());
+
+        let mut unchanged = current.clone();
+        assert!(apply_consumer_settings(&mut unchanged, &settings).is_empty());
+        assert_eq!(unchanged, current);
+
+        let changed = ConsumerSettings {
+            max_ack_pending: 10,
+            ack_wait_secs: 60,
+            filter_subjects: vec!["person.events.*.a".into(), "person.events.*.b".into()],
+            ..settings
+        };
+        let mut update = current.clone();
+        let changes = apply_consumer_settings(&mut update, &changed);
+        assert_eq!(
+            changes,
+            vec![
+                r#"filter_subjects ["person.events.>"] -> ["person.events.*.a", "person.events.*.b"]"#
+                    .to_owned(),
+                "ack_wait 30s -> 60s".to_owned(),
+                "max_ack_pending 1000 -> 10".to_owned(),
+            ]
+        );
+        assert_eq!(
+            differing_keys(&current, &update),
+            vec![
+                "ack_wait".to_owned(),
+                "filter_subject".to_owned(),
+                "filter_subjects".to_owned(),
+                "max_ack_pending".to_owned(),
+            ]
+        );
+    }
 
     #[test]
     fn a_publish_permission_violation_names_its_subject() {

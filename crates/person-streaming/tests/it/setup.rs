@@ -3,6 +3,10 @@ use person_streaming::{
     StreamingErrorKind,
 };
 
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{consumer, stream};
+
 use crate::support::start;
 
 #[tokio::test]
@@ -275,4 +279,173 @@ async fn ensure_refuses_cumulative_acks_and_creates_nothing() {
         info.config.ack_policy,
         async_nats::jetstream::consumer::AckPolicy::Explicit
     );
+}
+
+/// The stream's configuration as the server reports it.
+async fn stream_config(client: &StreamingClient, name: &str) -> stream::Config {
+    let mut stream = client.jetstream().get_stream(name).await.unwrap();
+    stream.info().await.unwrap().config.clone()
+}
+
+/// A consumer's configuration on the event stream, as the server reports it.
+async fn consumer_config(client: &StreamingClient, name: &str) -> consumer::Config {
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    stream.consumer_info(name).await.unwrap().config.clone()
+}
+
+#[tokio::test]
+async fn ensure_keeps_what_an_operator_set_by_hand() {
+    let (server, client) = start(StreamingConfig::default()).await;
+    let js = client.jetstream();
+
+    // An operator imports a legacy stream and tunes the event stream by hand.
+    js.create_stream(stream::Config {
+        name: "LEGACY_PERSON".into(),
+        subjects: vec!["legacy.person.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut hand = stream_config(&client, "PERSON_EVENTS").await;
+    hand.discard = stream::DiscardPolicy::New;
+    hand.max_message_size = 64 * 1024;
+    hand.max_messages_per_subject = 1000;
+    hand.max_consumers = 50;
+    hand.allow_rollup = true;
+    hand.metadata.insert("owner".into(), "person-ops".into());
+    hand.sources = Some(vec![stream::Source {
+        name: "LEGACY_PERSON".into(),
+        ..Default::default()
+    }]);
+    assert!(hand.allow_direct, "streams are created with direct get on");
+    hand.allow_direct = false;
+    hand.compression = Some(stream::Compression::S2);
+    js.update_stream(&hand).await.unwrap();
+    let before = stream_config(&client, "PERSON_EVENTS").await;
+    assert_eq!(
+        before.discard,
+        stream::DiscardPolicy::New,
+        "the hand edit took"
+    );
+    assert_eq!(before.sources.as_ref().map(Vec::len), Some(1));
+
+    // A deploy raises max_age by a day: the plan names only that, and the update
+    // changes only that.
+    let day = 24 * 60 * 60;
+    let mut longer = StreamingConfig::default();
+    longer.stream.max_age_secs += day;
+    let deploy = StreamingClient::builder(server.url())
+        .ensure_on_connect(false)
+        .connect(longer)
+        .await
+        .unwrap();
+    let plan = deploy.plan().await.unwrap();
+    assert_eq!(
+        plan.changes,
+        vec!["stream PERSON_EVENTS: max_age 31536000s -> 31622400s".to_owned()]
+    );
+    assert_eq!(plan.updated_streams, vec!["PERSON_EVENTS".to_owned()]);
+    assert_eq!(plan.unchanged_consumers.len(), 4, "{plan:?}");
+    let done = deploy.ensure().await.unwrap();
+    assert_eq!(done, plan, "ensure does what plan said");
+
+    let after = stream_config(&client, "PERSON_EVENTS").await;
+    assert_eq!(after.max_age, Duration::from_secs(366 * day));
+    assert_eq!(after.discard, stream::DiscardPolicy::New);
+    assert_eq!(after.max_message_size, 64 * 1024);
+    assert_eq!(after.max_messages_per_subject, 1000);
+    assert_eq!(after.max_consumers, 50);
+    assert!(after.allow_rollup);
+    assert_eq!(
+        after.metadata.get("owner").map(String::as_str),
+        Some("person-ops")
+    );
+    assert_eq!(after.sources, before.sources);
+    assert!(!after.allow_direct);
+    assert_eq!(after.compression, Some(stream::Compression::S2));
+    let expected = stream::Config {
+        max_age: after.max_age,
+        ..before.clone()
+    };
+    assert_eq!(after, expected, "nothing but max_age changed");
+    assert!(deploy.plan().await.unwrap().is_unchanged());
+
+    // The import still runs: a legacy event reaches the event stream.
+    js.publish("legacy.person.1", "legacy".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::support::stream_messages(&client, "PERSON_EVENTS").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the legacy import stopped after ensure"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The same for a consumer: hand tuning survives a managed change.
+    let name = "person-projection-summary";
+    let mut tuned = consumer_config(&client, name).await;
+    tuned.max_waiting = 64;
+    tuned.max_batch = 10;
+    tuned.max_expires = Duration::from_secs(5);
+    tuned.inactive_threshold = Duration::from_secs(3600);
+    tuned.metadata.insert("owner".into(), "person-ops".into());
+    // `max_waiting` is fixed at creation, so the operator recreates the consumer.
+    let events = js.get_stream("PERSON_EVENTS").await.unwrap();
+    events.delete_consumer(name).await.unwrap();
+    events.create_consumer(tuned).await.unwrap();
+    let consumer_before = consumer_config(&client, name).await;
+    assert_eq!(consumer_before.max_batch, 10, "the hand edit took");
+
+    let mut fewer = StreamingConfig::default();
+    fewer.stream.max_age_secs += day;
+    fewer.consumers[0].max_ack_pending = 10;
+    let deploy = StreamingClient::builder(server.url())
+        .ensure_on_connect(false)
+        .connect(fewer)
+        .await
+        .unwrap();
+    let plan = deploy.plan().await.unwrap();
+    assert_eq!(
+        plan.changes,
+        vec![format!("consumer {name}: max_ack_pending 1000 -> 10")]
+    );
+    assert_eq!(plan.updated_consumers, vec![name.to_owned()]);
+    assert_eq!(deploy.ensure().await.unwrap(), plan);
+
+    let consumer_after = consumer_config(&client, name).await;
+    assert_eq!(consumer_after.max_ack_pending, 10);
+    assert_eq!(consumer_after.max_waiting, 64);
+    assert_eq!(consumer_after.max_batch, 10);
+    assert_eq!(consumer_after.max_expires, Duration::from_secs(5));
+    assert_eq!(consumer_after.inactive_threshold, Duration::from_secs(3600));
+    assert_eq!(
+        consumer_after.metadata.get("owner").map(String::as_str),
+        Some("person-ops")
+    );
+    let expected = consumer::Config {
+        max_ack_pending: 10,
+        ..consumer_before
+    };
+    assert_eq!(
+        consumer_after, expected,
+        "nothing but max_ack_pending changed"
+    );
+    assert_eq!(stream_config(&client, "PERSON_EVENTS").await, after);
+
+    // `ensure_consumer` on its own keeps the hand tuning too.
+    let mut settings = StreamingConfig::default().consumers[0].clone();
+    settings.ack_wait_secs = 45;
+    client.ensure_consumer(&settings).await.unwrap();
+    let alone = consumer_config(&client, name).await;
+    assert_eq!(alone.ack_wait, Duration::from_secs(45));
+    assert_eq!(alone.max_ack_pending, 1000);
+    assert_eq!((alone.max_waiting, alone.max_batch), (64, 10));
 }
