@@ -17,6 +17,8 @@ use person_metadata::headers::{CloudEventAttributes, write_headers};
 use person_retry::RetryPolicy;
 
 use crate::StreamingConfig;
+use crate::client::js_error;
+use crate::error::StreamingError;
 
 /// The wildcard filter the expected-last-subject-sequence check applies to (server 2.11+).
 const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
@@ -317,7 +319,7 @@ impl Publisher {
                 Err(e) if self.retryable(&e, &subject) => {
                     self.publish_with_retry(&envelope, 1).await
                 }
-                Err(e) => Err(self.classify(e, &subject, None).await),
+                Err(e) => Err(self.classify_now(e, &subject, 1)),
             }
         })
     }
@@ -376,7 +378,7 @@ impl Publisher {
                     );
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => return Err(self.classify(e, &subject, None).await),
+                Err(e) => return Err(self.classify_now(e, &subject, attempt)),
             }
         }
     }
@@ -384,6 +386,13 @@ impl Publisher {
     /// Appends events of one person, checking the person's version first. One event is a
     /// plain publish with the expectation; several are one atomic batch: all stored, or
     /// none. A conflict carries the expected and the actual version.
+    ///
+    /// Idempotent, like an event store's append: timeouts, "no responders" and reconnects
+    /// are retried with the publisher's retry policy and the same `Nats-Msg-Id`s, and an
+    /// append whose events are already stored right after the expected version (a retry
+    /// of an append whose answer was lost) succeeds with their sequences, marked
+    /// `duplicate`, instead of conflicting with itself. Someone else's events there are
+    /// still a [`PublishErrorKind::Conflict`].
     pub async fn append(
         &self,
         person_id: PersonId,
@@ -405,8 +414,6 @@ impl Publisher {
                 ),
             ));
         }
-        let filter = subject::person_filter(&person_id);
-        let mut outgoing = Vec::with_capacity(events.len());
         for (i, env) in events.iter().enumerate() {
             if env.aggregate_id != person_id {
                 return Err(PublishError::new(
@@ -417,8 +424,62 @@ impl Publisher {
                     ),
                 ));
             }
-            outgoing.push(self.outgoing(env)?);
         }
+        let mut backoff = self.retry.backoff();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outgoing = self.append_outgoing(person_id, expected, events)?;
+            let failure = match self.append_once(outgoing).await {
+                Ok(receipt) => return Ok(receipt),
+                Err(failure) => failure,
+            };
+            let retry = match failure {
+                AppendFailure::Fatal(e) => return Err(e),
+                AppendFailure::Retry(cause) => cause,
+                // A refused expectation (or ids the server already holds) may be our own
+                // events, stored by an earlier attempt whose answer was lost, here or in
+                // the caller's previous call: compare ids before calling it a conflict.
+                AppendFailure::Refused(detail) => {
+                    match self.already_stored(person_id, expected, events).await {
+                        Ok(Some(receipt)) => {
+                            tracing::debug!(
+                                person = %person_id, attempt, version = receipt.version,
+                                "append already stored at the expected version; idempotent success"
+                            );
+                            return Ok(receipt);
+                        }
+                        Ok(None) => {
+                            return Err(self.refusal(person_id, expected, detail).await);
+                        }
+                        // The outcome cannot be checked now: try again.
+                        Err(e) => RetryCause::Verify(e),
+                    }
+                }
+            };
+            if attempt >= self.retry.max_attempts() {
+                return Err(retry.into_error(self, attempt));
+            }
+            let delay = backoff.next().unwrap_or(self.retry.max_backoff());
+            tracing::debug!(
+                person = %person_id, attempt, ?delay, error = %retry,
+                "append failed transiently; retrying with the same Nats-Msg-Ids"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The messages of one append attempt, the expectation on the first.
+    fn append_outgoing(
+        &self,
+        person_id: PersonId,
+        expected: ExpectedVersion,
+        events: &[StreamingEventEnvelope],
+    ) -> Result<Vec<Outgoing>, PublishError> {
+        let mut outgoing = events
+            .iter()
+            .map(|env| self.outgoing(env))
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(seq) = expected.sequence() {
             let h = &mut outgoing[0].headers;
             h.insert(
@@ -427,11 +488,19 @@ impl Publisher {
             );
             h.insert(
                 EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-                HeaderValue::from(filter.as_str()),
+                HeaderValue::from(subject::person_filter(&person_id).as_str()),
             );
         }
+        Ok(outgoing)
+    }
+
+    /// One attempt: a publish for one event, an atomic batch for several.
+    async fn append_once(
+        &self,
+        mut outgoing: Vec<Outgoing>,
+    ) -> Result<AppendReceipt, AppendFailure> {
         if outgoing.len() > 1 {
-            return self.append_batch(person_id, expected, outgoing).await;
+            return self.append_batch(outgoing).await;
         }
         let out = outgoing.pop().expect("one event");
         let subject = out.subject.clone();
@@ -440,18 +509,22 @@ impl Publisher {
                 version: receipt.stream_sequence,
                 events: vec![receipt],
             }),
-            Err(e) => Err(self
-                .classify(e, &subject, Some((person_id, expected)))
-                .await),
+            Err(e) if self.retryable(&e, &subject) => {
+                Err(AppendFailure::Retry(RetryCause::Publish {
+                    error: e,
+                    subject,
+                }))
+            }
+            Err(e) if e.kind() == NatsKind::WrongLastSequence => {
+                Err(AppendFailure::Refused(e.to_string()))
+            }
+            Err(e) => Err(AppendFailure::Fatal(self.classify_now(e, &subject, 1))),
         }
     }
 
-    async fn append_batch(
-        &self,
-        person_id: PersonId,
-        expected: ExpectedVersion,
-        outgoing: Vec<Outgoing>,
-    ) -> Result<AppendReceipt, PublishError> {
+    /// One atomic batch, under a fresh batch id: a batch cut by a reconnect is abandoned
+    /// by the server (nothing stored), and the next attempt starts a new one.
+    async fn append_batch(&self, outgoing: Vec<Outgoing>) -> Result<AppendReceipt, AppendFailure> {
         let client = self.js.client();
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
         let n = outgoing.len();
@@ -459,6 +532,7 @@ impl Publisher {
         let mut commit_reply = None;
         for (i, mut out) in outgoing.into_iter().enumerate() {
             ids.push(out.event_id);
+            let subject = out.subject.clone();
             let h = &mut out.headers;
             h.insert(header::NATS_BATCH_ID, HeaderValue::from(batch_id.as_str()));
             h.insert(
@@ -474,44 +548,46 @@ impl Publisher {
                 // requests, so a rejected batch is reported, never silently dropped.
                 let reply = tokio::time::timeout(
                     self.ack_timeout,
-                    client.request_with_headers(out.subject.clone(), out.headers, out.payload),
+                    client.request_with_headers(out.subject, out.headers, out.payload),
                 )
-                .await
-                .map_err(|_| {
-                    PublishError::new(
-                        PublishErrorKind::TimedOut,
-                        format!("atomic append of {n} events: no reply from the server; nothing is known to be stored, re-read the version before retrying"),
-                    )
-                })?
-                .map_err(|e| {
-                    PublishError::with_source(PublishErrorKind::Transport, "atomic append request failed", e)
-                })?;
+                .await;
+                let reply = match reply {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(e)) => return Err(self.batch_request_failure(e, &subject, n)),
+                    Err(_) => {
+                        return Err(self.batch_failure(
+                            &subject,
+                            PublishErrorKind::TimedOut,
+                            format!("atomic append of {n} events: no reply from the server"),
+                            None,
+                        ));
+                    }
+                };
                 if let Some(err) = api_error(&reply.payload) {
-                    return Err(self.batch_error(err, person_id, expected).await);
+                    return Err(self.batch_error(err, n));
                 }
                 if last {
                     commit_reply = Some(reply);
                 }
-            } else {
-                client
-                    .publish_with_headers(out.subject, out.headers, out.payload)
-                    .await
-                    .map_err(|e| {
-                        PublishError::with_source(
-                            PublishErrorKind::Transport,
-                            "atomic append publish failed",
-                            e,
-                        )
-                    })?;
+            } else if let Err(e) = client
+                .publish_with_headers(out.subject, out.headers, out.payload)
+                .await
+            {
+                return Err(self.batch_failure(
+                    &subject,
+                    PublishErrorKind::Transport,
+                    format!("atomic append of {n} events: a publish failed"),
+                    Some(Box::new(e)),
+                ));
             }
         }
         let reply = commit_reply.expect("the last message is a request");
         let ack: PublishAck = serde_json::from_slice(&reply.payload).map_err(|e| {
-            PublishError::with_source(
+            AppendFailure::Fatal(PublishError::with_source(
                 PublishErrorKind::Rejected,
                 "unexpected reply to the batch commit",
                 e,
-            )
+            ))
         })?;
         let first = ack.sequence + 1 - n as u64;
         let events = ids
@@ -529,23 +605,193 @@ impl Publisher {
         })
     }
 
-    async fn batch_error(
+    /// A failed batch message: retried unless the server reported a permissions violation
+    /// for its subject.
+    fn batch_failure(
         &self,
-        err: ApiError,
+        subject: &str,
+        kind: PublishErrorKind,
+        what: String,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> AppendFailure {
+        if self.denials.publish_denied(subject) {
+            return AppendFailure::Fatal(self.denied(subject, source));
+        }
+        AppendFailure::Retry(RetryCause::Batch { kind, what, source })
+    }
+
+    fn batch_request_failure(
+        &self,
+        e: async_nats::RequestError,
+        subject: &str,
+        n: usize,
+    ) -> AppendFailure {
+        use async_nats::RequestErrorKind;
+        match e.kind() {
+            RequestErrorKind::NoResponders if !self.captured(subject) => {
+                AppendFailure::Fatal(PublishError::with_source(
+                    PublishErrorKind::NoStream,
+                    format!(
+                        "no stream captures subject {subject}: run StreamingClient::ensure, or check stream.subjects"
+                    ),
+                    e,
+                ))
+            }
+            RequestErrorKind::NoResponders => self.batch_failure(
+                subject,
+                PublishErrorKind::Unavailable,
+                format!(
+                    "atomic append of {n} events: the stream capturing {subject} did not answer (a leader election or a restart)"
+                ),
+                Some(Box::new(e)),
+            ),
+            RequestErrorKind::TimedOut => self.batch_failure(
+                subject,
+                PublishErrorKind::TimedOut,
+                format!("atomic append of {n} events: no reply from the server"),
+                Some(Box::new(e)),
+            ),
+            _ => self.batch_failure(
+                subject,
+                PublishErrorKind::Transport,
+                format!("atomic append of {n} events: a request failed"),
+                Some(Box::new(e)),
+            ),
+        }
+    }
+
+    fn batch_error(&self, err: ApiError, n: usize) -> AppendFailure {
+        match err.err_code {
+            // Wrong last sequence, or ids the server already holds: maybe our own events.
+            API_WRONG_LAST_SEQUENCE | API_BATCH_DUPLICATE_MESSAGE_ID => {
+                AppendFailure::Refused(err.description)
+            }
+            // Part of the batch never reached the server (a reconnect): it was abandoned
+            // whole, so nothing is stored and a new batch is safe.
+            API_BATCH_INCOMPLETE => AppendFailure::Retry(RetryCause::Batch {
+                kind: PublishErrorKind::Transport,
+                what: format!(
+                    "atomic append of {n} events: the server lost part of the batch ({})",
+                    err.description
+                ),
+                source: None,
+            }),
+            API_BATCH_TOO_MANY_INFLIGHT => AppendFailure::Retry(RetryCause::Batch {
+                kind: PublishErrorKind::Unavailable,
+                what: format!(
+                    "atomic append of {n} events: the stream is busy ({})",
+                    err.description
+                ),
+                source: None,
+            }),
+            code => AppendFailure::Fatal(PublishError::new(
+                PublishErrorKind::Rejected,
+                format!(
+                    "the server rejected the atomic append (error {code}): {}",
+                    err.description
+                ),
+            )),
+        }
+    }
+
+    /// The receipt of `events` if they are exactly the person's events stored right after
+    /// the expected version (same ids, same order); for [`ExpectedVersion::Any`], wherever
+    /// the first of them is. `None` when anything else is stored there.
+    async fn already_stored(
+        &self,
         person_id: PersonId,
         expected: ExpectedVersion,
-    ) -> PublishError {
-        // 10071: wrong last sequence.
-        if err.err_code == 10071 {
-            return self.conflict(person_id, expected, err.description).await;
+        events: &[StreamingEventEnvelope],
+    ) -> Result<Option<AppendReceipt>, StreamingError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&*self.stream_name)
+            .await
+            .map_err(|e| js_error(format!("cannot open stream {}", self.stream_name), e))?;
+        let filter = subject::person_filter(&person_id);
+        let next = |from: u64| {
+            let stream = &stream;
+            let filter = &filter;
+            async move {
+                match stream
+                    .raw_message_builder()
+                    .sequence(from)
+                    .next_by_subject(filter.as_str())
+                    .send()
+                    .await
+                {
+                    Ok(msg) => Ok(Some(msg)),
+                    Err(e)
+                        if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(js_error(
+                        format!("cannot read the events of person {person_id}"),
+                        e,
+                    )),
+                }
+            }
+        };
+        let is = |msg: &jetstream::message::StreamMessage, id: EventId| {
+            msg.headers
+                .get(header::NATS_MESSAGE_ID)
+                .and_then(|v| v.as_str().parse::<EventId>().ok())
+                == Some(id)
+        };
+        let mut from = match expected.sequence() {
+            Some(version) => version + 1,
+            None => {
+                // No expectation: find the first event by its id in the person's history.
+                let mut from = 1;
+                loop {
+                    match next(from).await? {
+                        None => return Ok(None),
+                        Some(msg) if is(&msg, events[0].event_id) => break msg.sequence,
+                        Some(msg) => from = msg.sequence + 1,
+                    }
+                }
+            }
+        };
+        let mut receipts = Vec::with_capacity(events.len());
+        for env in events {
+            match next(from).await? {
+                Some(msg) if is(&msg, env.event_id) => {
+                    from = msg.sequence + 1;
+                    receipts.push(PublishReceipt {
+                        event_id: env.event_id,
+                        stream_sequence: msg.sequence,
+                        duplicate: true,
+                    });
+                }
+                _ => return Ok(None),
+            }
         }
-        PublishError::new(
-            PublishErrorKind::Rejected,
-            format!(
-                "the server rejected the atomic append (error {}): {}",
-                err.err_code, err.description
-            ),
-        )
+        let version = receipts.last().map_or(0, |r| r.stream_sequence);
+        Ok(Some(AppendReceipt {
+            events: receipts,
+            version,
+        }))
+    }
+
+    /// The error for a refused append whose events are not the ones stored.
+    async fn refusal(
+        &self,
+        person_id: PersonId,
+        expected: ExpectedVersion,
+        detail: String,
+    ) -> PublishError {
+        if expected == ExpectedVersion::Any {
+            // Only ids the server already holds, in another place or order, refuse an
+            // append without expectation.
+            return PublishError::new(
+                PublishErrorKind::Rejected,
+                format!(
+                    "the server refused the append for person {person_id} ({detail}); its events are not the person's last events in this order"
+                ),
+            );
+        }
+        self.conflict(person_id, expected, detail).await
     }
 
     async fn conflict(
@@ -574,29 +820,42 @@ impl Publisher {
         }
     }
 
-    async fn classify(
+    fn denied(
         &self,
-        e: jetstream::context::PublishError,
         subject: &str,
-        conflict: Option<(PersonId, ExpectedVersion)>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     ) -> PublishError {
-        if self.denials.publish_denied(subject) {
-            return PublishError::with_source(
+        PublishError {
+            source,
+            ..PublishError::new(
                 PublishErrorKind::PermissionDenied,
                 format!(
                     "not allowed to publish to {subject}: the server reported a permissions violation; grant this user publish on {}",
                     self.stream_subjects.join(", ")
                 ),
-                e,
-            );
+            )
         }
+    }
+
+    /// The error for a failed publish after `attempts` attempts.
+    fn classify_now(
+        &self,
+        e: jetstream::context::PublishError,
+        subject: &str,
+        attempts: u32,
+    ) -> PublishError {
+        if self.denials.publish_denied(subject) {
+            return self.denied(subject, Some(Box::new(e)));
+        }
+        let tries = if attempts == 1 {
+            "1 attempt".to_owned()
+        } else {
+            format!("{attempts} attempts")
+        };
         match e.kind() {
-            NatsKind::WrongLastSequence => match conflict {
-                Some((person, expected)) => self.conflict(person, expected, e.to_string()).await,
-                None => {
-                    PublishError::with_source(PublishErrorKind::Conflict, "version conflict", e)
-                }
-            },
+            NatsKind::WrongLastSequence => {
+                PublishError::with_source(PublishErrorKind::Conflict, "version conflict", e)
+            }
             NatsKind::MaxPayloadExceeded => PublishError::with_source(
                 PublishErrorKind::PayloadTooLarge,
                 format!("event on {subject} is larger than the server's max_payload"),
@@ -605,8 +864,7 @@ impl Publisher {
             NatsKind::StreamNotFound if self.captured(subject) => PublishError::with_source(
                 PublishErrorKind::Unavailable,
                 format!(
-                    "the stream capturing {subject} did not answer after {} attempts (a leader election or a restart); publishing again is safe",
-                    self.retry.max_attempts()
+                    "the stream capturing {subject} did not answer after {tries} (a leader election or a restart); publishing again is safe"
                 ),
                 e,
             ),
@@ -619,15 +877,12 @@ impl Publisher {
             ),
             NatsKind::TimedOut => PublishError::with_source(
                 PublishErrorKind::TimedOut,
-                format!(
-                    "no publish ack for {subject} after {} attempts; publishing again is safe",
-                    self.retry.max_attempts()
-                ),
+                format!("no publish ack for {subject} after {tries}; publishing again is safe"),
                 e,
             ),
             NatsKind::BrokenPipe | NatsKind::MaxAckPending => PublishError::with_source(
                 PublishErrorKind::Transport,
-                format!("publish to {subject} failed"),
+                format!("publish to {subject} failed after {tries}"),
                 e,
             ),
             _ => PublishError::with_source(
@@ -715,6 +970,81 @@ fn retryable_kind(kind: NatsKind) -> bool {
         kind,
         NatsKind::TimedOut | NatsKind::BrokenPipe | NatsKind::MaxAckPending
     )
+}
+
+/// JetStream API error codes an append acts on.
+const API_WRONG_LAST_SEQUENCE: u64 = 10071;
+const API_BATCH_INCOMPLETE: u64 = 10176;
+const API_BATCH_DUPLICATE_MESSAGE_ID: u64 = 10201;
+const API_BATCH_TOO_MANY_INFLIGHT: u64 = 10210;
+
+/// Why one append attempt stored nothing new (as far as its answer says).
+enum AppendFailure {
+    /// The server refused the expectation, or holds the ids already: the events stored
+    /// there may be these very events.
+    Refused(String),
+    /// The outcome is unknown or the condition passes: worth another attempt.
+    Retry(RetryCause),
+    /// No retry helps.
+    Fatal(PublishError),
+}
+
+/// What made an append attempt worth retrying; it becomes the error once attempts run out.
+enum RetryCause {
+    Publish {
+        error: jetstream::context::PublishError,
+        subject: String,
+    },
+    Batch {
+        kind: PublishErrorKind,
+        what: String,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The events stored at the expected version could not be read to compare ids.
+    Verify(StreamingError),
+}
+
+impl fmt::Display for RetryCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryCause::Publish { error, .. } => write!(f, "{error}"),
+            RetryCause::Batch { what, .. } => f.write_str(what),
+            RetryCause::Verify(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl RetryCause {
+    fn into_error(self, publisher: &Publisher, attempts: u32) -> PublishError {
+        let tries = if attempts == 1 {
+            "1 attempt".to_owned()
+        } else {
+            format!("{attempts} attempts")
+        };
+        const SAFE: &str = "appending the same events with the same expected version again is safe";
+        match self {
+            RetryCause::Publish { error, subject } => {
+                let mut e = publisher.classify_now(error, &subject, attempts);
+                if e.is_transient() {
+                    e.message = format!(
+                        "append to {subject} failed after {tries}, the outcome is unknown; {SAFE}"
+                    );
+                }
+                e
+            }
+            RetryCause::Batch { kind, what, source } => PublishError {
+                source,
+                ..PublishError::new(kind, format!("{what}, after {tries}; {SAFE}"))
+            },
+            RetryCause::Verify(e) => PublishError::with_source(
+                PublishErrorKind::Transport,
+                format!(
+                    "append refused after {tries}, and the stored events could not be read to tell an earlier attempt of this append from a conflict; {SAFE}"
+                ),
+                e,
+            ),
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]

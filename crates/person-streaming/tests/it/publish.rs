@@ -401,3 +401,329 @@ async fn a_configured_stream_that_does_not_answer_is_a_transient_failure() {
         "{err}"
     );
 }
+
+/// A publisher that keeps retrying through a short outage: 300 ms acks, 30 attempts at
+/// least 100 ms apart (several seconds in all).
+fn patient_config() -> StreamingConfig {
+    let mut config = StreamingConfig::default();
+    config.publisher.ack_timeout_ms = 300;
+    config.publisher.retry = person_retry::RetryPolicy::builder()
+        .max_attempts(30)
+        .initial_backoff(Duration::from_millis(100))
+        .max_backoff(Duration::from_millis(250))
+        .jitter(person_retry::Jitter::None)
+        .build()
+        .unwrap();
+    config
+}
+
+/// Every stored message's event id, by person, in stream order; panics on an event id
+/// stored twice.
+async fn stored_events(
+    client: &person_streaming::StreamingClient,
+) -> std::collections::HashMap<PersonId, Vec<(u64, person_events::EventId)>> {
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut by_person: std::collections::HashMap<_, Vec<_>> = Default::default();
+    let last = {
+        let mut s = stream.clone();
+        s.info().await.unwrap().state.last_sequence
+    };
+    for seq in 1..=last {
+        let msg = match stream.get_raw_message(seq).await {
+            Ok(msg) => msg,
+            Err(_) => continue, // a gap (nothing is deleted here, but do not assume)
+        };
+        let env = person_events::codec::decode(&msg.payload).unwrap();
+        assert!(
+            seen.insert(env.event_id),
+            "event {} stored twice",
+            env.event_id
+        );
+        by_person
+            .entry(env.aggregate_id)
+            .or_default()
+            .push((seq, env.event_id));
+    }
+    by_person
+}
+
+fn ids(events: &[StreamingEventEnvelope]) -> Vec<person_events::EventId> {
+    events.iter().map(|e| e.event_id).collect()
+}
+
+fn three(person: PersonId) -> Vec<StreamingEventEnvelope> {
+    vec![
+        created(person, 1),
+        activated(person, 2),
+        activated(person, 3),
+    ]
+}
+
+#[tokio::test]
+async fn appends_during_a_server_stop_succeed_once_it_is_back_and_are_stored_once() {
+    let (mut server, client) = start_with(
+        patient_config(),
+        Some("jetstream { sync_interval: always }"),
+    )
+    .await;
+    let publisher = client.publisher();
+    let (single, batch) = (PersonId::new(), PersonId::new());
+    let one = vec![created(single, 1)];
+    let many = three(batch);
+    let (p1, p2) = (publisher.clone(), publisher.clone());
+    let (e1, e2) = (one.clone(), many.clone());
+    // The appends start, then the server goes away for about a second.
+    let a = tokio::spawn(async move { p1.append(single, ExpectedVersion::NoEvents, &e1).await });
+    let b = tokio::spawn(async move { p2.append(batch, ExpectedVersion::NoEvents, &e2).await });
+    server.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.start_again().await.unwrap();
+    let ra = a
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("single append: {e}"));
+    let rb = b
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("batch append: {e}"));
+
+    let stored = stored_events(&client).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    let single_stored = &stored[&single];
+    assert_eq!(
+        single_stored.iter().map(|s| s.1).collect::<Vec<_>>(),
+        ids(&one)
+    );
+    assert_eq!(ra.version, single_stored[0].0);
+    assert_eq!(ra.events[0].stream_sequence, single_stored[0].0);
+    let batch_stored = &stored[&batch];
+    assert_eq!(
+        batch_stored.iter().map(|s| s.1).collect::<Vec<_>>(),
+        ids(&many)
+    );
+    assert_eq!(
+        rb.events
+            .iter()
+            .map(|r| r.stream_sequence)
+            .collect::<Vec<_>>(),
+        batch_stored.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
+    assert_eq!(rb.version, batch_stored[2].0);
+}
+
+#[tokio::test]
+async fn appends_cut_by_a_server_kill_are_stored_exactly_once_without_false_conflicts() {
+    let (mut server, client) = start_with(
+        patient_config(),
+        Some("jetstream { sync_interval: always }"),
+    )
+    .await;
+    let publisher = client.publisher();
+    // Ten writers, each appending one event then batches of three for its own person,
+    // each append expecting the version the previous one returned.
+    let writers: Vec<_> = (0..10)
+        .map(|_| {
+            let publisher = publisher.clone();
+            tokio::spawn(async move {
+                let person = PersonId::new();
+                let mut appended = Vec::new();
+                let first = vec![created(person, 1)];
+                let mut version = publisher
+                    .append(person, ExpectedVersion::NoEvents, &first)
+                    .await
+                    .unwrap_or_else(|e| panic!("first append: {e}"))
+                    .version;
+                appended.extend(ids(&first));
+                for round in 0..15u64 {
+                    let batch: Vec<_> = (0..3)
+                        .map(|i| activated(person, 2 + round * 3 + i))
+                        .collect();
+                    let receipt = publisher
+                        .append(person, ExpectedVersion::Exactly(version), &batch)
+                        .await
+                        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                    version = receipt.version;
+                    appended.extend(ids(&batch));
+                }
+                (person, appended, version)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.start_again().await.unwrap();
+    let mut results = Vec::new();
+    for w in writers {
+        results.push(w.await.unwrap());
+    }
+
+    let stored = stored_events(&client).await;
+    assert_eq!(stored.len(), results.len());
+    for (person, appended, version) in results {
+        let mine = &stored[&person];
+        assert_eq!(mine.iter().map(|s| s.1).collect::<Vec<_>>(), appended);
+        assert_eq!(mine.last().unwrap().0, version);
+    }
+}
+
+#[tokio::test]
+async fn appending_again_what_is_already_stored_returns_the_same_receipt() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let publisher = client.publisher();
+    let person = PersonId::new();
+
+    let one = [created(person, 1)];
+    let first = publisher
+        .append(person, ExpectedVersion::NoEvents, &one)
+        .await
+        .unwrap();
+    assert!(!first.events[0].duplicate);
+    // The caller never saw the answer and appends again, as the error told it to.
+    let again = publisher
+        .append(person, ExpectedVersion::NoEvents, &one)
+        .await
+        .unwrap_or_else(|e| panic!("a repeated single append: {e}"));
+    assert_eq!(again.version, first.version);
+    assert_eq!(
+        again.events[0].stream_sequence,
+        first.events[0].stream_sequence
+    );
+    assert!(again.events[0].duplicate);
+
+    let batch: Vec<_> = (2..=4).map(|i| activated(person, i)).collect();
+    let stored = publisher
+        .append(person, ExpectedVersion::Exactly(first.version), &batch)
+        .await
+        .unwrap();
+    for expected in [
+        ExpectedVersion::Exactly(first.version),
+        ExpectedVersion::Any,
+    ] {
+        let again = publisher
+            .append(person, expected, &batch)
+            .await
+            .unwrap_or_else(|e| panic!("a repeated batch ({expected:?}): {e}"));
+        assert_eq!(again.version, stored.version);
+        assert_eq!(
+            again
+                .events
+                .iter()
+                .map(|r| (r.event_id, r.stream_sequence))
+                .collect::<Vec<_>>(),
+            stored
+                .events
+                .iter()
+                .map(|r| (r.event_id, r.stream_sequence))
+                .collect::<Vec<_>>()
+        );
+        assert!(again.events.iter().all(|r| r.duplicate));
+    }
+
+    // Still recognized once someone else has appended after them.
+    publisher
+        .append(
+            person,
+            ExpectedVersion::Exactly(stored.version),
+            &[activated(person, 5)],
+        )
+        .await
+        .unwrap();
+    let late = publisher
+        .append(person, ExpectedVersion::Exactly(first.version), &batch)
+        .await
+        .unwrap_or_else(|e| panic!("a repeated batch after later events: {e}"));
+    assert_eq!(late.version, stored.version);
+
+    let history = stored_events(&client).await;
+    let mut all = ids(&one);
+    all.extend(ids(&batch));
+    assert_eq!(history[&person].len(), 5);
+    assert_eq!(
+        history[&person]
+            .iter()
+            .take(4)
+            .map(|s| s.1)
+            .collect::<Vec<_>>(),
+        all
+    );
+}
+
+#[tokio::test]
+async fn someone_elses_events_at_the_expected_position_are_still_a_conflict() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let publisher = client.publisher();
+    let person = PersonId::new();
+    let theirs = publisher
+        .append(person, ExpectedVersion::NoEvents, &[created(person, 1)])
+        .await
+        .unwrap();
+
+    let err = publisher
+        .append(person, ExpectedVersion::NoEvents, &[created(person, 1)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::Conflict, "{err}");
+    assert_eq!(err.expected_version(), Some(0));
+    assert_eq!(err.actual_version(), Some(theirs.version));
+
+    // Their batch after version 1; ours, with other ids at the same place, conflicts.
+    let their_batch: Vec<_> = (2..=4).map(|i| activated(person, i)).collect();
+    let after = publisher
+        .append(
+            person,
+            ExpectedVersion::Exactly(theirs.version),
+            &their_batch,
+        )
+        .await
+        .unwrap();
+    // Ours shares its first event with theirs but not the rest: not the same append.
+    let mut ours: Vec<_> = (2..=4).map(|i| activated(person, i)).collect();
+    ours[0] = their_batch[0].clone();
+    for events in [
+        (2..=4).map(|i| activated(person, i)).collect::<Vec<_>>(),
+        ours,
+    ] {
+        let err = publisher
+            .append(person, ExpectedVersion::Exactly(theirs.version), &events)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), PublishErrorKind::Conflict, "{err}");
+        assert_eq!(err.expected_version(), Some(theirs.version));
+        assert_eq!(err.actual_version(), Some(after.version));
+    }
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 4);
+}
+
+#[tokio::test]
+async fn an_append_that_times_out_says_how_many_attempts_it_made() {
+    let mut config = StreamingConfig::default();
+    config.publisher.ack_timeout_ms = 200;
+    config.publisher.retry = person_retry::RetryPolicy::builder()
+        .max_attempts(3)
+        .initial_backoff(Duration::from_millis(10))
+        .max_backoff(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let (mut server, client) = start(config).await;
+    let publisher = client.publisher();
+    server.stop().await.unwrap();
+    let person = PersonId::new();
+    for events in [vec![created(person, 1)], three(person)] {
+        let err = publisher
+            .append(person, ExpectedVersion::NoEvents, &events)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), PublishErrorKind::TimedOut, "{err}");
+        assert!(err.is_transient());
+        let text = err.to_string();
+        assert!(text.contains("after 3 attempts"), "{text}");
+        assert!(!text.contains("30 attempts"), "{text}");
+        assert!(text.contains("again is safe"), "{text}");
+    }
+}
