@@ -116,7 +116,9 @@ impl CliError {
     pub fn from_streaming(e: &StreamingError, url: &str) -> Self {
         let message = e.to_string();
         match e.kind() {
-            StreamingErrorKind::Connect | StreamingErrorKind::TimedOut => {
+            StreamingErrorKind::Connect
+            | StreamingErrorKind::TimedOut
+            | StreamingErrorKind::Unavailable => {
                 Self::new(CliErrorKind::Connection, message).with_hint(format!(
                     "is a server running at {url}? `\"$(cargo xtask nats --path)\" -js` starts one; \
                      or point --nats-url / NATS_URL at yours"
@@ -133,6 +135,9 @@ impl CliError {
                 .with_hint("fix the field named above in the file given with --config"),
             StreamingErrorKind::NotFound => Self::other(message)
                 .with_hint("`person-stream setup` creates the streams and consumers"),
+            StreamingErrorKind::PermissionDenied => Self::other(message).with_hint(
+                "the user lacks the permission named above: grant it in the account's permissions",
+            ),
             StreamingErrorKind::ImmutableField => Self::other(message)
                 .with_hint("`person-stream setup --dry-run` shows every difference"),
             _ => Self::other(message),

@@ -270,7 +270,7 @@ impl Denials {
     /// The most recent denied subjects kept.
     const KEEP: usize = 64;
 
-    fn record(&self, subject: String) {
+    pub(crate) fn record(&self, subject: String) {
         let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if !list.contains(&subject) {
             if list.len() == Self::KEEP {
@@ -287,6 +287,17 @@ impl Denials {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .any(|s| s == subject)
+    }
+
+    /// The recorded denied subject that is `subject`, or under it when `subject` ends
+    /// in `.`.
+    pub(crate) fn denied_under(&self, subject: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|s| *s == subject || (subject.ends_with('.') && s.starts_with(subject)))
+            .cloned()
     }
 }
 
@@ -378,19 +389,27 @@ impl StreamingClient {
 
     /// A reader of one person's events.
     pub fn reader(&self) -> AggregateReader {
-        AggregateReader::new(self.jetstream.clone(), &self.config)
+        AggregateReader::new(self.jetstream.clone(), &self.config, self.denials.clone())
     }
 
     /// The dead-letter queue.
     pub fn dead_letters(&self) -> DeadLetterQueue {
         DeadLetterQueue::new(self.jetstream.clone(), &self.config)
+            .with_denials(self.denials.clone())
+    }
+
+    /// The permission violations the server reported on this connection.
+    pub(crate) fn denials(&self) -> &Denials {
+        &self.denials
     }
 
     /// Creates or updates the event stream, the DLQ stream and every configured consumer.
     /// Idempotent. A setting that cannot change in place (storage, retention) gives an
     /// [`StreamingErrorKind::ImmutableField`] error naming it, never a silent keep.
     pub async fn ensure(&self) -> Result<EnsureReport, StreamingError> {
-        self.ensure_or_plan(true).await
+        self.ensure_or_plan(true)
+            .await
+            .map_err(|e| e.denied_on(&self.denials, self.api_subjects()))
     }
 
     /// What [`ensure`](Self::ensure) would do, changing nothing: streams and consumers
@@ -398,7 +417,16 @@ impl StreamingClient {
     /// in place gives the same [`StreamingErrorKind::ImmutableField`] error `ensure`
     /// would. A consumer on a stream that does not exist yet is reported as created.
     pub async fn plan(&self) -> Result<EnsureReport, StreamingError> {
-        self.ensure_or_plan(false).await
+        self.ensure_or_plan(false)
+            .await
+            .map_err(|e| e.denied_on(&self.denials, self.api_subjects()))
+    }
+
+    /// The JetStream API subjects `ensure` and `plan` request (both streams, consumers).
+    fn api_subjects(&self) -> Vec<String> {
+        let mut subjects = crate::error::stream_api(&self.config.stream.name);
+        subjects.extend(crate::error::stream_api(&self.config.dlq.name));
+        subjects
     }
 
     async fn ensure_or_plan(&self, apply: bool) -> Result<EnsureReport, StreamingError> {
@@ -554,20 +582,7 @@ pub(crate) fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> boo
     )
 }
 
-pub(crate) fn js_error(
-    message: String,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> StreamingError {
-    let text = e.to_string();
-    let kind = if text.contains("timed out") {
-        StreamingErrorKind::TimedOut
-    } else if text.contains("permission") || text.contains("authorization") {
-        StreamingErrorKind::Authentication
-    } else {
-        StreamingErrorKind::JetStream
-    };
-    StreamingError::with_source(kind, message, e)
-}
+pub(crate) use crate::error::js_error;
 
 pub(crate) fn stream_config(s: &StreamSettings) -> stream::Config {
     stream::Config {
@@ -749,7 +764,7 @@ async fn ensure_stream(
             } else {
                 if apply {
                     js.update_stream(&update).await.map_err(|e| {
-                        let kind = StreamingErrorKind::ImmutableField;
+                        let kind = crate::error::classify(&e);
                         StreamingError::with_source(
                             kind,
                             format!(

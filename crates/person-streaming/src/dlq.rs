@@ -10,8 +10,8 @@ use person_events::subject;
 use person_retry::{DeadLetter, DeadLetterSink, SinkError, SinkErrorKind};
 
 use crate::StreamingConfig;
-use crate::client::js_error;
-use crate::error::{StreamingError, StreamingErrorKind};
+use crate::client::Denials;
+use crate::error::{StreamingError, StreamingErrorKind, classify, js_error, stream_api};
 use crate::reader::scan;
 
 /// Header on a replayed event naming the DLQ sequence it was replayed from.
@@ -139,6 +139,7 @@ pub struct ReplayReceipt {
 pub struct DeadLetterQueue {
     js: jetstream::Context,
     dlq_stream: String,
+    denials: Denials,
 }
 
 impl DeadLetterQueue {
@@ -146,7 +147,24 @@ impl DeadLetterQueue {
         Self {
             js,
             dlq_stream: config.dlq.name.clone(),
+            denials: Denials::default(),
         }
+    }
+
+    /// Reads the permission violations the server reports on the connection, to tell a
+    /// denied request from a timed-out one.
+    pub(crate) fn with_denials(mut self, denials: Denials) -> Self {
+        self.denials = denials;
+        self
+    }
+
+    /// A failed request about the DLQ stream, classified.
+    fn fail(
+        &self,
+        message: String,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> StreamingError {
+        js_error(message, e).denied_on(&self.denials, stream_api(&self.dlq_stream))
     }
 
     /// Stores a dead letter and waits for the server's ack. Storing the same letter
@@ -198,13 +216,17 @@ impl DeadLetterQueue {
             .js
             .publish_with_headers(subject.clone(), headers, Bytes::from(body))
             .await
-            .map_err(|e| js_error(format!("cannot publish dead letter to {subject}"), e))?
+            .map_err(|e| {
+                js_error(format!("cannot publish dead letter to {subject}"), e)
+                    .denied_on(&self.denials, [&subject])
+            })?
             .await
             .map_err(|e| {
                 js_error(
                     format!("the DLQ stream did not store the dead letter on {subject}"),
                     e,
                 )
+                .denied_on(&self.denials, [&subject])
             })?;
         Ok(ack.sequence)
     }
@@ -231,7 +253,8 @@ impl DeadLetterQueue {
             }
             Ok(())
         })
-        .await?;
+        .await
+        .map_err(|e| e.denied_on(&self.denials, stream_api(&self.dlq_stream)))?;
         Ok(out)
     }
 
@@ -352,9 +375,9 @@ impl DeadLetterQueue {
                     e,
                 ));
             }
-            Err(e) => return Err(js_error(format!("cannot look up stream {name}"), e)),
+            Err(e) => return Err(self.fail(format!("cannot look up stream {name}"), e)),
         };
-        let read = |e| js_error(format!("cannot count the subjects {filter} of {name}"), e);
+        let read = |e| self.fail(format!("cannot count the subjects {filter} of {name}"), e);
         let subjects: Vec<(String, usize)> = stream
             .info_with_subjects(filter)
             .await
@@ -375,13 +398,17 @@ impl DeadLetterQueue {
             .js
             .get_stream_no_info(&self.dlq_stream)
             .await
-            .map_err(|e| js_error(format!("cannot open stream {}", self.dlq_stream), e))?;
+            .map_err(|e| self.fail(format!("cannot open stream {}", self.dlq_stream), e))?;
         let msg = stream.get_raw_message(dlq_sequence).await.map_err(|e| {
-            StreamingError::with_source(
-                StreamingErrorKind::NotFound,
-                format!("no dead letter at DLQ sequence {dlq_sequence}"),
-                e,
-            )
+            if classify(&e) == StreamingErrorKind::NotFound {
+                StreamingError::with_source(
+                    StreamingErrorKind::NotFound,
+                    format!("no dead letter at DLQ sequence {dlq_sequence}"),
+                    e,
+                )
+            } else {
+                self.fail(format!("cannot read DLQ sequence {dlq_sequence}"), e)
+            }
         })?;
         let letter: DeadLetter = serde_json::from_slice(&msg.payload).map_err(|e| {
             StreamingError::with_source(
@@ -447,9 +474,15 @@ impl DeadLetterQueue {
             .js
             .publish_with_headers(letter.subject.clone(), headers, letter.payload.clone())
             .await
-            .map_err(|e| js_error(format!("cannot replay to {}", letter.subject), e))?
+            .map_err(|e| {
+                js_error(format!("cannot replay to {}", letter.subject), e)
+                    .denied_on(&self.denials, [&letter.subject])
+            })?
             .await
-            .map_err(|e| js_error(format!("replay to {} was not stored", letter.subject), e))?;
+            .map_err(|e| {
+                js_error(format!("replay to {} was not stored", letter.subject), e)
+                    .denied_on(&self.denials, [&letter.subject])
+            })?;
         self.delete(dlq_sequence).await?;
         Ok(ReplayReceipt {
             dlq_sequence,
@@ -463,11 +496,11 @@ impl DeadLetterQueue {
             .js
             .get_stream_no_info(&self.dlq_stream)
             .await
-            .map_err(|e| js_error(format!("cannot open stream {}", self.dlq_stream), e))?;
+            .map_err(|e| self.fail(format!("cannot open stream {}", self.dlq_stream), e))?;
         stream
             .delete_message(dlq_sequence)
             .await
-            .map_err(|e| js_error(format!("cannot delete dead letter {dlq_sequence}"), e))?;
+            .map_err(|e| self.fail(format!("cannot delete dead letter {dlq_sequence}"), e))?;
         Ok(())
     }
 
@@ -657,7 +690,9 @@ impl DeadLetterSink for DeadLetterQueue {
             let kind = match e.kind() {
                 StreamingErrorKind::TimedOut => SinkErrorKind::Timeout,
                 StreamingErrorKind::InvalidInput => SinkErrorKind::Encode,
-                StreamingErrorKind::Authentication => SinkErrorKind::Rejected,
+                StreamingErrorKind::Authentication
+                | StreamingErrorKind::PermissionDenied
+                | StreamingErrorKind::Rejected => SinkErrorKind::Rejected,
                 _ => SinkErrorKind::Unavailable,
             };
             SinkError::with_source(kind, "cannot store the dead letter on the DLQ stream", e)

@@ -8,8 +8,8 @@ use person_events::{PersonId, StreamingEventEnvelope, subject};
 use person_legacy_compat::{RawMessage, decode_message};
 
 use crate::StreamingConfig;
-use crate::client::js_error;
-use crate::error::{StreamingError, StreamingErrorKind};
+use crate::client::Denials;
+use crate::error::{StreamingError, StreamingErrorKind, js_error, stream_api};
 
 /// Reads a person's history from the event stream. Cheap to clone.
 ///
@@ -27,19 +27,23 @@ use crate::error::{StreamingError, StreamingErrorKind};
 pub struct AggregateReader {
     js: jetstream::Context,
     stream: String,
+    denials: Denials,
 }
 
 impl AggregateReader {
-    pub(crate) fn new(js: jetstream::Context, config: &StreamingConfig) -> Self {
+    pub(crate) fn new(js: jetstream::Context, config: &StreamingConfig, denials: Denials) -> Self {
         Self {
             js,
             stream: config.stream.name.clone(),
+            denials,
         }
     }
 
     /// The person's version: the stream sequence of their last event, 0 if none.
     pub async fn last_version(&self, person_id: PersonId) -> Result<u64, StreamingError> {
-        last_version_in(&self.js, &self.stream, &person_id).await
+        last_version_in(&self.js, &self.stream, &person_id)
+            .await
+            .map_err(|e| e.denied_on(&self.denials, stream_api(&self.stream)))
     }
 
     /// Every event of the person, in stream order, with `stream_position` set. Legacy V1
@@ -74,7 +78,8 @@ impl AggregateReader {
             out.push(decoded.envelope);
             Ok(())
         })
-        .await?;
+        .await
+        .map_err(|e| e.denied_on(&self.denials, stream_api(&self.stream)))?;
         Ok(out)
     }
 }

@@ -5,8 +5,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
 use crate::StreamingClient;
-use crate::client::js_error;
-use crate::error::{StreamingError, StreamingErrorKind};
+use crate::error::{StreamingError, StreamingErrorKind, js_error, stream_api};
 
 /// One stream's state, with its consumers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +55,11 @@ impl StreamingClient {
     pub async fn status(&self) -> Result<Vec<StreamStatus>, StreamingError> {
         let mut out = Vec::new();
         for name in [&self.config().stream.name, &self.config().dlq.name] {
-            out.push(stream_status(self.jetstream(), name).await?);
+            out.push(
+                stream_status(self.jetstream(), name)
+                    .await
+                    .map_err(|e| e.denied_on(self.denials(), stream_api(name)))?,
+            );
         }
         Ok(out)
     }

@@ -2,6 +2,7 @@
 //! the harness. Each test owns its server, so tests run in parallel.
 
 mod dlq;
+mod errors;
 mod publish;
 mod setup;
 mod support;
