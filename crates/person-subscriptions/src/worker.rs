@@ -168,7 +168,7 @@ enum PullError {
 
 /// What opening the consumer found.
 enum Opened {
-    Ready(consumer::PullConsumer, PullLimits, Recovery),
+    Ready(Box<consumer::PullConsumer>, PullLimits, Recovery),
     /// It no longer exists, and recreating it was not asked for.
     Deleted,
 }
@@ -334,7 +334,7 @@ impl Worker {
             delivered_up_to: info.delivered.stream_sequence,
             outstanding: u64::try_from(info.num_ack_pending).unwrap_or(0),
         };
-        Ok(Opened::Ready(c, limits, recovery))
+        Ok(Opened::Ready(Box::new(c), limits, recovery))
     }
 
     /// Opens the consumer (creating it if missing), retrying until it works or
@@ -347,7 +347,7 @@ impl Worker {
                 return None;
             }
             match self.open_consumer(true).await {
-                Ok(Opened::Ready(c, limits, recovery)) => return Some((c, limits, recovery)),
+                Ok(Opened::Ready(c, limits, recovery)) => return Some((*c, limits, recovery)),
                 Ok(Opened::Deleted) => unreachable_deleted(),
                 Err(e) => {
                     failures += 1;
@@ -638,7 +638,7 @@ impl Driver<'_> {
             let (c, limits) = match consumer {
                 Some(c) => (c, known),
                 None => match w.open_consumer(false).await {
-                    Ok(Opened::Ready(c, limits, _)) => (c, limits),
+                    Ok(Opened::Ready(c, limits, _)) => (*c, limits),
                     Ok(Opened::Deleted) => return Err(PullError::Deleted),
                     Err(e) => return Err(PullError::Other(e)),
                 },
