@@ -206,6 +206,7 @@ impl SubscriptionManager {
                 .max(1);
             let counters = Arc::new(Counters::default());
             let worker = Worker::new(
+                self.client.clone(),
                 self.client.jetstream().clone(),
                 self.client.config().stream.name.clone(),
                 s,

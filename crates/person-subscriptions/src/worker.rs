@@ -192,6 +192,7 @@ enum Pull {
 }
 
 pub(crate) struct Worker {
+    pub(crate) client: person_streaming::StreamingClient,
     pub(crate) js: jetstream::Context,
     pub(crate) stream: String,
     pub(crate) settings: ConsumerSettings,
@@ -211,6 +212,7 @@ pub(crate) struct Worker {
 impl Worker {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        client: person_streaming::StreamingClient,
         js: jetstream::Context,
         stream: String,
         settings: ConsumerSettings,
@@ -221,6 +223,7 @@ impl Worker {
         counters: Arc<Counters>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            client,
             js,
             stream,
             settings,
@@ -278,40 +281,47 @@ impl Worker {
         c
     }
 
-    /// Opens the durable consumer as it is on the server; never changes its settings
-    /// (that is `ensure()`'s job). A missing consumer is created from the configuration
-    /// at start (`creating`), or when the user opted in to recreation; otherwise it is
-    /// `Open::Deleted`.
-    async fn open_consumer(&self, creating: bool) -> Result<Opened, String> {
+    /// Opens the durable consumer. At start (`starting`) it is ensured as `ensure()`
+    /// does: created if missing, otherwise only the fields the configuration manages are
+    /// applied, and nothing is sent when they match. Later (after a failed pull) it is
+    /// opened as it is, never changed: a missing consumer is `Opened::Deleted`, unless
+    /// the user opted in to recreating it.
+    async fn open_consumer(&self, starting: bool) -> Result<Opened, String> {
         let stream = self
             .js
             .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| format!("cannot open stream {}: {e}", self.stream))?;
-        match stream.consumer_info(self.consumer_name()).await {
-            Ok(_) => {}
-            Err(e)
-                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
-            {
-                if !creating && !self.options.recreate_deleted_consumer {
-                    return Ok(Opened::Deleted);
-                }
-                if !creating {
+        let ensure = |what: &'static str| async move {
+            self.client
+                .ensure_consumer(&self.settings)
+                .await
+                .map_err(|e| format!("cannot {what} consumer {}: {e}", self.consumer_name()))
+        };
+        if starting {
+            ensure("ensure").await?;
+        } else {
+            match stream.consumer_info(self.consumer_name()).await {
+                Ok(_) => {}
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+                {
+                    if !self.options.recreate_deleted_consumer {
+                        return Ok(Opened::Deleted);
+                    }
                     tracing::error!(
                         consumer = self.consumer_name(),
                         "the consumer was deleted; recreating it as configured (recreate_deleted_consumer): it delivers from its deliver policy again"
                     );
+                    ensure("recreate").await?;
                 }
-                stream
-                    .create_consumer(person_streaming::consumer_config(&self.settings))
-                    .await
-                    .map_err(|e| format!("cannot create consumer {}: {e}", self.consumer_name()))?;
-            }
-            Err(e) => {
-                return Err(format!(
-                    "cannot read consumer {}: {e}",
-                    self.consumer_name()
-                ));
+                Err(e) => {
+                    return Err(format!(
+                        "cannot read consumer {}: {e}",
+                        self.consumer_name()
+                    ));
+                }
             }
         }
         let mut c: consumer::PullConsumer = stream
