@@ -108,6 +108,7 @@ impl Decoder {
         if let Some(subject) = msg.subject {
             check_subject(subject, &decoded.envelope)?;
         }
+        check_consistent(&decoded.envelope)?;
         Ok(decoded)
     }
 
@@ -208,6 +209,36 @@ fn parse(payload: &[u8]) -> Result<Value, DecodeError> {
 
 fn is_v1_variant(key: &[u8]) -> bool {
     VARIANTS.iter().any(|v| v.as_bytes() == key)
+}
+
+/// An envelope whose event is about another person than its `aggregate_id` would be
+/// handed to the wrong person's lane; metadata of a major version this build does not
+/// know could mean anything. Reject both.
+fn check_consistent(envelope: &StreamingEventEnvelope) -> Result<(), DecodeError> {
+    if let Err(m) = envelope.validate() {
+        return Err(DecodeError::new(
+            DecodeErrorKind::InvalidField,
+            format!(
+                "the envelope's aggregate_id is {} but its event is about person {}",
+                m.envelope, m.event
+            ),
+        ));
+    }
+    let version = &envelope.metadata().version;
+    let known = person_metadata::METADATA_VERSION
+        .split('.')
+        .next()
+        .unwrap_or_default();
+    if version.split('.').next() != Some(known) {
+        return Err(DecodeError::new(
+            DecodeErrorKind::UnsupportedSchemaVersion,
+            format!(
+                "metadata version `{}` is not one this build reads (it reads {known}.x)",
+                version.escape_debug()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An event stored on another person's subject would break per-person ordering and

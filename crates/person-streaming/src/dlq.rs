@@ -32,6 +32,19 @@ pub struct StoredDeadLetter {
     pub letter: DeadLetter,
 }
 
+impl StoredDeadLetter {
+    /// The event's id, typed; `None` when the message could not be read (or the record
+    /// holds something that is not an event id).
+    pub fn event_id(&self) -> Option<person_events::EventId> {
+        self.letter.event_id.as_deref()?.parse().ok()
+    }
+
+    /// The person's id, typed; `None` when unknown.
+    pub fn person_id(&self) -> Option<person_events::PersonId> {
+        self.letter.person_id.as_deref()?.parse().ok()
+    }
+}
+
 /// Which dead letters to list or purge. Empty means all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetterFilter {

@@ -31,23 +31,31 @@ pub(crate) struct Args {
 pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
     let client = g.connect().await?;
     let streams = client.status().await.map_err(|e| g.streaming_error(&e))?;
-    let counts = client
-        .dead_letters()
-        .counts(&DeadLetterFilter::default())
-        .await
-        .map_err(|e| g.streaming_error(&e))?;
+    // A missing DLQ stream is a row saying so, not a failure: that is when one looks.
+    let dlq_exists = streams.get(1).is_none_or(|s| s.exists);
+    let counts = if dlq_exists {
+        client
+            .dead_letters()
+            .counts(&DeadLetterFilter::default())
+            .await
+            .map_err(|e| g.streaming_error(&e))?
+    } else {
+        Vec::new()
+    };
     if args.json {
         let streams: Vec<_> = streams
             .iter()
             .map(|s| {
                 serde_json::json!({
                     "name": s.name,
+                    "exists": s.exists,
                     "messages": s.messages,
                     "bytes": s.bytes,
                     "first_sequence": s.first_sequence,
                     "last_sequence": s.last_sequence,
                     "consumers": s.consumers.iter().map(|c| serde_json::json!({
                         "name": c.name,
+                        "exists": c.exists,
                         "durable": c.durable,
                         "pending": c.pending,
                         "ack_pending": c.ack_pending,
@@ -71,6 +79,15 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
     let rows: Vec<Vec<String>> = streams
         .iter()
         .map(|s| {
+            if !s.exists {
+                return vec![
+                    format!("{} (missing: `person-stream setup` creates it)", s.name),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ];
+            }
             vec![
                 s.name.clone(),
                 s.messages.to_string(),
@@ -98,6 +115,16 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
                 .iter()
                 .filter(|c| c.durable || args.all_consumers)
                 .map(|c| {
+                    if !c.exists {
+                        return vec![
+                            s.name.clone(),
+                            format!("{} (missing: `person-stream setup` creates it)", c.name),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                        ];
+                    }
                     vec![
                         s.name.clone(),
                         if c.durable {
@@ -135,7 +162,9 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
         println!("({hidden} ephemeral reader(s) not shown; --all-consumers lists them)");
     }
     println!();
-    if counts.is_empty() {
+    if !dlq_exists {
+        println!("dead letters: the DLQ stream does not exist (`person-stream setup` creates it)");
+    } else if counts.is_empty() {
         println!("dead letters: none");
     } else {
         let rows: Vec<Vec<String>> = counts

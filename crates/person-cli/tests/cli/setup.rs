@@ -136,3 +136,54 @@ async fn status_numbers_match_the_stream() {
         table.stdout
     );
 }
+
+#[tokio::test]
+async fn status_reports_a_missing_dlq_stream_and_consumer_as_rows() {
+    let (server, client) = start().await;
+    let js = client.jetstream();
+    js.delete_stream("PERSON_EVENTS_DLQ").await.unwrap();
+    js.get_stream("PERSON_EVENTS")
+        .await
+        .unwrap()
+        .delete_consumer("person-projection-search")
+        .await
+        .unwrap();
+
+    let run = cli(&server.url(), &["status", "--json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let status = run.json();
+    assert_eq!(status["streams"][1]["name"], "PERSON_EVENTS_DLQ");
+    assert_eq!(status["streams"][1]["exists"], false, "{status}");
+    let missing: Vec<_> = status["streams"][0]["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["exists"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(missing, ["person-projection-search"], "{status}");
+
+    let run = cli(&server.url(), &["status"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("PERSON_EVENTS_DLQ (missing"), "{run:?}");
+    assert!(
+        run.stdout.contains("person-projection-search (missing"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("the DLQ stream does not exist"),
+        "{run:?}"
+    );
+
+    // The library answers the same, and per consumer.
+    let search = client
+        .consumer_status("person-projection-search")
+        .await
+        .unwrap();
+    assert!(!search.exists);
+    let summary = client
+        .consumer_status("person-projection-summary")
+        .await
+        .unwrap();
+    assert!(summary.exists && summary.durable);
+}

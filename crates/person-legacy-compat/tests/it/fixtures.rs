@@ -161,6 +161,43 @@ fn an_event_on_another_persons_subject_is_rejected() {
     assert!(err.to_string().contains("subject"), "{err}");
 }
 
+/// A current envelope as JSON, changed by `edit`.
+fn edited_envelope(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let person = person_events::PersonId::new();
+    let env = person_events::StreamingEventEnvelope::new(
+        person,
+        1,
+        PersonEventV2::Activated {
+            person_id: person,
+            reason: "test".into(),
+            metadata: person_metadata::EventMetadata::new(),
+        },
+    );
+    let mut value: Value = serde_json::from_slice(&codec::encode(&env).unwrap()).unwrap();
+    edit(&mut value);
+    serde_json::to_vec(&value).unwrap()
+}
+
+#[test]
+fn an_envelope_whose_event_is_about_another_person_is_rejected() {
+    let other = person_events::PersonId::new();
+    let body = edited_envelope(|v| v["aggregate_id"] = serde_json::to_value(other).unwrap());
+    let err = decode_message(&RawMessage::from_payload(&body)).unwrap_err();
+    assert_eq!(err.kind(), DecodeErrorKind::InvalidField);
+    assert!(err.to_string().contains("is about person"), "{err}");
+}
+
+#[test]
+fn metadata_of_an_unknown_major_version_is_rejected_and_a_known_one_is_read() {
+    let body = edited_envelope(|v| v["event"]["data"]["metadata"]["version"] = "99.0".into());
+    let err = decode_message(&RawMessage::from_payload(&body)).unwrap_err();
+    assert_eq!(err.kind(), DecodeErrorKind::UnsupportedSchemaVersion);
+    assert!(err.to_string().contains("99.0"), "{err}");
+    let body = edited_envelope(|v| v["event"]["data"]["metadata"]["version"] = "1.3".into());
+    let decoded = decode_message(&RawMessage::from_payload(&body)).unwrap();
+    assert_eq!(decoded.envelope.metadata().version, "1.3");
+}
+
 #[test]
 fn typed_errors_for_bad_messages() {
     let v1 = lines(V1).next().unwrap().as_bytes();

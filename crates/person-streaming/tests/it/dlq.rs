@@ -264,6 +264,9 @@ async fn counts_group_by_consumer_and_reason_and_parked_followers_are_found() {
     );
 
     let stored = dlq.get(poison_seq).await.unwrap();
+    // Typed ids: the person is read back as a PersonId; "e-1" is no event id.
+    assert_eq!(stored.person_id(), Some(a));
+    assert_eq!(stored.event_id(), None);
     let parked = dlq.parked_behind(&stored).await.unwrap();
     let seqs: Vec<u64> = parked.iter().map(|s| s.letter.stream_sequence).collect();
     assert_eq!(seqs, vec![2, 3]);
