@@ -4,8 +4,16 @@
 //! `NATS_URL`, examples start a throwaway local `nats-server` (installing the pinned
 //! binary on first use); with `NATS_URL`, they use that server.
 
-use anyhow::{Context, Result};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nats_harness::NatsServer;
+use person_events::{PersonId, subject};
+use person_streaming::StreamingConfig;
 
 /// Where the example's server is: the user's, or an embedded one kept alive by this value.
 #[derive(Debug)]
@@ -37,4 +45,187 @@ pub async fn server() -> Result<ExampleServer> {
         url: server.url(),
         embedded: Some(server),
     })
+}
+
+/// The names and subjects an example works in.
+///
+/// On an embedded server an example uses `StreamingConfig::default()`'s names. On the
+/// user's server (`NATS_URL`) it works in a namespace of its own: streams
+/// `EXAMPLE_<name>_<run>` and `EXAMPLE_<name>_<run>_DLQ`, consumers
+/// `example-<name>-<run>-<role>`, and only the subjects of the people it creates
+/// (`person.events.<id>.>`) and of its own consumers' dead letters
+/// (`person.dlq.<consumer>.>`). It deletes both streams at the end, and never reads,
+/// acks, replays or deletes anything else.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    own: Option<String>,
+}
+
+impl Scope {
+    /// The scope for the example `name` on `server`.
+    pub fn new(server: &ExampleServer, name: &str) -> Self {
+        let own = server.embedded.is_none().then(|| {
+            let run = uuid::Uuid::now_v7().simple().to_string();
+            format!("{name}_{}", &run[run.len() - 8..])
+        });
+        Self { own }
+    }
+
+    /// `true` when the example runs in its own namespace on the user's server.
+    pub fn is_namespaced(&self) -> bool {
+        self.own.is_some()
+    }
+
+    /// This scope's durable name for `base`'s consumer `name`: `name` itself on an
+    /// embedded server, `example-<run>-<name>` on the user's.
+    pub fn consumer(&self, name: &str) -> String {
+        match &self.own {
+            Some(own) => format!("example-{}-{name}", &own[own.len() - 8..]),
+            None => name.to_owned(),
+        }
+    }
+
+    /// `base` (usually `StreamingConfig::default()` with the example's changes) in this
+    /// scope: on the user's server, its streams renamed, the event stream capturing
+    /// only `people` (everyone the example will publish events for), every consumer
+    /// renamed with [`Scope::consumer`] and filtered to those people, and the DLQ
+    /// capturing only those consumers' dead letters. On an embedded server, `base`.
+    pub fn config(&self, mut base: StreamingConfig, people: &[PersonId]) -> StreamingConfig {
+        let Some(own) = &self.own else {
+            return base;
+        };
+        let subjects: Vec<String> = people.iter().map(subject::person_filter).collect();
+        base.stream.name = format!("EXAMPLE_{own}");
+        base.stream.subjects.clone_from(&subjects);
+        base.stream.description = Some("an example run's own events; deleted at its end".into());
+        base.dlq.name = format!("EXAMPLE_{own}_DLQ");
+        for c in &mut base.consumers {
+            c.durable_name = self.consumer(&c.durable_name);
+            c.filter_subjects.clone_from(&subjects);
+            c.description = Some("an example run's own consumer; deleted at its end".into());
+        }
+        base.dlq.subjects = base
+            .consumers
+            .iter()
+            .map(|c| format!("{}.{}.>", subject::DLQ_PREFIX, c.durable_name))
+            .collect();
+        base.dlq.description = Some("an example run's own dead letters; deleted at its end".into());
+        base
+    }
+
+    /// Before anything is created: fails, naming the stream, when a stream this run did
+    /// not create already captures one of `config`'s subjects. Event subjects are fixed
+    /// (`person.events.<id>.<type>`), and JetStream lets only one stream capture a
+    /// subject, so the example's events would land in that stream.
+    pub async fn check_free(
+        &self,
+        js: &jetstream::Context,
+        config: &StreamingConfig,
+    ) -> Result<()> {
+        if self.own.is_none() {
+            return Ok(());
+        }
+        let mut streams = js.streams();
+        let ours: Vec<&String> = config
+            .stream
+            .subjects
+            .iter()
+            .chain(&config.dlq.subjects)
+            .collect();
+        while let Some(info) = streams.next().await {
+            let info = info.context("listing the server's streams")?;
+            for theirs in &info.config.subjects {
+                if let Some(o) = ours.iter().find(|o| subjects_collide(theirs, o)) {
+                    bail!(
+                        "the server's stream {} captures `{theirs}`, which covers this example's subject `{o}`: \
+                         its events would land in that stream. Person subjects are fixed, so on this server an \
+                         example cannot have subjects of its own; run it as a user of another NATS account, or \
+                         against a server without person streams (or without NATS_URL). Nothing was changed.",
+                        info.config.name
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes this run's streams (with their consumers), if they exist. A no-op on an
+    /// embedded server, which is thrown away anyway.
+    pub async fn cleanup(&self, js: &jetstream::Context, config: &StreamingConfig) {
+        if self.own.is_none() {
+            return;
+        }
+        for name in [&config.stream.name, &config.dlq.name] {
+            match js.delete_stream(name).await {
+                Ok(_) => println!("deleted this run's stream {name}"),
+                Err(e)
+                    if matches!(e.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+                Err(e) => eprintln!("could not delete this run's stream {name}: {e}"),
+            }
+        }
+    }
+}
+
+/// `true` when some subject matches both patterns.
+fn subjects_collide(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), b.split('.').collect());
+    for i in 0..a.len().max(b.len()) {
+        match (a.get(i), b.get(i)) {
+            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => return true,
+            (Some(x), Some(y)) if x == y || *x == "*" || *y == "*" => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A status line that fits the output: redrawn in place on a terminal (indicatif, on
+/// stderr), printed as a plain line every few seconds otherwise, so a CI log gets a
+/// handful of lines instead of hundreds of carriage-return copies.
+#[derive(Debug)]
+pub struct StatusLine {
+    bar: Option<ProgressBar>,
+    last: Option<Instant>,
+}
+
+/// How often a [`StatusLine`] prints when stderr is not a terminal.
+const PLAIN_EVERY: Duration = Duration::from_secs(3);
+
+impl StatusLine {
+    /// A status line on stderr.
+    pub fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
+            bar.set_style(ProgressStyle::with_template("  {msg}").expect("a valid template"));
+            bar
+        });
+        Self { bar, last: None }
+    }
+
+    /// Shows `text` now (terminal) or if the last plain line is old enough.
+    pub fn update(&mut self, text: impl Into<String>) {
+        match &self.bar {
+            Some(bar) => bar.set_message(text.into()),
+            None if self.last.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) => {
+                self.last = Some(Instant::now());
+                eprintln!("  {}", text.into());
+            }
+            None => {}
+        }
+    }
+
+    /// Clears the line and prints `text` on stdout as the final state.
+    pub fn finish(self, text: impl AsRef<str>) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        println!("  {}", text.as_ref());
+    }
+}
+
+impl Default for StatusLine {
+    fn default() -> Self {
+        Self::new()
+    }
 }

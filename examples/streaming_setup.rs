@@ -12,7 +12,10 @@
 //!    in order.
 //!
 //! Run with `cargo run --example streaming_setup`. Without `NATS_URL` it starts a
-//! throwaway local nats-server.
+//! throwaway local nats-server and uses the default names. With `NATS_URL` it works in
+//! a namespace of its own (see `person_examples::Scope`): streams
+//! `EXAMPLE_streaming_setup_<run>` and `..._DLQ`, consumers `example-<run>-...`, only
+//! its own people's subjects; it deletes them at the end, also after a failure.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,11 +29,13 @@ use person_events::{
     ComponentType, EventId, MergeReason, PersonEventV2, PersonId, PersonName,
     StreamingEventEnvelope,
 };
+use person_examples::{ExampleServer, Scope, StatusLine};
 use person_legacy_compat::UPCAST_CONTEXT_KEY;
 use person_metadata::EventMetadata;
 use person_streaming::{DeadLetterFilter, ExpectedVersion, StreamingClient, StreamingConfig};
 use person_subscriptions::{
-    DomainResult, HandlerError, StreamingEventHandler, SubscriptionManager, SubscriptionOptions,
+    DomainResult, HandlerError, Stats, StreamingEventHandler, SubscriptionManager,
+    SubscriptionOptions,
 };
 
 const PEOPLE: usize = 100;
@@ -39,17 +44,62 @@ const LEGACY_PEOPLE: usize = 10;
 #[tokio::main]
 async fn main() -> Result<()> {
     let server = person_examples::server().await?;
+    let scope = Scope::new(&server, "streaming_setup");
+    let (people, batches) = workload();
+    let legacy_people: Vec<PersonId> = (0..LEGACY_PEOPLE).map(|_| PersonId::new()).collect();
+    let everyone: Vec<PersonId> = people.iter().chain(&legacy_people).copied().collect();
+    let config = scope.config(StreamingConfig::default(), &everyone);
+    let js = async_nats::jetstream::new(
+        async_nats::connect(&server.url)
+            .await
+            .with_context(|| format!("connecting to {}", server.url))?,
+    );
+    scope.check_free(&js, &config).await?;
+    let outcome = run(
+        &server,
+        &scope,
+        config.clone(),
+        people,
+        batches,
+        legacy_people,
+    )
+    .await;
+    // Also after a failure: this run's streams (and their consumers) go.
+    scope.cleanup(&js, &config).await;
+    drop(server);
+    outcome
+}
+
+async fn run(
+    server: &ExampleServer,
+    scope: &Scope,
+    config: StreamingConfig,
+    people: Vec<PersonId>,
+    batches: Vec<(PersonId, Vec<StreamingEventEnvelope>)>,
+    legacy_people: Vec<PersonId>,
+) -> Result<()> {
     let started = Instant::now();
 
     // 1. Streams and consumers.
-    let config = StreamingConfig::default();
+    let summary_consumer = scope.consumer("person-projection-summary");
+    let search_consumer = scope.consumer("person-projection-search");
+    let (stream_name, dlq_name, consumers) = (
+        config.stream.name.clone(),
+        config.dlq.name.clone(),
+        config.consumers.len(),
+    );
     let client = StreamingClient::new(&server.url, config)
         .await
         .context("connecting and ensuring streams")?;
-    println!("streams PERSON_EVENTS and PERSON_EVENTS_DLQ and 4 consumers are in place");
+    if scope.is_namespaced() {
+        println!(
+            "streams {stream_name} and {dlq_name} and {consumers} consumers are in place: this run's own, capturing only its own people's subjects; deleted at the end"
+        );
+    } else {
+        println!("streams {stream_name} and {dlq_name} and {consumers} consumers are in place");
+    }
 
     // 2. Publish.
-    let (people, batches) = workload();
     let publisher = client.publisher();
     let mut published = 0usize;
     for (person, events) in &batches {
@@ -68,7 +118,7 @@ async fn main() -> Result<()> {
         .filter(|r| futures::future::ready(r.as_ref().is_ok_and(|r| r.duplicate)))
         .count()
         .await;
-    let legacy = publish_legacy(&client).await?;
+    let legacy = publish_legacy(&client, &legacy_people).await?;
     let total = published + legacy;
     println!(
         "published {published} events in {} atomic appends, {legacy} legacy V1 events; {duplicates} re-published events rejected as duplicates",
@@ -83,49 +133,45 @@ async fn main() -> Result<()> {
     let mut summary_manager =
         SubscriptionManager::new(client.clone()).with_options(options.clone());
     summary_manager.register_handler(summary.clone());
-    let summary_run = summary_manager
-        .start_consumer("person-projection-summary")
-        .await?;
+    let summary_run = summary_manager.start_consumer(&summary_consumer).await?;
     let mut search_manager = SubscriptionManager::new(client.clone()).with_options(options);
     search_manager.register_handler(search.clone());
-    let search_run = search_manager
-        .start_consumer("person-projection-search")
-        .await?;
+    let search_run = search_manager.start_consumer(&search_consumer).await?;
 
     let consuming = Instant::now();
     let deadline = consuming + Duration::from_secs(45);
+    let mut status = StatusLine::new();
+    let line = |s: &Stats, q: &Stats| {
+        format!(
+            "summary {:>5}/{total} handled, {:>3} retried | search {:>5} handled, {} dead-lettered ({} parked)",
+            s.processed, s.retried, q.processed, q.dead_lettered, q.parked
+        )
+    };
     loop {
         let s = summary_run.stats();
         let q = search_run.stats();
-        print!(
-            "\r  summary {:>5}/{total} handled, {:>3} retried | search {:>5} handled, {} dead-lettered ({} parked)   ",
-            s.processed, s.retried, q.processed, q.dead_lettered, q.parked
-        );
-        use std::io::Write as _;
-        std::io::stdout().flush().ok();
         if s.processed as usize == total && (q.processed + q.dead_lettered) as usize == total {
+            status.finish(line(&s, &q));
             break;
         }
+        status.update(line(&s, &q));
         if Instant::now() > deadline {
+            status.finish(line(&s, &q));
             bail!("projections did not catch up within 45 s");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let consume_time = consuming.elapsed();
-    println!();
 
     // 4. Dead letters: inspect, fix, replay in order.
     let dlq = client.dead_letters();
     let letters = dlq
         .list(&DeadLetterFilter {
-            consumer: Some("person-projection-search".into()),
+            consumer: Some(search_consumer.clone()),
             ..Default::default()
         })
         .await?;
-    println!(
-        "\ndead letters of person-projection-search: {}",
-        letters.len()
-    );
+    println!("\ndead letters of {search_consumer}: {}", letters.len());
     for d in &letters {
         println!(
             "  #{:<4} {:<28} {}",
@@ -188,7 +234,6 @@ async fn main() -> Result<()> {
 
     summary_run.shutdown(Duration::from_secs(5)).await;
     search_run.shutdown(Duration::from_secs(5)).await;
-    drop(server);
     Ok(())
 }
 
@@ -285,11 +330,10 @@ fn workload() -> (Vec<PersonId>, Vec<(PersonId, Vec<StreamingEventEnvelope>)>) {
     (people, batches)
 }
 
-/// 50 V1 events for 10 people, published raw the way the week-1 system stored them.
-async fn publish_legacy(client: &StreamingClient) -> Result<usize> {
+/// 5 V1 events for each of `people`, published raw the way the week-1 system stored them.
+async fn publish_legacy(client: &StreamingClient, people: &[PersonId]) -> Result<usize> {
     let mut count = 0;
-    for i in 0..LEGACY_PEOPLE {
-        let id = PersonId::new();
+    for (i, &id) in people.iter().enumerate() {
         let p = format!(r#"{{"id": "{id}"}}"#);
         let events = [
             (

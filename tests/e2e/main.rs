@@ -8,6 +8,7 @@
 mod auth;
 mod cluster;
 mod config;
+mod examples;
 mod faults;
 mod fuzz;
 mod handlers;

@@ -7,7 +7,8 @@
 //! - [`input`]: NDJSON lines to publish (V2 envelopes, bare V2 events, raw V1 events).
 //! - [`filter`]: time arguments (`2h`, RFC 3339) and the `tail` filter.
 //! - [`format`](mod@format): tables, one-line event summaries, byte and age formatting.
-//! - [`progress`]: a progress line on stderr, drawn only when stderr is a terminal.
+//! - [`progress`]: progress on stderr: a live bar on a terminal, a plain line every few
+//!   seconds otherwise.
 
 pub mod error;
 pub mod filter;

@@ -1,45 +1,66 @@
-//! A progress line on stderr, drawn only when stderr is a terminal.
+//! Progress on stderr that fits the output: a live bar on a terminal (indicatif),
+//! a plain line every few seconds otherwise.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-/// Draws `label [#####     ] 120/500` on stderr, at most ten times a second, and only
-/// when stderr is a terminal (so logs and pipes stay clean). `finish` clears it.
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How often a plain progress line is written when stderr is not a terminal. Work that
+/// finishes sooner writes none, so short runs leave logs and pipes clean.
+pub const PLAIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Progress of `total` items on stderr.
+///
+/// On a terminal it is an indicatif bar, redrawn in place at most ten times a second.
+/// Otherwise (a CI log, a file, a pipe) it writes a plain line such as
+/// `publish [######              ] 120/400` every [`PLAIN_INTERVAL`], never a carriage
+/// return. `finish` clears the bar.
 #[derive(Debug)]
 pub struct Progress {
     label: String,
     total: Option<u64>,
     done: u64,
-    enabled: bool,
-    last_draw: Option<Instant>,
+    out: Output,
+}
+
+#[derive(Debug)]
+enum Output {
+    Bar(ProgressBar),
+    Plain { last: Instant },
+    Off,
 }
 
 impl Progress {
-    /// A progress line for `total` items (`None`: unknown, only the count is shown).
+    /// Progress of `total` items (`None`: unknown, only the count is shown).
     pub fn new(label: impl Into<String>, total: Option<u64>) -> Self {
+        let label = label.into();
+        let out = if std::io::stderr().is_terminal() {
+            Output::Bar(bar(&label, total))
+        } else {
+            Output::Plain {
+                last: Instant::now(),
+            }
+        };
         Self {
-            label: label.into(),
+            label,
             total,
             done: 0,
-            enabled: std::io::stderr().is_terminal(),
-            last_draw: None,
+            out,
         }
     }
 
     /// Counts `n` more items done.
     pub fn advance(&mut self, n: u64) {
         self.done += n;
-        if !self.enabled {
-            return;
-        }
-        let due = self
-            .last_draw
-            .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
-        if due || self.total == Some(self.done) {
-            self.last_draw = Some(Instant::now());
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r{}", render(&self.label, self.done, self.total));
-            let _ = err.flush();
+        match &mut self.out {
+            Output::Bar(bar) => bar.inc(n),
+            Output::Plain { last } if last.elapsed() >= PLAIN_INTERVAL => {
+                *last = Instant::now();
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "{}", render(&self.label, self.done, self.total));
+            }
+            Output::Plain { .. } | Output::Off => {}
         }
     }
 
@@ -48,14 +69,12 @@ impl Progress {
         self.done
     }
 
-    /// Clears the line.
+    /// Clears the bar; nothing more is written.
     pub fn finish(&mut self) {
-        if self.enabled && self.last_draw.is_some() {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K");
-            let _ = err.flush();
+        if let Output::Bar(bar) = &self.out {
+            bar.finish_and_clear();
         }
-        self.enabled = false;
+        self.out = Output::Off;
     }
 }
 
@@ -65,7 +84,22 @@ impl Drop for Progress {
     }
 }
 
-/// The text of a progress line.
+/// A terminal bar: `label [#####     ] 120/500` or, without a total, `label 120`.
+fn bar(label: &str, total: Option<u64>) -> ProgressBar {
+    let (bar, template) = match total {
+        Some(total) if total > 0 => (ProgressBar::new(total), "{prefix} [{bar:20}] {pos}/{len}"),
+        _ => (ProgressBar::no_length(), "{prefix} {pos}"),
+    };
+    let style = ProgressStyle::with_template(template)
+        .expect("a valid progress template")
+        .progress_chars("## ");
+    bar.set_style(style);
+    bar.set_prefix(label.to_owned());
+    bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+    bar
+}
+
+/// The text of a plain progress line.
 ///
 /// ```
 /// assert_eq!(person_cli::progress::render("replay", 5, Some(10)), "replay [##########          ] 5/10");

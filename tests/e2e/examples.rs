@@ -1,0 +1,202 @@
+//! The examples on a server that holds someone else's data: `streaming_setup` runs in a
+//! namespace of its own, deletes it, and leaves everything else as it was.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use nats_harness::NatsServer;
+use person_events::{PersonEventV2, PersonId, PersonName, StreamingEventEnvelope};
+use person_metadata::EventMetadata;
+use person_streaming::{StreamingClient, StreamingConfig};
+
+/// What the checks compare before and after: a stream's message count and last
+/// sequence, and a consumer's pending count, ack floor and unacknowledged count.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    streams: Vec<(String, u64, u64)>,
+    consumers: Vec<(String, String, u64, u64, usize)>,
+}
+
+async fn snapshot(js: &jetstream::Context) -> Snapshot {
+    let mut streams = Vec::new();
+    let mut consumers = Vec::new();
+    let mut names: Vec<String> = js
+        .stream_names()
+        .map(|n| n.expect("a stream name"))
+        .collect()
+        .await;
+    names.sort();
+    for name in names {
+        let mut stream = js.get_stream(&name).await.expect("the stream");
+        let state = stream.info().await.expect("stream info").state.clone();
+        streams.push((name.clone(), state.messages, state.last_sequence));
+        let mut list: Vec<String> = stream
+            .consumer_names()
+            .map(|n| n.expect("a consumer name"))
+            .collect()
+            .await;
+        list.sort();
+        for c in list {
+            let info = stream.consumer_info(&c).await.expect("consumer info");
+            consumers.push((
+                name.clone(),
+                c,
+                info.num_pending,
+                info.ack_floor.stream_sequence,
+                info.num_ack_pending,
+            ));
+        }
+    }
+    Snapshot { streams, consumers }
+}
+
+/// Runs `streaming_setup` with `NATS_URL`; returns whether it succeeded and its output.
+async fn run_streaming_setup(url: &str) -> (bool, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root");
+    let run = tokio::process::Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "person-examples",
+            "--example",
+            "streaming_setup",
+        ])
+        .current_dir(root)
+        .env("NATS_URL", url)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("streaming_setup finished within 300 s (including its build)")
+        .expect("cargo runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn no_example_streams(s: &Snapshot) {
+    let left: Vec<&String> = s
+        .streams
+        .iter()
+        .map(|(n, ..)| n)
+        .filter(|n| n.starts_with("EXAMPLE_"))
+        .collect();
+    assert!(left.is_empty(), "the example left streams behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_setup_touches_only_what_it_creates() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let url = server.url();
+    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
+
+    // Someone else's data outside the person subjects: a stream with messages and a
+    // durable consumer with a backlog it has not consumed.
+    let orders = js
+        .create_stream(jetstream::stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("ORDERS");
+    for i in 0..25 {
+        js.publish(format!("orders.{i}"), "order".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    orders
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("billing".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("billing consumer");
+
+    let before = snapshot(&js).await;
+    for run in 1..=2 {
+        let (ok, out) = run_streaming_setup(&url).await;
+        assert!(ok, "run {run} of streaming_setup failed:\n{out}");
+        assert!(
+            out.contains("published 1005 events in 100 atomic appends, 50 legacy V1 events"),
+            "run {run} counts only its own events:\n{out}"
+        );
+        assert!(
+            out.contains("has events [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] applied, in order"),
+            "{out}"
+        );
+        assert!(
+            out.contains("deleted this run's stream EXAMPLE_streaming_setup_"),
+            "{out}"
+        );
+        let after = snapshot(&js).await;
+        no_example_streams(&after);
+        assert_eq!(after, before, "run {run} changed someone else's data");
+    }
+
+    // Someone else's person streams (the default configuration): events, a durable
+    // consumer with a backlog and dead letters. They capture every person subject, so
+    // the example cannot own any: it must refuse before touching anything.
+    let client = StreamingClient::new(&url, StreamingConfig::default())
+        .await
+        .expect("the default streams");
+    let publisher = client.publisher();
+    for i in 0..12u64 {
+        let person_id = PersonId::new();
+        let event = PersonEventV2::Created {
+            person_id,
+            name: PersonName::new(format!("Other{i}"), None, "User").expect("a name"),
+            source: "someone-else".into(),
+            metadata: EventMetadata::new(),
+        };
+        publisher
+            .publish(&StreamingEventEnvelope::new(person_id, 1, event))
+            .await
+            .expect("published");
+    }
+    for i in 0..3 {
+        js.publish(
+            format!("person.dlq.person-projection-search.p{i}.created"),
+            r#"{"reason":"someone else's dead letter"}"#.into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    }
+    let before = snapshot(&js).await;
+    assert!(
+        before
+            .consumers
+            .iter()
+            .any(|(s, c, pending, ..)| s == "PERSON_EVENTS"
+                && c == "person-projection-summary"
+                && *pending == 12),
+        "the setup has a backlog: {before:?}"
+    );
+    for run in 1..=2 {
+        let (ok, out) = run_streaming_setup(&url).await;
+        assert!(
+            !ok,
+            "run {run} must refuse on a server whose person subjects are taken:\n{out}"
+        );
+        assert!(
+            out.contains("the server's stream PERSON_EVENTS")
+                && out.contains("Nothing was changed"),
+            "run {run} says why:\n{out}"
+        );
+        let after = snapshot(&js).await;
+        no_example_streams(&after);
+        assert_eq!(after, before, "run {run} changed someone else's data");
+    }
+}
