@@ -13,6 +13,7 @@ mod faults;
 mod fuzz;
 mod handlers;
 mod hostile;
+mod metrics;
 mod pure_pipeline;
 mod soak;
 mod support;

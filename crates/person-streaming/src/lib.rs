@@ -48,6 +48,7 @@ mod client;
 mod config;
 mod dlq;
 mod error;
+mod metrics;
 mod publisher;
 mod reader;
 mod retry;

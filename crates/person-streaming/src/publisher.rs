@@ -205,6 +205,7 @@ pub struct Publisher {
     stream_subjects: Arc<[String]>,
     stream_name: Arc<str>,
     denials: crate::client::Denials,
+    metrics: Arc<crate::metrics::PublishMetrics>,
 }
 
 impl fmt::Debug for Publisher {
@@ -238,6 +239,7 @@ impl Publisher {
             retry: config.publisher.retry.clone(),
             stream_subjects: config.stream.subjects.clone().into(),
             stream_name: config.stream.name.as_str().into(),
+            metrics: Arc::new(crate::metrics::PublishMetrics::new(&config.stream.name)),
         }
     }
 
@@ -247,7 +249,12 @@ impl Publisher {
         &self,
         envelope: &StreamingEventEnvelope,
     ) -> Result<PublishReceipt, PublishError> {
-        self.publish_with_retry(envelope, 0).await
+        let started = std::time::Instant::now();
+        let result = self.publish_with_retry(envelope, 0).await;
+        if let Ok(receipt) = &result {
+            self.metrics.published(receipt, started.elapsed());
+        }
+        result
     }
 
     /// Publishes many envelopes, keeping at most `max_in_flight` acks outstanding, and
@@ -305,6 +312,7 @@ impl Publisher {
         };
         // The headers move into the first attempt; a retry rebuilds them from the
         // envelope, so the common path never copies a header map.
+        let started = std::time::Instant::now();
         let sent = self
             .js
             .publish_with_headers(subject.clone(), headers, payload)
@@ -314,13 +322,17 @@ impl Publisher {
                 Ok(ack) => self.await_ack(ack, event_id).await,
                 Err(e) => Err(e),
             };
-            match first {
+            let result = match first {
                 Ok(receipt) => Ok(receipt),
                 Err(e) if self.retryable(&e, &subject) => {
                     self.publish_with_retry(&envelope, 1).await
                 }
                 Err(e) => Err(self.classify_now(e, &subject, 1)),
+            };
+            if let Ok(receipt) = &result {
+                self.metrics.published(receipt, started.elapsed());
             }
+            result
         })
     }
 
@@ -394,6 +406,21 @@ impl Publisher {
     /// `duplicate`, instead of conflicting with itself. Someone else's events there are
     /// still a [`PublishErrorKind::Conflict`].
     pub async fn append(
+        &self,
+        person_id: PersonId,
+        expected: ExpectedVersion,
+        events: &[StreamingEventEnvelope],
+    ) -> Result<AppendReceipt, PublishError> {
+        let started = std::time::Instant::now();
+        let result = self.append_checked(person_id, expected, events).await;
+        if let Ok(receipt) = &result {
+            self.metrics.appended(receipt, started.elapsed());
+        }
+        result
+    }
+
+    /// [`Publisher::append`] without its metrics.
+    async fn append_checked(
         &self,
         person_id: PersonId,
         expected: ExpectedVersion,

@@ -22,6 +22,7 @@
 
 mod handler;
 mod manager;
+mod metrics;
 mod options;
 mod stats;
 mod worker;

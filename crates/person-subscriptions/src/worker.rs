@@ -430,6 +430,8 @@ impl Worker {
             stopping: false,
             blockers: HashMap::new(),
             pending_blockers: HashMap::new(),
+            metrics: crate::metrics::WorkerMetrics::new(self.consumer_name(), self.handler.name()),
+            started: HashMap::new(),
         };
         // One timer, moved only when the core's next wake-up changes.
         let timer = tokio::time::sleep_until(origin);
@@ -439,7 +441,7 @@ impl Worker {
             while let Some(action) = core.poll_action() {
                 d.perform(&mut core, action).await;
             }
-            self.publish(&core);
+            self.publish(&core, &mut d.metrics);
             if core.is_stopped() {
                 break;
             }
@@ -475,8 +477,19 @@ impl Worker {
         let _ = self.js.client().flush().await;
     }
 
-    fn publish(&self, core: &Core<PersonId>) {
+    fn publish(&self, core: &Core<PersonId>, metrics: &mut crate::metrics::WorkerMetrics) {
         let c = core.counts();
+        metrics.publish(
+            &c,
+            crate::metrics::Gauges {
+                in_hand: core.in_hand(),
+                in_flight: core.in_flight(),
+                waiting_lanes: core.waiting_lanes(),
+                parked_people: core.parked_people(),
+                lag: self.counters.lag.load(Ordering::Relaxed),
+                breaker: core.breaker_state(),
+            },
+        );
         let s = &self.counters;
         let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
         set(&s.processed, c.processed);
@@ -605,6 +618,9 @@ struct Driver<'a> {
     blockers: HashMap<PersonId, String>,
     /// Dead letters being stored that will park their person: (person, label).
     pending_blockers: HashMap<u64, (PersonId, String)>,
+    metrics: crate::metrics::WorkerMetrics,
+    /// Running calls: when each started, and its event's timestamp.
+    started: HashMap<u64, (Instant, Option<chrono::DateTime<Utc>>)>,
 }
 
 impl Driver<'_> {
@@ -734,6 +750,7 @@ impl Driver<'_> {
             u64::try_from(info.delivered).unwrap_or(1),
         );
         self.w.counters.lag.store(info.pending, Ordering::Relaxed);
+        self.metrics.arrived(delivered);
         if let Some(h) = self.held.get_mut(&seq) {
             // A redelivery of a message held already: keep the newest copy.
             h.msg = Arc::new(msg);
@@ -796,6 +813,12 @@ impl Driver<'_> {
         let Some(held) = self.held.get_mut(&seq) else {
             return;
         };
+        // Taken before the envelope moves into the handler.
+        let published_at = match &held.body {
+            Body::Event(env) => Some(env.metadata().timestamp),
+            _ => None,
+        };
+        self.started.insert(seq, (Instant::now(), published_at));
         let last = attempt >= w.options.in_process_attempts.max(1);
         let envelope = match std::mem::replace(&mut held.body, Body::HandedOver) {
             Body::Event(env) if last => Some(*env),
@@ -921,6 +944,13 @@ impl Driver<'_> {
         match done {
             Done::Call { seq, result } => {
                 self.aborts.remove(&seq);
+                if let Some((started, published_at)) = self.started.remove(&seq) {
+                    let handled = matches!(result, Ok(Ok(())));
+                    let since = published_at
+                        .filter(|_| handled)
+                        .and_then(|t| (Utc::now() - t).to_std().ok());
+                    self.metrics.call_done(started.elapsed(), since);
+                }
                 let result = match result {
                     Ok(Ok(())) => CallResult::Ok,
                     Ok(Err(e)) => {
