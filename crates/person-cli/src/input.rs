@@ -201,6 +201,6 @@ mod tests {
         value["aggregate_id"] = serde_json::json!({"id": PersonId::new().to_string()});
         let e = parse_line(9, &value.to_string()).unwrap_err();
         assert_eq!(e.number, 9);
-        assert!(e.message.contains("inconsistent"), "{e}");
+        assert!(e.message.contains("is about person"), "{e}");
     }
 }
