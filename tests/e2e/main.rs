@@ -17,3 +17,4 @@ mod metrics;
 mod pure_pipeline;
 mod soak;
 mod support;
+mod tracing_otel;

@@ -21,6 +21,15 @@ const IMPURE: &[&str] = &[
     "nats-harness",
 ];
 
+/// The NATS crates: no test harness, and OpenTelemetry only with the (non-default)
+/// feature `opentelemetry`.
+const NO_HARNESS_NO_OTEL: &[&str] = &[
+    "nats-harness",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "tracing-opentelemetry",
+];
+
 /// (crate, forbidden dependencies) pairs checked on normal, transitive dependencies.
 fn rules() -> Vec<(&'static str, &'static [&'static str])> {
     vec![
@@ -29,8 +38,8 @@ fn rules() -> Vec<(&'static str, &'static [&'static str])> {
         ("person-legacy-compat", IMPURE),
         ("person-delivery", IMPURE),
         ("person-retry", &["async-nats", "nats-harness"]),
-        ("person-streaming", &["nats-harness"]),
-        ("person-subscriptions", &["nats-harness"]),
+        ("person-streaming", NO_HARNESS_NO_OTEL),
+        ("person-subscriptions", NO_HARNESS_NO_OTEL),
         ("person-cli", &["nats-harness"]),
     ]
 }

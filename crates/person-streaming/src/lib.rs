@@ -14,7 +14,14 @@
 //! - [`DeadLetterQueue`]: stores, lists, replays and purges dead letters.
 //! - [`RetryHandler`]: the week-1 `RetryHandler::new(client, jetstream, policy, dlq)`.
 //!
-//! There are no feature flags. The wire format is in `docs/wire-format.md`.
+//! The wire format is in `docs/wire-format.md`.
+//!
+//! # Feature flags
+//!
+//! - `opentelemetry` (off by default): the [`Publisher`] writes the current span's
+//!   OpenTelemetry context (W3C `traceparent` / `tracestate`) into an event whose
+//!   metadata has none, in the body and so in the headers; metadata that has a trace
+//!   context is sent as it is.
 //!
 //! # Example: the week-1 setup and publishing snippets
 //!
@@ -49,6 +56,8 @@ mod config;
 mod dlq;
 mod error;
 mod metrics;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod publisher;
 mod reader;
 mod retry;

@@ -938,6 +938,12 @@ impl Publisher {
     }
 
     fn outgoing(&self, envelope: &StreamingEventEnvelope) -> Result<Outgoing, PublishError> {
+        // The current trace context, when the caller's metadata has none: body and
+        // headers both carry it (a copy of the envelope only in that case).
+        #[cfg(feature = "opentelemetry")]
+        let traced = crate::otel::with_current_trace(envelope);
+        #[cfg(feature = "opentelemetry")]
+        let envelope = traced.as_ref().unwrap_or(envelope);
         envelope.validate().map_err(|e| {
             PublishError::with_source(PublishErrorKind::InvalidEvent, "inconsistent envelope", e)
         })?;

@@ -18,12 +18,20 @@
 //! - stops pulling while a handler's circuit breaker is open;
 //! - shuts down gracefully, acking only what succeeded.
 //!
-//! There are no feature flags.
+//! # Feature flags
+//!
+//! - `opentelemetry` (off by default): each handler call's `person_event` span continues
+//!   the producer's trace, taking its parent from the event's W3C `traceparent` /
+//!   `tracestate` (the body's metadata, else the message headers), through
+//!   `tracing-opentelemetry`; also turns on `person-streaming/opentelemetry`. It takes
+//!   effect with a `tracing_opentelemetry` layer installed; without one it costs a check.
 
 mod handler;
 mod manager;
 mod metrics;
 mod options;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod stats;
 mod worker;
 

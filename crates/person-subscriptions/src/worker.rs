@@ -841,6 +841,12 @@ impl Driver<'_> {
             delivered = held.delivered,
             attempt,
         );
+        #[cfg(feature = "opentelemetry")]
+        crate::otel::continue_trace(
+            &span,
+            envelope.as_ref().map(|e| e.metadata()),
+            held.msg.headers.as_ref(),
+        );
         let call = async move {
             let Some(envelope) = envelope else {
                 return Done::Call {
