@@ -215,13 +215,21 @@ async fn legacy_events_arrive_upcast_and_garbage_goes_to_the_dlq() {
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test]
-async fn a_deleted_consumer_stops_with_a_clear_error_and_is_not_recreated() {
-    let (_server, client) = start(config(5)).await;
+/// 50 events handled, then the consumer deleted on the server and 50 more published.
+async fn consumer_deleted_after_50(
+    options: SubscriptionOptions,
+) -> (
+    nats_harness::NatsServer,
+    person_streaming::StreamingClient,
+    Arc<Recorder>,
+    person_subscriptions::SubscriptionHandle,
+    async_nats::jetstream::stream::Stream,
+) {
+    let (server, client) = start(config(5)).await;
     let (_, first) = workload(5, 10);
     publish(&client, &first).await;
     let recorder = Arc::new(Recorder::new("summary"));
-    let handle = run(&client, recorder.clone(), SubscriptionOptions::default()).await;
+    let handle = run(&client, recorder.clone(), options).await;
     eventually(20, "first 50 handled", || recorder.distinct() == 50).await;
     let stream = client
         .jetstream()
@@ -231,6 +239,13 @@ async fn a_deleted_consumer_stops_with_a_clear_error_and_is_not_recreated() {
     stream.delete_consumer(CONSUMER).await.unwrap();
     let (_, second) = workload(5, 10);
     publish(&client, &second).await;
+    (server, client, recorder, handle, stream)
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_stops_with_a_clear_error_and_is_not_recreated() {
+    let (_server, _client, recorder, handle, stream) =
+        consumer_deleted_after_50(SubscriptionOptions::default()).await;
     eventually(20, "the handle reports the deleted consumer", || {
         !handle.errors().is_empty()
     })
@@ -260,21 +275,8 @@ async fn a_deleted_consumer_stops_with_a_clear_error_and_is_not_recreated() {
 
 #[tokio::test]
 async fn a_deleted_consumer_is_recreated_when_asked_and_consumption_goes_on() {
-    let (_server, client) = start(config(5)).await;
-    let (_, first) = workload(5, 10);
-    publish(&client, &first).await;
-    let recorder = Arc::new(Recorder::new("summary"));
     let options = SubscriptionOptions::default().recreate_deleted_consumer(true);
-    let handle = run(&client, recorder.clone(), options).await;
-    eventually(20, "first 50 handled", || recorder.distinct() == 50).await;
-    let stream = client
-        .jetstream()
-        .get_stream("PERSON_EVENTS")
-        .await
-        .unwrap();
-    stream.delete_consumer(CONSUMER).await.unwrap();
-    let (_, second) = workload(5, 10);
-    publish(&client, &second).await;
+    let (_server, _client, recorder, handle, _stream) = consumer_deleted_after_50(options).await;
     eventually(30, "events published after the deletion handled", || {
         recorder.distinct() == 100
     })
