@@ -320,6 +320,8 @@ pub struct Core<K> {
     busy: usize,
     /// Handler calls running.
     calls: usize,
+    /// Lanes with an owed redelivery (kept, not counted, since `Stats` reads it often).
+    waiting: usize,
     /// Timers: in-process retries and owed redeliveries, by (time, seq).
     timers: BTreeSet<(Duration, u64)>,
     next_progress: Option<Duration>,
@@ -381,6 +383,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
             linger_until: None,
             busy: 0,
             calls: 0,
+            waiting: 0,
             timers: BTreeSet::new(),
             next_progress: None,
             phase: Phase::Running,
@@ -452,6 +455,9 @@ impl<K: Clone + Eq + Hash> Core<K> {
                 let lane = self.lanes.entry(p.clone()).or_default();
                 if let Some(owed) = lane.owed.remove(&seq) {
                     self.timers.remove(&(owed.timer, seq));
+                    if lane.owed.is_empty() {
+                        self.waiting -= 1;
+                    }
                 }
                 lane.queue.insert(seq);
                 self.make_ready(p);
@@ -682,7 +688,11 @@ impl<K: Clone + Eq + Hash> Core<K> {
 
     /// Lanes waiting for a redelivery.
     pub fn waiting_lanes(&self) -> usize {
-        self.lanes.values().filter(|l| !l.owed.is_empty()).count()
+        debug_assert_eq!(
+            self.waiting,
+            self.lanes.values().filter(|l| !l.owed.is_empty()).count()
+        );
+        self.waiting
     }
 
     /// People parked behind a dead letter.
@@ -703,11 +713,6 @@ impl<K: Clone + Eq + Hash> Core<K> {
     /// Whether messages still wait for an earlier instance's to come back.
     pub fn recovering(&self) -> bool {
         self.barrier.is_some()
-    }
-
-    /// The delivery count the core knows for a held message.
-    pub fn delivered(&self, seq: u64) -> Option<u64> {
-        self.msgs.get(&seq).map(|m| m.delivered)
     }
 
     // ---- the machine ----
@@ -800,7 +805,11 @@ impl<K: Clone + Eq + Hash> Core<K> {
             timer: due,
         };
         self.timers.insert((due, seq));
-        if let Some(old) = self.lane_mut(&person).owed.insert(seq, owed) {
+        let lane = self.lanes.entry(person).or_default();
+        if lane.owed.is_empty() {
+            self.waiting += 1;
+        }
+        if let Some(old) = lane.owed.insert(seq, owed) {
             self.timers.remove(&(old.timer, seq));
         }
     }
@@ -879,6 +888,9 @@ impl<K: Clone + Eq + Hash> Core<K> {
         let pulled_for = clock - mark;
         if pulled_for >= give_up {
             lane.owed.remove(&seq);
+            if lane.owed.is_empty() {
+                self.waiting -= 1;
+            }
             self.counts.stopped_waiting += 1;
             self.out.push_back(Action::Notice(Notice::StoppedWaiting {
                 person: person.clone(),

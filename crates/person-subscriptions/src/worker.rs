@@ -439,7 +439,7 @@ impl Worker {
         let mut armed: Option<Duration> = None;
         loop {
             while let Some(action) = core.poll_action() {
-                d.perform(&mut core, action).await;
+                d.perform(action).await;
             }
             self.publish(&core, &mut d.metrics);
             if core.is_stopped() {
@@ -536,11 +536,11 @@ impl Worker {
                 _ => ("undecodable".to_owned(), ErrorClass::Permanent),
             },
             Cause::Permanent => {
-                let (e, class) = held.last_error.clone().unwrap_or_default_error();
+                let (e, class) = last_error(held);
                 (format!("permanent failure: {e}"), class)
             }
             Cause::GaveUp { delivered } => {
-                let (e, class) = held.last_error.clone().unwrap_or_default_error();
+                let (e, class) = last_error(held);
                 (format!("gave up after {delivered} deliveries: {e}"), class)
             }
             Cause::Parked => (
@@ -593,14 +593,11 @@ impl Worker {
 /// The blocker named when a person was parked by an earlier process.
 const UNKNOWN_BLOCKER: &str = "an earlier dead letter of this person";
 
-trait LastError {
-    fn unwrap_or_default_error(self) -> (String, ErrorClass);
-}
-
-impl LastError for Option<(String, ErrorClass)> {
-    fn unwrap_or_default_error(self) -> (String, ErrorClass) {
-        self.unwrap_or_else(|| ("unknown failure".to_owned(), ErrorClass::Transient))
-    }
+/// The last handler error of a message, for its dead letter's reason.
+fn last_error(held: &Held) -> (String, ErrorClass) {
+    held.last_error
+        .clone()
+        .unwrap_or_else(|| ("unknown failure".to_owned(), ErrorClass::Transient))
 }
 
 /// The driver's I/O state: what is held, what runs, the outstanding pull.
@@ -624,7 +621,7 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
-    async fn perform(&mut self, core: &mut Core<PersonId>, action: Action<PersonId>) {
+    async fn perform(&mut self, action: Action<PersonId>) {
         match action {
             Action::Pull { max } => self.start_pull(max),
             Action::Run { seq, attempt } => self.run(seq, attempt),
@@ -639,7 +636,7 @@ impl Driver<'_> {
                     let _ = h.msg.ack_with(AckKind::Progress).await;
                 }
             }
-            Action::DeadLetter { seq, cause } => self.store(core, seq, cause),
+            Action::DeadLetter { seq, cause } => self.store(seq, cause),
             Action::CheckParked { person } => self.check_parked(person),
             Action::Abort { seq } => {
                 if let Some(a) = self.aborts.remove(&seq) {
@@ -882,7 +879,7 @@ impl Driver<'_> {
             .push(Box::pin(op.map(|r| r.unwrap_or(Done::Aborted))));
     }
 
-    fn store(&mut self, _core: &mut Core<PersonId>, seq: u64, cause: Cause) {
+    fn store(&mut self, seq: u64, cause: Cause) {
         let Some(held) = self.held.get(&seq) else {
             return;
         };

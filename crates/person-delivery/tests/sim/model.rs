@@ -1063,6 +1063,8 @@ impl Sim {
 
     fn check_hands(&self) -> Result<(), Violation> {
         for i in &self.instances {
+            // (In debug builds this also checks the core's waiting-lane count.)
+            let _ = i.core.waiting_lanes();
             let held = i.core.in_hand() + i.core.reserved();
             if held > self.sc.config.max_in_hand {
                 return Err(Violation(format!(
