@@ -322,6 +322,8 @@ pub struct Core<K> {
     calls: usize,
     /// Lanes with an owed redelivery (kept, not counted, since `Stats` reads it often).
     waiting: usize,
+    /// Whose lane owes each owed redelivery, for its timer.
+    owed_by: HashMap<u64, K>,
     /// Timers: in-process retries and owed redeliveries, by (time, seq).
     timers: BTreeSet<(Duration, u64)>,
     next_progress: Option<Duration>,
@@ -384,6 +386,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
             busy: 0,
             calls: 0,
             waiting: 0,
+            owed_by: HashMap::new(),
             timers: BTreeSet::new(),
             next_progress: None,
             phase: Phase::Running,
@@ -455,6 +458,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
                 let lane = self.lanes.entry(p.clone()).or_default();
                 if let Some(owed) = lane.owed.remove(&seq) {
                     self.timers.remove(&(owed.timer, seq));
+                    self.owed_by.remove(&seq);
                     if lane.owed.is_empty() {
                         self.waiting -= 1;
                     }
@@ -805,6 +809,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
             timer: due,
         };
         self.timers.insert((due, seq));
+        self.owed_by.insert(seq, person.clone());
         let lane = self.lanes.entry(person).or_default();
         if lane.owed.is_empty() {
             self.waiting += 1;
@@ -862,12 +867,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
     /// An owed redelivery's timer: at its due time (room may have to be made for
     /// it), when overdue (warn), and much later (stop waiting).
     fn owed_timer_fired(&mut self, seq: u64) {
-        let found = self
-            .lanes
-            .iter()
-            .find(|(_, l)| l.owed.contains_key(&seq))
-            .map(|(p, _)| p.clone());
-        let Some(person) = found else {
+        let Some(person) = self.owed_by.get(&seq).cloned() else {
             return;
         };
         let now = self.now;
@@ -888,6 +888,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
         let pulled_for = clock - mark;
         if pulled_for >= give_up {
             lane.owed.remove(&seq);
+            self.owed_by.remove(&seq);
             if lane.owed.is_empty() {
                 self.waiting -= 1;
             }
