@@ -75,11 +75,11 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
-    /// The subject to read: the person's subjects, or the whole event stream.
-    pub fn subject(&self) -> String {
+    /// The subject to read in `subjects`: the person's subjects, or every event.
+    pub fn subject(&self, subjects: &subject::Subjects) -> String {
         match &self.person {
-            Some(p) => subject::person_filter(p),
-            None => subject::EVENTS_WILDCARD.to_owned(),
+            Some(p) => subjects.person_filter(p),
+            None => subjects.events_wildcard(),
         }
     }
 
@@ -157,7 +157,10 @@ mod tests {
             ..Default::default()
         };
         assert!(by_corr.matches(&env));
-        assert_eq!(by_corr.subject(), format!("person.events.{p}.>"));
+        assert_eq!(
+            by_corr.subject(&Default::default()),
+            format!("person.events.{p}.>")
+        );
         let other_person = EventFilter {
             person: Some(PersonId::new()),
             ..Default::default()

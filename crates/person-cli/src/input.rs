@@ -24,7 +24,9 @@ pub enum Item {
     Envelope(StreamingEventEnvelope),
     /// A raw V1 event, published as is.
     LegacyV1 {
-        /// The subject it goes to: `person.events.<person>.<type>`.
+        /// The subject it goes to, in the default subject space:
+        /// `person.events.<person>.<type>` (the publisher moves it under the
+        /// configured subject prefix).
         subject: String,
         /// Its legacy event id (UUID v5 over the event), used as `Nats-Msg-Id`.
         event_id: EventId,

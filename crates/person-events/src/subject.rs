@@ -4,6 +4,10 @@
 //! - week-1 events (read only): `person.events.<person_id>.person.<event_type>`
 //! - dead letters: `person.dlq.<consumer>.<person_id>.<event_type>`
 //!
+//! [`Subjects`] puts all of them under a prefix of the deployment's own
+//! (`acme.person.events.…`); the free functions and constants are the default,
+//! unprefixed subjects.
+//!
 //! Every token that could come from input is validated: no `.`, `*`, `>`, white space,
 //! control characters or empty tokens, so no input can re-route an event or widen a
 //! subscription.
@@ -127,8 +131,12 @@ pub fn event_subject(person_id: &PersonId, event_type: &str) -> Result<String, S
 }
 
 pub(crate) fn event_subject_unchecked(person_id: &PersonId, event_type: &str) -> String {
-    let mut s = String::with_capacity(EVENTS_PREFIX.len() + 38 + event_type.len());
-    s.push_str(EVENTS_PREFIX);
+    event_subject_in(EVENTS_PREFIX, person_id, event_type)
+}
+
+fn event_subject_in(events: &str, person_id: &PersonId, event_type: &str) -> String {
+    let mut s = String::with_capacity(events.len() + 38 + event_type.len());
+    s.push_str(events);
     s.push('.');
     s.push_str(
         person_id
@@ -168,26 +176,31 @@ pub struct EventSubject {
     pub week1: bool,
 }
 
-/// Parses `person.events.<id>.<type>` or the week-1 `person.events.<id>.person.<type>`.
+/// Parses `person.events.<id>.<type>` or the week-1 `person.events.<id>.person.<type>`,
+/// under any [subject prefix](Subjects::with_prefix) (`acme.person.events.<id>.<type>`).
+/// The tokens are read from the end, so a prefix cannot be mistaken for a person.
 ///
 /// ```
 /// use person_events::subject::parse_event_subject;
 /// let s = parse_event_subject("person.events.0f8fad5b-d9cb-469f-a165-70867728950e.person.created").unwrap();
 /// assert!(s.week1);
 /// assert_eq!(s.event_type, "created");
+/// let s = parse_event_subject("acme.person.events.0f8fad5b-d9cb-469f-a165-70867728950e.created").unwrap();
+/// assert!(!s.week1);
 /// ```
 pub fn parse_event_subject(subject: &str) -> Result<EventSubject, SubjectError> {
     let not_event = || SubjectError::new(SubjectErrorKind::NotAnEventSubject, "subject", subject);
-    let rest = subject
-        .strip_prefix(EVENTS_PREFIX)
-        .and_then(|r| r.strip_prefix('.'))
-        .ok_or_else(not_event)?;
-    let tokens: Vec<&str> = rest.split('.').collect();
-    let (person, event_type, week1) = match tokens.as_slice() {
-        [person, event_type] => (*person, *event_type, false),
-        [person, "person", event_type] => (*person, *event_type, true),
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let (root, person, event_type, week1) = match tokens.as_slice() {
+        [root @ .., "person", "events", person, "person", event_type] => {
+            (root, *person, *event_type, true)
+        }
+        [root @ .., "person", "events", person, event_type] => (root, *person, *event_type, false),
         _ => return Err(not_event()),
     };
+    for token in root {
+        validate_token("subject prefix", token)?;
+    }
     validate_token("event_type", event_type)?;
     let person_id = uuid::Uuid::try_parse(person)
         .map(PersonId::from_uuid)
@@ -197,6 +210,142 @@ pub fn parse_event_subject(subject: &str) -> Result<EventSubject, SubjectError> 
         event_type: event_type.to_owned(),
         week1,
     })
+}
+
+/// The subjects one deployment uses: by default `person.events.…` and `person.dlq.…`;
+/// with a prefix `P`, `P.person.events.…` and `P.person.dlq.…`.
+///
+/// A prefix gives an application, a tenant or a test run a subject space of its own
+/// on a shared server: JetStream lets only one stream capture a subject, so two
+/// deployments on the default subjects cannot keep separate streams.
+///
+/// ```
+/// use person_events::{PersonId, subject::Subjects};
+/// let person = PersonId::new();
+/// let default = Subjects::default();
+/// assert_eq!(default.event_subject(&person, "created"), format!("person.events.{person}.created"));
+///
+/// let acme = Subjects::with_prefix("acme.prod").unwrap();
+/// assert_eq!(acme.events_wildcard(), "acme.prod.person.events.>");
+/// assert_eq!(acme.person_filter(&person), format!("acme.prod.person.events.{person}.>"));
+/// assert_eq!(acme.dlq_wildcard(), "acme.prod.person.dlq.>");
+/// assert_eq!(acme.qualify("person.events.*.created"), "acme.prod.person.events.*.created");
+/// assert!(Subjects::with_prefix("acme.>").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: Option<std::sync::Arc<str>>,
+    events: std::sync::Arc<str>,
+    dlq: std::sync::Arc<str>,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self {
+            prefix: None,
+            events: EVENTS_PREFIX.into(),
+            dlq: DLQ_PREFIX.into(),
+        }
+    }
+}
+
+impl Subjects {
+    /// The subjects under `prefix`: one or more tokens separated by `.`, each a valid
+    /// token ([`validate_token`]).
+    pub fn with_prefix(prefix: &str) -> Result<Self, SubjectError> {
+        validate_prefix(prefix)?;
+        Ok(Self {
+            prefix: Some(prefix.into()),
+            events: format!("{prefix}.{EVENTS_PREFIX}").into(),
+            dlq: format!("{prefix}.{DLQ_PREFIX}").into(),
+        })
+    }
+
+    /// The prefix, if any.
+    pub fn prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
+    }
+
+    /// The prefix of every event subject: `[P.]person.events`.
+    pub fn events_prefix(&self) -> &str {
+        &self.events
+    }
+
+    /// The prefix of every dead-letter subject: `[P.]person.dlq`.
+    pub fn dlq_prefix(&self) -> &str {
+        &self.dlq
+    }
+
+    /// Every event, current and week-1 subjects: `[P.]person.events.>`.
+    pub fn events_wildcard(&self) -> String {
+        format!("{}.>", self.events)
+    }
+
+    /// Every dead letter: `[P.]person.dlq.>`.
+    pub fn dlq_wildcard(&self) -> String {
+        format!("{}.>", self.dlq)
+    }
+
+    /// `[P.]person.events.<person_id>.<event_type>`. The event type must be a valid
+    /// token; the envelope's own types always are.
+    pub fn event_subject(&self, person_id: &PersonId, event_type: &str) -> String {
+        event_subject_in(&self.events, person_id, event_type)
+    }
+
+    /// Every event of one person: `[P.]person.events.<person_id>.>`.
+    pub fn person_filter(&self, person_id: &PersonId) -> String {
+        format!("{}.{person_id}.>", self.events)
+    }
+
+    /// `[P.]person.dlq.<consumer>.<person>.<event_type>`, validating every token (see
+    /// [`dlq_subject`]).
+    pub fn dlq_subject(
+        &self,
+        consumer: &str,
+        person: &str,
+        event_type: &str,
+    ) -> Result<String, SubjectError> {
+        validate_token("consumer", consumer)?;
+        validate_token("person", person)?;
+        validate_token("event_type", event_type)?;
+        Ok(format!("{}.{consumer}.{person}.{event_type}", self.dlq))
+    }
+
+    /// `subject` written for the default subjects, moved under this prefix:
+    /// `person.events.*.created` becomes `P.person.events.*.created`. A subject
+    /// already under the prefix, and every subject when there is no prefix, is
+    /// returned as it is.
+    pub fn qualify(&self, subject: &str) -> String {
+        match &self.prefix {
+            Some(p) if !is_under(subject, p) => format!("{p}.{subject}"),
+            _ => subject.to_owned(),
+        }
+    }
+
+    /// `true` when `subject` lies in this subject space (under the prefix, if any).
+    pub fn contains(&self, subject: &str) -> bool {
+        self.prefix.as_deref().is_none_or(|p| is_under(subject, p))
+    }
+}
+
+fn is_under(subject: &str, prefix: &str) -> bool {
+    subject
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// Checks a subject prefix: dot-separated tokens, each valid, at most 256 bytes.
+pub fn validate_prefix(prefix: &str) -> Result<(), SubjectError> {
+    if prefix.len() > 2 * MAX_TOKEN_BYTES {
+        return Err(SubjectError::new(
+            SubjectErrorKind::TooLong,
+            "subject prefix",
+            prefix,
+        ));
+    }
+    prefix
+        .split('.')
+        .try_for_each(|t| validate_token("subject prefix", t))
 }
 
 #[cfg(test)]
@@ -232,6 +381,32 @@ mod tests {
             "person.events.0f8fad5b-d9cb-469f-a165-70867728950e.a.b.c",
         ] {
             assert!(parse_event_subject(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixed_subjects_round_trip_and_stay_in_their_space() {
+        let p = PersonId::new();
+        let acme = Subjects::with_prefix("acme.prod").unwrap();
+        let s = acme.event_subject(&p, "name_updated");
+        assert_eq!(s, format!("acme.prod.person.events.{p}.name_updated"));
+        let parsed = parse_event_subject(&s).unwrap();
+        assert_eq!((parsed.person_id, parsed.week1), (p, false));
+        let week1 = parse_event_subject(&format!("acme.person.events.{p}.person.created")).unwrap();
+        assert!(week1.week1);
+        assert!(parse_event_subject(&format!("a b.person.events.{p}.created")).is_err());
+        assert_eq!(
+            acme.dlq_subject("c", "x", "created").unwrap(),
+            "acme.prod.person.dlq.c.x.created"
+        );
+        assert!(acme.contains("acme.prod.person.events.>"));
+        assert!(!acme.contains("acme.production.person.events.>"));
+        assert!(!acme.contains("person.events.>"));
+        assert_eq!(acme.qualify("acme.prod.x"), "acme.prod.x");
+        assert_eq!(acme.qualify("acme.production"), "acme.prod.acme.production");
+        assert!(Subjects::default().contains("anything"));
+        for bad in ["", ".", "a..b", "a.*", "a.>", "a b", "x.", &"x".repeat(300)] {
+            assert!(Subjects::with_prefix(bad).is_err(), "{bad:?}");
         }
     }
 

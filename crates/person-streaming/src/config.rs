@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use person_events::subject::{DLQ_WILDCARD, EVENTS_WILDCARD};
+use person_events::subject::{DLQ_WILDCARD, EVENTS_WILDCARD, Subjects};
 use person_retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
 
@@ -306,6 +306,13 @@ impl Default for PublisherSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamingConfig {
+    /// A subject prefix of this deployment's own (`acme` or `acme.prod`): events go to
+    /// `<prefix>.person.events.<id>.<type>` and dead letters to
+    /// `<prefix>.person.dlq.…`. Every subject of the configuration (streams, DLQ,
+    /// consumer filters) is moved under it: write them in the default form
+    /// (`person.events.>`) or already prefixed. None (the default): the unprefixed
+    /// subjects of the wire contract. See [`StreamingConfig::with_subject_prefix`].
+    pub subject_prefix: Option<String>,
     /// The event stream.
     pub stream: StreamSettings,
     /// The dead-letter stream. Fields missing from a `[dlq]` section keep the
@@ -322,6 +329,7 @@ pub struct StreamingConfig {
 impl Default for StreamingConfig {
     fn default() -> Self {
         Self {
+            subject_prefix: None,
             stream: StreamSettings::default(),
             dlq: StreamSettings::dead_letter_default(),
             consumers: vec![
@@ -469,8 +477,7 @@ impl StreamingConfig {
         })?;
         let config: Self = serde_path_to_error::deserialize(de)
             .map_err(|e| parse_error("TOML", e.path(), e.inner()))?;
-        config.validate()?;
-        Ok(config)
+        config.prefixed()
     }
 
     /// Parses JSON and validates.
@@ -483,8 +490,7 @@ impl StreamingConfig {
             field: String::new(),
             message: format!("invalid JSON configuration: {e}"),
         })?;
-        config.validate()?;
-        Ok(config)
+        config.prefixed()
     }
 
     /// Reads a `.toml` or `.json` file (by extension; anything else is read as TOML).
@@ -505,6 +511,66 @@ impl StreamingConfig {
         }
     }
 
+    /// This configuration under the subject prefix `prefix`: sets
+    /// [`subject_prefix`](Self::subject_prefix) and moves every stream, DLQ and filter
+    /// subject under it (`person.events.>` becomes `<prefix>.person.events.>`; a
+    /// subject already under the prefix stays). Stream and consumer names are left
+    /// as they are: names are per server, so two deployments on one server also need
+    /// their own.
+    ///
+    /// ```
+    /// use person_streaming::StreamingConfig;
+    /// let config = StreamingConfig::default().with_subject_prefix("acme").unwrap();
+    /// assert_eq!(config.stream.subjects, ["acme.person.events.>"]);
+    /// assert_eq!(config.dlq.subjects, ["acme.person.dlq.>"]);
+    /// assert_eq!(
+    ///     config.consumer("person-to-location").unwrap().filter_subjects[0],
+    ///     "acme.person.events.*.location_assigned"
+    /// );
+    /// assert_eq!(config.subjects().events_wildcard(), "acme.person.events.>");
+    /// assert!(StreamingConfig::default().with_subject_prefix("a.*").is_err());
+    /// ```
+    pub fn with_subject_prefix(mut self, prefix: &str) -> Result<Self, ConfigError> {
+        self.subject_prefix = Some(prefix.to_owned());
+        self.prefixed()
+    }
+
+    /// Moves every subject under `subject_prefix` (see
+    /// [`with_subject_prefix`](Self::with_subject_prefix)), then validates.
+    fn prefixed(mut self) -> Result<Self, ConfigError> {
+        let subjects = self.checked_subjects()?;
+        let qualify = |list: &mut Vec<String>| {
+            for s in list {
+                *s = subjects.qualify(s);
+            }
+        };
+        qualify(&mut self.stream.subjects);
+        qualify(&mut self.dlq.subjects);
+        for c in &mut self.consumers {
+            qualify(&mut c.filter_subjects);
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    fn checked_subjects(&self) -> Result<Subjects, ConfigError> {
+        match &self.subject_prefix {
+            None => Ok(Subjects::default()),
+            Some(p) => Subjects::with_prefix(p).map_err(|e| {
+                ConfigError::invalid(
+                    "subject_prefix",
+                    format!("{e}; use one or more tokens joined by `.`, e.g. acme or acme.prod"),
+                )
+            }),
+        }
+    }
+
+    /// The subjects this configuration publishes, reads and dead-letters on. Call on
+    /// a validated configuration: an invalid prefix gives the default subjects.
+    pub fn subjects(&self) -> Subjects {
+        self.checked_subjects().unwrap_or_default()
+    }
+
     /// Looks up a consumer by durable name.
     pub fn consumer(&self, durable_name: &str) -> Option<&ConsumerSettings> {
         self.consumers
@@ -514,8 +580,44 @@ impl StreamingConfig {
 
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let space = self.checked_subjects()?;
         validate_stream("stream", &self.stream)?;
         validate_stream("dlq", &self.dlq)?;
+        let outside = |field: String, subject: &str| {
+            ConfigError::invalid(
+                field,
+                format!(
+                    "`{subject}` is outside the subject prefix `{}`: write it as {} or leave the prefix to StreamingConfig::with_subject_prefix",
+                    space.prefix().unwrap_or_default(),
+                    space.qualify(subject)
+                ),
+            )
+        };
+        for (at, s) in [("stream", &self.stream), ("dlq", &self.dlq)] {
+            if let Some((i, subject)) = s
+                .subjects
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !space.contains(x))
+            {
+                return Err(outside(format!("{at}.subjects[{i}]"), subject));
+            }
+        }
+        if !self
+            .dlq
+            .subjects
+            .iter()
+            .any(|d| subjects_overlap(d, &space.dlq_wildcard()))
+        {
+            return Err(ConfigError::invalid(
+                "dlq.subjects",
+                format!(
+                    "{:?} captures no dead letter: dead letters are stored on {}.<consumer>.<person>.<event_type>",
+                    self.dlq.subjects,
+                    space.dlq_prefix()
+                ),
+            ));
+        }
         for (i, s) in self.stream.subjects.iter().enumerate() {
             for d in &self.dlq.subjects {
                 if subjects_overlap(s, d) {
@@ -557,6 +659,9 @@ impl StreamingConfig {
             }
             for (j, f) in c.filter_subjects.iter().enumerate() {
                 check_subject(&at(&format!("filter_subjects[{j}]")), f)?;
+                if !space.contains(f) {
+                    return Err(outside(at(&format!("filter_subjects[{j}]")), f));
+                }
                 if !self.stream.subjects.iter().any(|s| subject_within(f, s)) {
                     return Err(ConfigError::invalid(
                         at(&format!("filter_subjects[{j}]")),
@@ -917,5 +1022,49 @@ retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, mu
         assert_eq!(StreamingConfig::from_toml_str(&toml_text).unwrap(), c);
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(StreamingConfig::from_json_str(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn a_subject_prefix_moves_every_subject_and_round_trips() {
+        let c = StreamingConfig::from_toml_str(
+            "subject_prefix = \"acme.prod\"\n[[consumers]]\ndurable_name = \"x\"\nfilter_subjects = [\"person.events.*.created\", \"acme.prod.person.events.*.merged\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.stream.subjects, ["acme.prod.person.events.>"]);
+        assert_eq!(c.dlq.subjects, ["acme.prod.person.dlq.>"]);
+        assert_eq!(
+            c.consumers[0].filter_subjects,
+            [
+                "acme.prod.person.events.*.created",
+                "acme.prod.person.events.*.merged"
+            ]
+        );
+        let again = StreamingConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c, "prefixing is idempotent");
+        let json = StreamingConfig::from_json_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(json, c);
+    }
+
+    #[test]
+    fn subjects_outside_the_prefix_or_a_dlq_without_letters_are_rejected() {
+        let err = StreamingConfig::from_toml_str("subject_prefix = \"a b\"\n").unwrap_err();
+        assert_eq!(err.field(), "subject_prefix");
+        let mut c = StreamingConfig::default()
+            .with_subject_prefix("acme")
+            .unwrap();
+        c.consumers[1].filter_subjects = vec!["person.events.>".into()];
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field(), "consumers[1].filter_subjects[0]");
+        assert!(err.to_string().contains("acme.person.events.>"), "{err}");
+        let mut c = StreamingConfig::default()
+            .with_subject_prefix("acme")
+            .unwrap();
+        c.stream.subjects.push("other.>".into());
+        assert_eq!(c.validate().unwrap_err().field(), "stream.subjects[1]");
+        let mut c = StreamingConfig::default();
+        c.dlq.subjects = vec!["letters.>".into()];
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field(), "dlq.subjects");
+        assert!(err.to_string().contains("person.dlq"), "{err}");
     }
 }

@@ -64,7 +64,7 @@ impl DeadLetterFilter {
     /// The subject filter covering the consumer and person given. A given value must
     /// be a plain token: `*` or `>` from input would widen the filter (`None` is how to
     /// ask for all).
-    fn subject(&self) -> Result<String, StreamingError> {
+    fn subject(&self, subjects: &subject::Subjects) -> Result<String, StreamingError> {
         for (part, token) in [
             ("consumer", self.consumer.as_deref()),
             ("person", self.person_id.as_deref()),
@@ -81,7 +81,7 @@ impl DeadLetterFilter {
         }
         let consumer = self.consumer.as_deref().unwrap_or("*");
         let person = self.person_id.as_deref().unwrap_or("*");
-        Ok(format!("{}.{consumer}.{person}.*", subject::DLQ_PREFIX))
+        Ok(format!("{}.{consumer}.{person}.*", subjects.dlq_prefix()))
     }
 
     /// `true` when `letter` passes the filter. Checks every field, also consumer and
@@ -152,6 +152,7 @@ pub struct ReplayReceipt {
 pub struct DeadLetterQueue {
     js: jetstream::Context,
     dlq_stream: String,
+    subjects: subject::Subjects,
     denials: Denials,
 }
 
@@ -160,6 +161,7 @@ impl DeadLetterQueue {
         Self {
             js,
             dlq_stream: config.dlq.name.clone(),
+            subjects: config.subjects(),
             denials: Denials::default(),
         }
     }
@@ -198,19 +200,24 @@ impl DeadLetterQueue {
     }
 
     async fn put_with_id(&self, letter: &DeadLetter, msg_id: &str) -> Result<u64, StreamingError> {
-        let subject = subject::dlq_subject(
-            &letter.consumer,
-            letter.person_id.as_deref().unwrap_or(UNKNOWN_TOKEN),
-            letter.event_type.as_deref().unwrap_or(UNKNOWN_TOKEN),
-        )
-        .or_else(|_| subject::dlq_subject(&letter.consumer, UNKNOWN_TOKEN, UNKNOWN_TOKEN))
-        .map_err(|e| {
-            StreamingError::with_source(
-                StreamingErrorKind::InvalidInput,
-                "invalid dead-letter subject",
-                e,
+        let subject = self
+            .subjects
+            .dlq_subject(
+                &letter.consumer,
+                letter.person_id.as_deref().unwrap_or(UNKNOWN_TOKEN),
+                letter.event_type.as_deref().unwrap_or(UNKNOWN_TOKEN),
             )
-        })?;
+            .or_else(|_| {
+                self.subjects
+                    .dlq_subject(&letter.consumer, UNKNOWN_TOKEN, UNKNOWN_TOKEN)
+            })
+            .map_err(|e| {
+                StreamingError::with_source(
+                    StreamingErrorKind::InvalidInput,
+                    "invalid dead-letter subject",
+                    e,
+                )
+            })?;
         let mut headers = HeaderMap::new();
         headers.insert(header::NATS_MESSAGE_ID, HeaderValue::from(msg_id));
         headers.insert(
@@ -250,22 +257,27 @@ impl DeadLetterQueue {
         filter: &DeadLetterFilter,
     ) -> Result<Vec<StoredDeadLetter>, StreamingError> {
         let mut out = Vec::new();
-        scan(&self.js, &self.dlq_stream, &filter.subject()?, |msg| {
-            let letter: DeadLetter = serde_json::from_slice(&msg.payload).map_err(|e| {
-                StreamingError::with_source(
-                    StreamingErrorKind::Decode,
-                    format!("DLQ message {} is not a dead letter", msg.sequence),
-                    e,
-                )
-            })?;
-            if filter.matches_content(&letter) {
-                out.push(StoredDeadLetter {
-                    dlq_sequence: msg.sequence,
-                    letter,
-                });
-            }
-            Ok(())
-        })
+        scan(
+            &self.js,
+            &self.dlq_stream,
+            &filter.subject(&self.subjects)?,
+            |msg| {
+                let letter: DeadLetter = serde_json::from_slice(&msg.payload).map_err(|e| {
+                    StreamingError::with_source(
+                        StreamingErrorKind::Decode,
+                        format!("DLQ message {} is not a dead letter", msg.sequence),
+                        e,
+                    )
+                })?;
+                if filter.matches_content(&letter) {
+                    out.push(StoredDeadLetter {
+                        dlq_sequence: msg.sequence,
+                        letter,
+                    });
+                }
+                Ok(())
+            },
+        )
         .await
         .map_err(|e| e.denied_on(&self.denials, stream_api(&self.dlq_stream)))?;
         Ok(out)
@@ -346,12 +358,16 @@ impl DeadLetterQueue {
     /// otherwise); a missing DLQ stream is [`StreamingErrorKind::NotFound`].
     pub async fn parked_people(&self, consumer: &str) -> Result<Vec<String>, StreamingError> {
         token("consumer", consumer)?;
-        let filter = format!("{}.{consumer}.*.*", subject::DLQ_PREFIX);
+        let prefix = self.subjects.dlq_prefix();
+        let filter = format!("{prefix}.{consumer}.*.*");
         let people: std::collections::BTreeSet<String> = self
             .subject_counts(&filter)
             .await?
             .into_iter()
-            .filter_map(|s| s.split('.').nth(3).map(str::to_owned))
+            .filter_map(|s| {
+                let rest = s.strip_prefix(prefix)?.strip_prefix('.')?;
+                rest.split('.').nth(1).map(str::to_owned)
+            })
             .filter(|person| person != UNKNOWN_TOKEN)
             .collect();
         Ok(people.into_iter().collect())
@@ -368,7 +384,7 @@ impl DeadLetterQueue {
     ) -> Result<bool, StreamingError> {
         token("consumer", consumer)?;
         token("person", person_id)?;
-        let filter = format!("{}.{consumer}.{person_id}.*", subject::DLQ_PREFIX);
+        let filter = format!("{}.{consumer}.{person_id}.*", self.subjects.dlq_prefix());
         Ok(!self.subject_counts(&filter).await?.is_empty())
     }
 
@@ -873,14 +889,17 @@ mod tests {
     #[test]
     fn filters_take_plain_tokens_only() {
         let all = DeadLetterFilter::default();
-        assert_eq!(all.subject().unwrap(), "person.dlq.*.*.*");
+        assert_eq!(
+            all.subject(&Default::default()).unwrap(),
+            "person.dlq.*.*.*"
+        );
         for bad in ["*", ">", "a.b", "a b", ""] {
             let f = DeadLetterFilter {
                 person_id: Some(bad.into()),
                 ..DeadLetterFilter::default()
             };
             assert_eq!(
-                f.subject().unwrap_err().kind(),
+                f.subject(&Default::default()).unwrap_err().kind(),
                 StreamingErrorKind::InvalidInput,
                 "{bad:?}"
             );
@@ -888,7 +907,7 @@ mod tests {
                 consumer: Some(bad.into()),
                 ..DeadLetterFilter::default()
             };
-            assert!(f.subject().is_err(), "{bad:?}");
+            assert!(f.subject(&Default::default()).is_err(), "{bad:?}");
         }
     }
 }

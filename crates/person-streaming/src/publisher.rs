@@ -204,6 +204,7 @@ pub struct Publisher {
     retry: RetryPolicy,
     stream_subjects: Arc<[String]>,
     stream_name: Arc<str>,
+    subjects: subject::Subjects,
     denials: crate::client::Denials,
     metrics: Arc<crate::metrics::PublishMetrics>,
 }
@@ -239,6 +240,7 @@ impl Publisher {
             retry: config.publisher.retry.clone(),
             stream_subjects: config.stream.subjects.clone().into(),
             stream_name: config.stream.name.as_str().into(),
+            subjects: config.subjects(),
             metrics: Arc::new(crate::metrics::PublishMetrics::new(&config.stream.name)),
         }
     }
@@ -515,7 +517,7 @@ impl Publisher {
             );
             h.insert(
                 EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-                HeaderValue::from(subject::person_filter(&person_id).as_str()),
+                HeaderValue::from(self.subjects.person_filter(&person_id).as_str()),
             );
         }
         Ok(outgoing)
@@ -735,7 +737,7 @@ impl Publisher {
             .get_stream_no_info(&*self.stream_name)
             .await
             .map_err(|e| js_error(format!("cannot open stream {}", self.stream_name), e))?;
-        let filter = subject::person_filter(&person_id);
+        let filter = self.subjects.person_filter(&person_id);
         let next = |from: u64| {
             let stream = &stream;
             let filter = &filter;
@@ -827,9 +829,10 @@ impl Publisher {
         expected: ExpectedVersion,
         detail: String,
     ) -> PublishError {
-        let actual = crate::reader::last_version_in(&self.js, &self.stream_name, &person_id)
-            .await
-            .ok();
+        let actual =
+            crate::reader::last_version_in(&self.js, &self.stream_name, &self.subjects, &person_id)
+                .await
+                .ok();
         PublishError {
             kind: PublishErrorKind::Conflict,
             message: format!(
@@ -954,7 +957,9 @@ impl Publisher {
                 e,
             )
         })?;
-        let subject = envelope.subject();
+        let subject = self
+            .subjects
+            .event_subject(&envelope.aggregate_id, envelope.event.event_type());
         let headers = self.headers(envelope);
         Ok(Outgoing {
             subject,

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use person_events::{PersonId, StreamingEventEnvelope, subject};
+use person_events::subject::Subjects;
+use person_events::{PersonId, StreamingEventEnvelope};
 use person_legacy_compat::{RawMessage, decode_message};
 
 use crate::StreamingConfig;
@@ -27,6 +28,7 @@ use crate::error::{StreamingError, StreamingErrorKind, js_error, stream_api};
 pub struct AggregateReader {
     js: jetstream::Context,
     stream: String,
+    subjects: Subjects,
     denials: Denials,
 }
 
@@ -35,13 +37,14 @@ impl AggregateReader {
         Self {
             js,
             stream: config.stream.name.clone(),
+            subjects: config.subjects(),
             denials,
         }
     }
 
     /// The person's version: the stream sequence of their last event, 0 if none.
     pub async fn last_version(&self, person_id: PersonId) -> Result<u64, StreamingError> {
-        last_version_in(&self.js, &self.stream, &person_id)
+        last_version_in(&self.js, &self.stream, &self.subjects, &person_id)
             .await
             .map_err(|e| e.denied_on(&self.denials, stream_api(&self.stream)))
     }
@@ -56,7 +59,7 @@ impl AggregateReader {
         if self.last_version(person_id).await? == 0 {
             return Ok(Vec::new());
         }
-        let filter = subject::person_filter(&person_id);
+        let filter = self.subjects.person_filter(&person_id);
         let mut out = Vec::new();
         scan(&self.js, &self.stream, &filter, |msg| {
             let decoded = decode_message(&RawMessage {
@@ -169,6 +172,7 @@ pub(crate) async fn scan(
 pub(crate) async fn last_version_in(
     js: &jetstream::Context,
     stream: &str,
+    subjects: &Subjects,
     person_id: &PersonId,
 ) -> Result<u64, StreamingError> {
     let handle = js
@@ -176,7 +180,7 @@ pub(crate) async fn last_version_in(
         .await
         .map_err(|e| js_error(format!("cannot open stream {stream}"), e))?;
     match handle
-        .get_last_raw_message_by_subject(&subject::person_filter(person_id))
+        .get_last_raw_message_by_subject(&subjects.person_filter(person_id))
         .await
     {
         Ok(msg) => Ok(msg.sequence),

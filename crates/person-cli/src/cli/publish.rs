@@ -215,6 +215,7 @@ async fn publish_raw(client: &StreamingClient, line: &Line) -> Result1 {
             },
         };
     };
+    let subject = client.config().subjects().qualify(subject);
     let mut headers = HeaderMap::new();
     headers.insert(
         header::NATS_MESSAGE_ID,

@@ -103,7 +103,7 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
         }
         Some(_) => consumer::DeliverPolicy::All,
     };
-    let subject = filter.subject();
+    let subject = filter.subject(&client.config().subjects());
     let mut reader = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: subject.clone(),
