@@ -3,4 +3,5 @@
 mod delivery;
 mod edges;
 mod faults;
+mod namespaces;
 mod support;
