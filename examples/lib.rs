@@ -12,8 +12,7 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nats_harness::NatsServer;
-use person_events::{PersonId, subject};
-use person_streaming::StreamingConfig;
+use person_streaming::{StreamingClient, StreamingConfig};
 
 /// Where the example's server is: the user's, or an embedded one kept alive by this value.
 #[derive(Debug)]
@@ -52,10 +51,10 @@ pub async fn server() -> Result<ExampleServer> {
 /// On an embedded server an example uses `StreamingConfig::default()`'s names. On the
 /// user's server (`NATS_URL`) it works in a namespace of its own: streams
 /// `EXAMPLE_<name>_<run>` and `EXAMPLE_<name>_<run>_DLQ`, consumers
-/// `example-<name>-<run>-<role>`, and only the subjects of the people it creates
-/// (`person.events.<id>.>`) and of its own consumers' dead letters
-/// (`person.dlq.<consumer>.>`). It deletes both streams at the end, and never reads,
-/// acks, replays or deletes anything else.
+/// `example-<run>-<role>`, and the subject prefix `example_<name>_<run>` (events on
+/// `example_<name>_<run>.person.events.…`, dead letters on
+/// `example_<name>_<run>.person.dlq.…`). It deletes both streams at the end, and never
+/// reads, acks, replays or deletes anything else.
 #[derive(Debug, Clone)]
 pub struct Scope {
     own: Option<String>,
@@ -86,37 +85,28 @@ impl Scope {
     }
 
     /// `base` (usually `StreamingConfig::default()` with the example's changes) in this
-    /// scope: on the user's server, its streams renamed, the event stream capturing
-    /// only `people` (everyone the example will publish events for), every consumer
-    /// renamed with [`Scope::consumer`] and filtered to those people, and the DLQ
-    /// capturing only those consumers' dead letters. On an embedded server, `base`.
-    pub fn config(&self, mut base: StreamingConfig, people: &[PersonId]) -> StreamingConfig {
+    /// scope: on the user's server, its streams renamed, every subject moved under the
+    /// run's own subject prefix, and every consumer renamed with [`Scope::consumer`].
+    /// On an embedded server, `base`.
+    pub fn config(&self, mut base: StreamingConfig) -> Result<StreamingConfig> {
         let Some(own) = &self.own else {
-            return base;
+            return Ok(base);
         };
-        let subjects: Vec<String> = people.iter().map(subject::person_filter).collect();
         base.stream.name = format!("EXAMPLE_{own}");
-        base.stream.subjects.clone_from(&subjects);
         base.stream.description = Some("an example run's own events; deleted at its end".into());
         base.dlq.name = format!("EXAMPLE_{own}_DLQ");
+        base.dlq.description = Some("an example run's own dead letters; deleted at its end".into());
         for c in &mut base.consumers {
             c.durable_name = self.consumer(&c.durable_name);
-            c.filter_subjects.clone_from(&subjects);
             c.description = Some("an example run's own consumer; deleted at its end".into());
         }
-        base.dlq.subjects = base
-            .consumers
-            .iter()
-            .map(|c| format!("{}.{}.>", subject::DLQ_PREFIX, c.durable_name))
-            .collect();
-        base.dlq.description = Some("an example run's own dead letters; deleted at its end".into());
-        base
+        Ok(base.with_subject_prefix(&format!("example_{own}"))?)
     }
 
     /// Before anything is created: fails, naming the stream, when a stream this run did
-    /// not create already captures one of `config`'s subjects. Event subjects are fixed
-    /// (`person.events.<id>.<type>`), and JetStream lets only one stream capture a
-    /// subject, so the example's events would land in that stream.
+    /// not create already captures one of `config`'s subjects (a stream on `>`, say):
+    /// JetStream lets only one stream capture a subject, so the example's events would
+    /// land in that stream.
     pub async fn check_free(
         &self,
         js: &jetstream::Context,
@@ -138,9 +128,8 @@ impl Scope {
                 if let Some(o) = ours.iter().find(|o| subjects_collide(theirs, o)) {
                     bail!(
                         "the server's stream {} captures `{theirs}`, which covers this example's subject `{o}`: \
-                         its events would land in that stream. Person subjects are fixed, so on this server an \
-                         example cannot have subjects of its own; run it as a user of another NATS account, or \
-                         against a server without person streams (or without NATS_URL). Nothing was changed.",
+                         its events would land in that stream. Run it as a user of another NATS account, or \
+                         against another server (or without NATS_URL). Nothing was changed.",
                         info.config.name
                     );
                 }
@@ -165,6 +154,43 @@ impl Scope {
             }
         }
     }
+}
+
+/// Runs the example `name`: its server ([`server`]), its scope ([`Scope`]) with `base`
+/// in it, a client, then `body`, then the scope's cleanup, also when `body` fails.
+pub async fn run_in_scope(
+    name: &str,
+    base: StreamingConfig,
+    body: impl AsyncFnOnce(&Scope, &StreamingClient) -> Result<()>,
+) -> Result<()> {
+    let server = server().await?;
+    let scope = Scope::new(&server, name);
+    let config = scope.config(base)?;
+    let js = jetstream::new(
+        async_nats::connect(&server.url)
+            .await
+            .with_context(|| format!("cannot connect to {}", server.url))?,
+    );
+    scope.check_free(&js, &config).await?;
+    let outcome = match StreamingClient::new(&server.url, config.clone()).await {
+        Ok(client) => body(&scope, &client).await,
+        Err(e) => Err(anyhow::Error::new(e).context("connecting and ensuring the streams")),
+    };
+    scope.cleanup(&js, &config).await;
+    drop(server);
+    outcome
+}
+
+/// Polls `cond` every 50 ms until it holds; fails naming `what` after `secs` seconds.
+pub async fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        if Instant::now() >= deadline {
+            bail!("{what} did not happen within {secs} s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// `true` when some subject matches both patterns.

@@ -6,9 +6,9 @@
 //! Run with `cargo run --example metrics_prometheus` (add `-- --serve` to keep serving
 //! until Ctrl-C; `METRICS_ADDR` sets the listen address, default `127.0.0.1:9464`).
 //!
-//! It works in names of its own (stream, DLQ stream and consumer with a per-run suffix,
-//! capturing only the people it creates) and deletes its streams at the end, so it
-//! reads, acks or deletes nothing it did not create, also on your server (`NATS_URL`).
+//! With `NATS_URL` it works in a namespace of its own (streams, consumer and subject
+//! prefix with a per-run suffix, see `person_examples::Scope`) and deletes its streams
+//! at the end, so it reads, acks or deletes nothing it did not create.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +19,8 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use person_events::{PersonEventV2, PersonId, StreamingEventEnvelope, subject};
+use person_events::{PersonEventV2, PersonId, StreamingEventEnvelope};
+use person_examples::Scope;
 use person_metadata::EventMetadata;
 use person_streaming::{ConsumerSettings, StreamingClient, StreamingConfig};
 use person_subscriptions::{
@@ -61,28 +62,23 @@ async fn main() -> Result<()> {
         .context("cannot install the Prometheus exporter")?;
     println!("serving metrics on http://{addr}/metrics");
 
-    let server = person_examples::server().await?;
-    let people: Vec<PersonId> = (0..20).map(|_| PersonId::new()).collect();
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let run = &run[run.len() - 8..];
-    let consumer = format!("example-metrics-{run}");
-    let mut config = StreamingConfig {
+    let config = StreamingConfig {
         consumers: vec![ConsumerSettings::new(
-            &consumer,
+            "metrics-projection",
             &["person.events.>"],
             "metrics example",
         )],
         ..StreamingConfig::default()
     };
-    // Names of its own, capturing only this run's people and dead letters.
-    let subjects: Vec<String> = people.iter().map(subject::person_filter).collect();
-    config.stream.name = format!("EXAMPLE_METRICS_{run}");
-    config.stream.subjects.clone_from(&subjects);
-    config.consumers[0].filter_subjects = subjects;
-    config.dlq.name = format!("EXAMPLE_METRICS_{run}_DLQ");
-    config.dlq.subjects = vec![format!("{}.{consumer}.>", subject::DLQ_PREFIX)];
-    let client = StreamingClient::new(&server.url, config.clone()).await?;
+    person_examples::run_in_scope("metrics_prometheus", config, async |scope, client| {
+        run(scope, client, addr).await
+    })
+    .await
+}
 
+async fn run(scope: &Scope, client: &StreamingClient, addr: SocketAddr) -> Result<()> {
+    let people: Vec<PersonId> = (0..20).map(|_| PersonId::new()).collect();
+    let consumer = scope.consumer("metrics-projection");
     let events: Vec<StreamingEventEnvelope> = (1..=5)
         .flat_map(|seq| {
             people.iter().map(move |&p| {
@@ -108,9 +104,8 @@ async fn main() -> Result<()> {
         calls: AtomicU64::new(0),
     }));
     let handle = manager.start_consumer(&consumer).await?;
-    while handle.stats().processed < n {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    person_examples::wait_until(60, "handling the events", || handle.stats().processed >= n)
+        .await?;
     let stats = handle.stats();
     println!(
         "handled {} events, {} retries",
@@ -128,12 +123,6 @@ async fn main() -> Result<()> {
         tokio::signal::ctrl_c().await?;
     }
     handle.shutdown(Duration::from_secs(5)).await;
-    for stream in [&config.stream.name, &config.dlq.name] {
-        if let Err(e) = client.jetstream().delete_stream(stream).await {
-            eprintln!("could not delete this run's stream {stream}: {e}");
-        }
-    }
-    drop(server);
     Ok(())
 }
 

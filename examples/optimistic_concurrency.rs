@@ -1,6 +1,7 @@
 //! Two writers, one conflict, and an atomic multi-event append.
 //!
-//! Run with `cargo run --example optimistic_concurrency`.
+//! Run with `cargo run --example optimistic_concurrency`. With `NATS_URL` it works in a
+//! namespace of its own and deletes it at the end (see `person_examples::Scope`).
 
 use anyhow::Result;
 use person_events::{PersonEventV2, PersonId, PersonName, StreamingEventEnvelope};
@@ -21,8 +22,15 @@ fn suspended(person_id: PersonId, sequence: u64, reason: &str) -> StreamingEvent
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let server = person_examples::server().await?;
-    let client = StreamingClient::new(&server.url, StreamingConfig::default()).await?;
+    person_examples::run_in_scope(
+        "optimistic_concurrency",
+        StreamingConfig::default(),
+        async |_, client| run(client).await,
+    )
+    .await
+}
+
+async fn run(client: &StreamingClient) -> Result<()> {
     let publisher = client.publisher();
     let person_id = PersonId::new();
 
@@ -117,6 +125,5 @@ async fn main() -> Result<()> {
         "history: {} events",
         client.reader().load_aggregate(person_id).await?.len()
     );
-    drop(server);
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! (here: a second consumer reading the stream from the start into the same store)
 //! changes nothing.
 //!
-//! Run with `cargo run --example projection_handler`.
+//! Run with `cargo run --example projection_handler`. With `NATS_URL` it works in a namespace
+//! of its own and deletes it at the end (see `person_examples::Scope`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use async_trait::async_trait;
 use person_events::{EventId, PersonEventV2, PersonId, StreamingEventEnvelope};
+use person_examples::Scope;
 use person_metadata::EventMetadata;
 use person_streaming::{ConsumerSettings, StreamingClient, StreamingConfig};
 use person_subscriptions::{DomainResult, StreamingEventHandler, SubscriptionManager};
@@ -53,7 +55,6 @@ impl StreamingEventHandler for StatusProjection {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let server = person_examples::server().await?;
     let config = StreamingConfig {
         consumers: vec![
             ConsumerSettings::new("status-a", &["person.events.>"], "status projection"),
@@ -65,7 +66,10 @@ async fn main() -> Result<()> {
         ],
         ..StreamingConfig::default()
     };
-    let client = StreamingClient::new(&server.url, config).await?;
+    person_examples::run_in_scope("projection_handler", config, run).await
+}
+
+async fn run(scope: &Scope, client: &StreamingClient) -> Result<()> {
     for _ in 0..10 {
         let person_id = PersonId::new();
         let event = PersonEventV2::Suspended {
@@ -80,15 +84,16 @@ async fn main() -> Result<()> {
     }
 
     let store = Arc::new(Mutex::new(Store::default()));
-    for consumer in ["status-a", "status-b"] {
+    for consumer in [scope.consumer("status-a"), scope.consumer("status-b")] {
         let mut manager = SubscriptionManager::new(client.clone());
         manager.register_handler(Arc::new(StatusProjection {
             store: store.clone(),
         }));
-        let handle = manager.start_consumer(consumer).await?;
-        while handle.stats().processed < 10 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let handle = manager.start_consumer(&consumer).await?;
+        person_examples::wait_until(30, "handling the 10 events", || {
+            handle.stats().processed >= 10
+        })
+        .await?;
         handle.shutdown(Duration::from_secs(5)).await;
     }
     let store = store.lock().expect("store");
@@ -98,6 +103,5 @@ async fn main() -> Result<()> {
         store.skipped,
         store.status.values().filter(|s| *s == "suspended").count()
     );
-    drop(server);
     Ok(())
 }

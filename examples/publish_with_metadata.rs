@@ -1,7 +1,8 @@
 //! A correlation and causation chain: a command, the events it produces, and an event
 //! caused by one of them. The metadata is readable from the headers without the body.
 //!
-//! Run with `cargo run --example publish_with_metadata`.
+//! Run with `cargo run --example publish_with_metadata`. With `NATS_URL` it works in a
+//! namespace of its own and deletes it at the end (see `person_examples::Scope`).
 
 use anyhow::Result;
 use person_events::{PersonEventV2, PersonId, PersonName, StreamingEventEnvelope};
@@ -11,9 +12,15 @@ use person_streaming::{ExpectedVersion, StreamingClient, StreamingConfig};
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let server = person_examples::server().await?;
-    let client = StreamingClient::new(&server.url, StreamingConfig::default()).await?;
+    person_examples::run_in_scope(
+        "publish_with_metadata",
+        StreamingConfig::default(),
+        async |_, client| run(client).await,
+    )
+    .await
+}
 
+async fn run(client: &StreamingClient) -> Result<()> {
     // The "register person" command produces two events in one atomic append...
     let command_id = uuid::Uuid::now_v7();
     let person_id = PersonId::new();
@@ -64,7 +71,10 @@ async fn main() -> Result<()> {
         .await?;
 
     // Read the headers back, as any consumer or operator tool can.
-    let stream = client.jetstream().get_stream("PERSON_EVENTS").await?;
+    let stream = client
+        .jetstream()
+        .get_stream(&client.config().stream.name)
+        .await?;
     println!("command {command_id}");
     for seq in 1..=3 {
         let msg = stream.get_raw_message(seq).await?;
@@ -86,6 +96,5 @@ async fn main() -> Result<()> {
         );
     }
     println!("all three share the correlation id; the activation names the creation as its cause");
-    drop(server);
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! another fails permanently and is dead-lettered. After the handler is fixed, the dead
 //! letter is replayed and handled.
 //!
-//! Run with `cargo run --example retry_and_dlq`.
+//! Run with `cargo run --example retry_and_dlq`. With `NATS_URL` it works in a namespace
+//! of its own and deletes it at the end (see `person_examples::Scope`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -13,6 +14,7 @@ use std::time::Duration;
 use anyhow::Result;
 use async_trait::async_trait;
 use person_events::{PersonEventV2, PersonId, StreamingEventEnvelope};
+use person_examples::Scope;
 use person_metadata::EventMetadata;
 use person_retry::RetryPolicy;
 use person_streaming::{DeadLetterFilter, StreamingClient, StreamingConfig};
@@ -57,7 +59,6 @@ impl StreamingEventHandler for Flaky {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let server = person_examples::server().await?;
     let mut config = StreamingConfig::default();
     let summary = &mut config.consumers[0];
     summary.retry = RetryPolicy::builder()
@@ -65,8 +66,11 @@ async fn main() -> Result<()> {
         .initial_backoff(Duration::from_millis(200))
         .max_backoff(Duration::from_secs(2))
         .build()?;
-    let consumer = summary.durable_name.clone();
-    let client = StreamingClient::new(&server.url, config).await?;
+    person_examples::run_in_scope("retry_and_dlq", config, run).await
+}
+
+async fn run(scope: &Scope, client: &StreamingClient) -> Result<()> {
+    let consumer = scope.consumer("person-projection-summary");
     for reason in ["flaky", "poison", "fine"] {
         let person_id = PersonId::new();
         let event = PersonEventV2::Suspended {
@@ -89,9 +93,10 @@ async fn main() -> Result<()> {
         .with_options(SubscriptionOptions::default().dead_letter_policy(DeadLetterPolicy::Park));
     manager.register_handler(handler.clone());
     let handle = manager.start_consumer(&consumer).await?;
-    while handler.handled.load(Ordering::SeqCst) < 2 || handle.stats().dead_lettered < 1 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    person_examples::wait_until(60, "two events handled and one dead-lettered", || {
+        handler.handled.load(Ordering::SeqCst) >= 2 && handle.stats().dead_lettered >= 1
+    })
+    .await?;
     println!(
         "retried {} times, dead-lettered {}",
         handle.stats().retried,
@@ -114,14 +119,14 @@ async fn main() -> Result<()> {
         let receipt = dlq.replay(stored.dlq_sequence).await?;
         println!("replayed to stream sequence {}", receipt.stream_sequence);
     }
-    while handler.handled.load(Ordering::SeqCst) < 3 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    person_examples::wait_until(30, "the replayed event handled", || {
+        handler.handled.load(Ordering::SeqCst) >= 3
+    })
+    .await?;
     println!(
         "all 3 handled; the DLQ now holds {}",
         dlq.list(&DeadLetterFilter::default()).await?.len()
     );
     handle.shutdown(Duration::from_secs(5)).await;
-    drop(server);
     Ok(())
 }

@@ -14,8 +14,9 @@
 //! Run with `cargo run --example streaming_setup`. Without `NATS_URL` it starts a
 //! throwaway local nats-server and uses the default names. With `NATS_URL` it works in
 //! a namespace of its own (see `person_examples::Scope`): streams
-//! `EXAMPLE_streaming_setup_<run>` and `..._DLQ`, consumers `example-<run>-...`, only
-//! its own people's subjects; it deletes them at the end, also after a failure.
+//! `EXAMPLE_streaming_setup_<run>` and `..._DLQ`, consumers `example-<run>-...`, and
+//! the subject prefix `example_streaming_setup_<run>`; it deletes them at the end,
+//! also after a failure. It never reads, acks, replays or deletes anything else.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +30,7 @@ use person_events::{
     ComponentType, EventId, MergeReason, PersonEventV2, PersonId, PersonName,
     StreamingEventEnvelope,
 };
-use person_examples::{ExampleServer, Scope, StatusLine};
+use person_examples::{Scope, StatusLine};
 use person_legacy_compat::UPCAST_CONTEXT_KEY;
 use person_metadata::EventMetadata;
 use person_streaming::{DeadLetterFilter, ExpectedVersion, StreamingClient, StreamingConfig};
@@ -43,57 +44,32 @@ const LEGACY_PEOPLE: usize = 10;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let server = person_examples::server().await?;
-    let scope = Scope::new(&server, "streaming_setup");
-    let (people, batches) = workload();
-    let legacy_people: Vec<PersonId> = (0..LEGACY_PEOPLE).map(|_| PersonId::new()).collect();
-    let everyone: Vec<PersonId> = people.iter().chain(&legacy_people).copied().collect();
-    let config = scope.config(StreamingConfig::default(), &everyone);
-    let js = async_nats::jetstream::new(
-        async_nats::connect(&server.url)
-            .await
-            .with_context(|| format!("connecting to {}", server.url))?,
-    );
-    scope.check_free(&js, &config).await?;
-    let outcome = run(
-        &server,
-        &scope,
-        config.clone(),
-        people,
-        batches,
-        legacy_people,
+    person_examples::run_in_scope(
+        "streaming_setup",
+        StreamingConfig::default(),
+        async |scope, client| run(scope, client).await,
     )
-    .await;
-    // Also after a failure: this run's streams (and their consumers) go.
-    scope.cleanup(&js, &config).await;
-    drop(server);
-    outcome
+    .await
 }
 
-async fn run(
-    server: &ExampleServer,
-    scope: &Scope,
-    config: StreamingConfig,
-    people: Vec<PersonId>,
-    batches: Vec<(PersonId, Vec<StreamingEventEnvelope>)>,
-    legacy_people: Vec<PersonId>,
-) -> Result<()> {
+async fn run(scope: &Scope, client: &StreamingClient) -> Result<()> {
+    let (people, batches) = workload();
+    let legacy_people: Vec<PersonId> = (0..LEGACY_PEOPLE).map(|_| PersonId::new()).collect();
     let started = Instant::now();
 
     // 1. Streams and consumers.
     let summary_consumer = scope.consumer("person-projection-summary");
     let search_consumer = scope.consumer("person-projection-search");
+    let config = client.config();
     let (stream_name, dlq_name, consumers) = (
-        config.stream.name.clone(),
-        config.dlq.name.clone(),
+        &config.stream.name,
+        &config.dlq.name,
         config.consumers.len(),
     );
-    let client = StreamingClient::new(&server.url, config)
-        .await
-        .context("connecting and ensuring streams")?;
     if scope.is_namespaced() {
         println!(
-            "streams {stream_name} and {dlq_name} and {consumers} consumers are in place: this run's own, capturing only its own people's subjects; deleted at the end"
+            "streams {stream_name} and {dlq_name} and {consumers} consumers are in place: this run's own, under the subject prefix {}; deleted at the end",
+            config.subject_prefix.as_deref().unwrap_or_default()
         );
     } else {
         println!("streams {stream_name} and {dlq_name} and {consumers} consumers are in place");
@@ -333,6 +309,7 @@ fn workload() -> (Vec<PersonId>, Vec<(PersonId, Vec<StreamingEventEnvelope>)>) {
 /// 5 V1 events for each of `people`, published raw the way the week-1 system stored them.
 async fn publish_legacy(client: &StreamingClient, people: &[PersonId]) -> Result<usize> {
     let mut count = 0;
+    let subjects = client.config().subjects();
     for (i, &id) in people.iter().enumerate() {
         let p = format!(r#"{{"id": "{id}"}}"#);
         let events = [
@@ -371,7 +348,7 @@ async fn publish_legacy(client: &StreamingClient, people: &[PersonId]) -> Result
         for (ty, body) in events {
             client
                 .jetstream()
-                .publish(format!("person.events.{id}.{ty}"), body.into())
+                .publish(subjects.event_subject(&id, ty), body.into())
                 .await?
                 .await?;
             count += 1;

@@ -1,5 +1,6 @@
-//! The examples on a server that holds someone else's data: `streaming_setup` runs in a
-//! namespace of its own, deletes it, and leaves everything else as it was.
+//! The examples on a server that holds someone else's data, the default person streams
+//! included: each runs in a namespace of its own (names and a subject prefix), deletes
+//! it, and leaves everything else as it was.
 
 use std::path::Path;
 use std::time::Duration;
@@ -54,25 +55,24 @@ async fn snapshot(js: &jetstream::Context) -> Snapshot {
 
 /// Runs `streaming_setup` with `NATS_URL`; returns whether it succeeded and its output.
 async fn run_streaming_setup(url: &str) -> (bool, String) {
+    run_example("streaming_setup", url).await
+}
+
+/// Runs the example `name` with `NATS_URL`; returns whether it succeeded and its output.
+async fn run_example(name: &str, url: &str) -> (bool, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the workspace root");
     let run = tokio::process::Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "person-examples",
-            "--example",
-            "streaming_setup",
-        ])
+        .args(["run", "-q", "-p", "person-examples", "--example", name])
         .current_dir(root)
         .env("NATS_URL", url)
+        .env("METRICS_ADDR", free_local_addr())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(300), run)
         .await
-        .expect("streaming_setup finished within 300 s (including its build)")
+        .unwrap_or_else(|_| panic!("{name} finished within 300 s (including its build)"))
         .expect("cargo runs");
     let text = format!(
         "{}{}",
@@ -80,6 +80,12 @@ async fn run_streaming_setup(url: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// A loopback address with a port free right now, for `metrics_prometheus` to serve on.
+fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free local port");
+    listener.local_addr().expect("its address").to_string()
 }
 
 fn no_example_streams(s: &Snapshot) {
@@ -144,9 +150,9 @@ async fn streaming_setup_touches_only_what_it_creates() {
         assert_eq!(after, before, "run {run} changed someone else's data");
     }
 
-    // Someone else's person streams (the default configuration): events, a durable
-    // consumer with a backlog and dead letters. They capture every person subject, so
-    // the example cannot own any: it must refuse before touching anything.
+    // Someone else's person streams (the default configuration): events, durable
+    // consumers with a backlog, and dead letters. They capture every unprefixed person
+    // subject; the example works under a subject prefix of its own beside them.
     let client = StreamingClient::new(&url, StreamingConfig::default())
         .await
         .expect("the default streams");
@@ -164,15 +170,17 @@ async fn streaming_setup_touches_only_what_it_creates() {
             .await
             .expect("published");
     }
-    for i in 0..3 {
-        js.publish(
-            format!("person.dlq.person-projection-search.p{i}.created"),
-            r#"{"reason":"someone else's dead letter"}"#.into(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+    for consumer in ["person-projection-search", "person-projection-summary"] {
+        for i in 0..3 {
+            js.publish(
+                format!("person.dlq.{consumer}.p{i}.created"),
+                r#"{"reason":"someone else's dead letter"}"#.into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        }
     }
     let before = snapshot(&js).await;
     assert!(
@@ -184,19 +192,73 @@ async fn streaming_setup_touches_only_what_it_creates() {
                 && *pending == 12),
         "the setup has a backlog: {before:?}"
     );
+    assert!(
+        before
+            .streams
+            .iter()
+            .any(|(s, messages, _)| s == "PERSON_EVENTS_DLQ" && *messages == 6),
+        "the setup has dead letters: {before:?}"
+    );
     for run in 1..=2 {
         let (ok, out) = run_streaming_setup(&url).await;
         assert!(
-            !ok,
-            "run {run} must refuse on a server whose person subjects are taken:\n{out}"
+            ok,
+            "run {run} works beside someone else's person streams:\n{out}"
         );
         assert!(
-            out.contains("the server's stream PERSON_EVENTS")
-                && out.contains("Nothing was changed"),
-            "run {run} says why:\n{out}"
+            out.contains("published 1005 events in 100 atomic appends, 50 legacy V1 events"),
+            "run {run} counts only its own events:\n{out}"
+        );
+        assert!(
+            out.contains("under the subject prefix example_streaming_setup_"),
+            "{out}"
         );
         let after = snapshot(&js).await;
         no_example_streams(&after);
         assert_eq!(after, before, "run {run} changed someone else's data");
     }
+
+    // Every other example that takes NATS_URL, on the same server.
+    for name in [
+        "publish_with_metadata",
+        "projection_handler",
+        "retry_and_dlq",
+        "legacy_upcast",
+        "optimistic_concurrency",
+        "metrics_prometheus",
+    ] {
+        let (ok, out) = run_example(name, &url).await;
+        assert!(ok, "{name} failed beside someone else's data:\n{out}");
+        assert!(
+            out.contains("deleted this run's stream EXAMPLE_"),
+            "{name} cleans up after itself:\n{out}"
+        );
+        let after = snapshot(&js).await;
+        no_example_streams(&after);
+        assert_eq!(after, before, "{name} changed someone else's data");
+    }
+
+    // A stream of someone else's that captures every prefixed person subject leaves the
+    // example no subject space: it refuses before creating anything. (On a server of
+    // its own: that stream would overlap ORDERS.)
+    let taken = NatsServer::start().await.expect("nats-server");
+    let url = taken.url();
+    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
+    js.create_stream(jetstream::stream::Config {
+        name: "EVERYTHING".into(),
+        subjects: vec!["*.person.events.>".into()],
+        // The server requires it of a subject starting with a wildcard.
+        no_ack: true,
+        ..Default::default()
+    })
+    .await
+    .expect("a catch-all stream");
+    let before = snapshot(&js).await;
+    let (ok, out) = run_streaming_setup(&url).await;
+    assert!(!ok, "must refuse when its subjects are taken:\n{out}");
+    assert!(
+        out.contains("the server's stream EVERYTHING") && out.contains("Nothing was changed"),
+        "says why:\n{out}"
+    );
+    assert_eq!(snapshot(&js).await, before, "the refusal changed nothing");
 }
