@@ -94,7 +94,7 @@ async fn run(scope: &Scope, client: &StreamingClient) -> Result<()> {
         .filter(|r| futures::future::ready(r.as_ref().is_ok_and(|r| r.duplicate)))
         .count()
         .await;
-    let legacy = publish_legacy(&client, &legacy_people).await?;
+    let legacy = publish_legacy(client, &legacy_people).await?;
     let total = published + legacy;
     println!(
         "published {published} events in {} atomic appends, {legacy} legacy V1 events; {duplicates} re-published events rejected as duplicates",

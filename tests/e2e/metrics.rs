@@ -138,6 +138,18 @@ async fn a_scrape_shows_what_the_consumer_and_publisher_did() {
     for e in &events[..3] {
         assert!(publisher.publish(e).await.unwrap().duplicate);
     }
+    // An append whose expected version is stale fails, counted by its kind.
+    let mut stale = events[0].clone();
+    stale.event_id = person_events::EventId::new();
+    let err = publisher
+        .append(
+            stale.aggregate_id,
+            person_streaming::ExpectedVersion::NoEvents,
+            &[stale],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), person_streaming::PublishErrorKind::Conflict);
 
     let handler = std::sync::Arc::new(Flaky {
         fail_once,
@@ -205,5 +217,25 @@ async fn a_scrape_shows_what_the_consumer_and_publisher_did() {
     assert_eq!(
         published("person_events_publish_duration_seconds_count"),
         (n + 3) as f64
+    );
+    let conflict = [
+        ("stream", STREAM),
+        ("operation", "append"),
+        ("kind", "conflict"),
+    ];
+    assert_eq!(
+        sample(&body, "person_events_publish_failed_total", &conflict),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "person_events_published_total",
+            &[("stream", STREAM), ("operation", "append")]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "a failed append publishes nothing"
     );
 }

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use metrics::{Counter, Histogram, Unit};
 
-use crate::publisher::{AppendReceipt, PublishReceipt};
+use crate::publisher::{AppendReceipt, PublishError, PublishErrorKind, PublishReceipt};
 
 /// Events the server acknowledged (duplicates included).
 pub(crate) const PUBLISHED: &str = "person_events_published_total";
 /// Of those, answered as duplicates (already stored inside the duplicate window).
 pub(crate) const DUPLICATES: &str = "person_events_publish_duplicates_total";
+/// Publishes and appends that returned an error, by kind.
+pub(crate) const PUBLISH_FAILED: &str = "person_events_publish_failed_total";
 /// From the first send to the server's ack.
 pub(crate) const PUBLISH_DURATION: &str = "person_events_publish_duration_seconds";
 
@@ -41,6 +43,7 @@ impl Operation {
 /// A publisher's metric handles.
 #[derive(Debug)]
 pub(crate) struct PublishMetrics {
+    stream: String,
     publish: Operation,
     append: Operation,
 }
@@ -60,7 +63,12 @@ impl PublishMetrics {
             Unit::Seconds,
             "From sending a publish or append to the server's ack (retries included)."
         );
+        metrics::describe_counter!(
+            PUBLISH_FAILED,
+            "Publishes and appends that failed, after retries, by error kind."
+        );
         Self {
+            stream: stream.to_owned(),
             publish: Operation::new(stream, "publish"),
             append: Operation::new(stream, "append"),
         }
@@ -85,5 +93,34 @@ impl PublishMetrics {
             op.duplicates.increment(duplicates as u64);
         }
         op.duration.record(took);
+    }
+
+    /// One publish (`append == false`) or append returned `error`, after its retries.
+    /// Failures are rare, so the handle is looked up per failure.
+    pub(crate) fn failed(&self, append: bool, error: &PublishError) {
+        let labels = [
+            ("stream", self.stream.clone()),
+            (
+                "operation",
+                if append { "append" } else { "publish" }.to_owned(),
+            ),
+            ("kind", kind_label(error.kind()).to_owned()),
+        ];
+        metrics::counter!(PUBLISH_FAILED, &labels).increment(1);
+    }
+}
+
+/// The `kind` label of a failure: the error kind in snake case.
+fn kind_label(kind: PublishErrorKind) -> &'static str {
+    match kind {
+        PublishErrorKind::InvalidEvent => "invalid_event",
+        PublishErrorKind::PayloadTooLarge => "payload_too_large",
+        PublishErrorKind::NoStream => "no_stream",
+        PublishErrorKind::Unavailable => "unavailable",
+        PublishErrorKind::Conflict => "conflict",
+        PublishErrorKind::TimedOut => "timed_out",
+        PublishErrorKind::Transport => "transport",
+        PublishErrorKind::Rejected => "rejected",
+        PublishErrorKind::PermissionDenied => "permission_denied",
     }
 }

@@ -253,8 +253,9 @@ impl Publisher {
     ) -> Result<PublishReceipt, PublishError> {
         let started = std::time::Instant::now();
         let result = self.publish_with_retry(envelope, 0).await;
-        if let Ok(receipt) = &result {
-            self.metrics.published(receipt, started.elapsed());
+        match &result {
+            Ok(receipt) => self.metrics.published(receipt, started.elapsed()),
+            Err(e) => self.metrics.failed(false, e),
         }
         result
     }
@@ -331,8 +332,9 @@ impl Publisher {
                 }
                 Err(e) => Err(self.classify_now(e, &subject, 1)),
             };
-            if let Ok(receipt) = &result {
-                self.metrics.published(receipt, started.elapsed());
+            match &result {
+                Ok(receipt) => self.metrics.published(receipt, started.elapsed()),
+                Err(e) => self.metrics.failed(false, e),
             }
             result
         })
@@ -415,8 +417,9 @@ impl Publisher {
     ) -> Result<AppendReceipt, PublishError> {
         let started = std::time::Instant::now();
         let result = self.append_checked(person_id, expected, events).await;
-        if let Ok(receipt) = &result {
-            self.metrics.appended(receipt, started.elapsed());
+        match &result {
+            Ok(receipt) => self.metrics.appended(receipt, started.elapsed()),
+            Err(e) => self.metrics.failed(true, e),
         }
         result
     }
