@@ -3,6 +3,8 @@
 //! - events: `person.events.<person_id>.<event_type>`
 //! - week-1 events (read only): `person.events.<person_id>.person.<event_type>`
 //! - dead letters: `person.dlq.<consumer>.<person_id>.<event_type>`
+//! - replays of dead letters, addressed to one consumer and outside every person's
+//!   history: `person.replay.<consumer>.<person_id>.<event_type>`
 //!
 //! [`Subjects`] puts all of them under a prefix of the deployment's own
 //! (`acme.person.events.…`); the free functions and constants are the default,
@@ -32,6 +34,8 @@ pub const EVENTS_WILDCARD: &str = "person.events.>";
 pub const DLQ_PREFIX: &str = "person.dlq";
 /// The wildcard subject covering every dead letter.
 pub const DLQ_WILDCARD: &str = "person.dlq.>";
+/// The prefix of every replay subject.
+pub const REPLAY_PREFIX: &str = "person.replay";
 /// The longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 128;
 
@@ -212,8 +216,58 @@ pub fn parse_event_subject(subject: &str) -> Result<EventSubject, SubjectError> 
     })
 }
 
-/// The subjects one deployment uses: by default `person.events.…` and `person.dlq.…`;
-/// with a prefix `P`, `P.person.events.…` and `P.person.dlq.…`.
+/// A parsed replay subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaySubject {
+    /// The one consumer the replay is addressed to.
+    pub consumer: String,
+    /// The person.
+    pub person_id: PersonId,
+    /// The event type token.
+    pub event_type: String,
+}
+
+/// Parses `[<prefix>.]person.replay.<consumer>.<person_id>.<event_type>`, reading the
+/// tokens from the end like [`parse_event_subject`].
+///
+/// ```
+/// use person_events::subject::parse_replay_subject;
+/// let r = parse_replay_subject("person.replay.search.0f8fad5b-d9cb-469f-a165-70867728950e.created").unwrap();
+/// assert_eq!((r.consumer.as_str(), r.event_type.as_str()), ("search", "created"));
+/// assert!(parse_replay_subject("person.events.0f8fad5b-d9cb-469f-a165-70867728950e.created").is_err());
+/// ```
+pub fn parse_replay_subject(subject: &str) -> Result<ReplaySubject, SubjectError> {
+    let not_replay = || SubjectError::new(SubjectErrorKind::NotAnEventSubject, "subject", subject);
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let [root @ .., "person", "replay", consumer, person, event_type] = tokens.as_slice() else {
+        return Err(not_replay());
+    };
+    for token in root {
+        validate_token("subject prefix", token)?;
+    }
+    validate_token("consumer", consumer)?;
+    validate_token("event_type", event_type)?;
+    let person_id = uuid::Uuid::try_parse(person)
+        .map(PersonId::from_uuid)
+        .map_err(|_| SubjectError::new(SubjectErrorKind::InvalidPersonId, "person_id", person))?;
+    Ok(ReplaySubject {
+        consumer: (*consumer).to_owned(),
+        person_id,
+        event_type: (*event_type).to_owned(),
+    })
+}
+
+/// The person a stored message is about, from its subject: an event subject (current
+/// or week-1) or a replay subject, under any prefix.
+pub fn person_of_subject(subject: &str) -> Option<PersonId> {
+    parse_event_subject(subject)
+        .map(|s| s.person_id)
+        .or_else(|_| parse_replay_subject(subject).map(|r| r.person_id))
+        .ok()
+}
+
+/// The subjects one deployment uses: by default `person.events.…`, `person.dlq.…` and
+/// `person.replay.…`; with a prefix `P`, `P.person.events.…` and so on.
 ///
 /// A prefix gives an application, a tenant or a test run a subject space of its own
 /// on a shared server: JetStream lets only one stream capture a subject, so two
@@ -237,6 +291,7 @@ pub struct Subjects {
     prefix: Option<std::sync::Arc<str>>,
     events: std::sync::Arc<str>,
     dlq: std::sync::Arc<str>,
+    replay: std::sync::Arc<str>,
 }
 
 impl Default for Subjects {
@@ -245,6 +300,7 @@ impl Default for Subjects {
             prefix: None,
             events: EVENTS_PREFIX.into(),
             dlq: DLQ_PREFIX.into(),
+            replay: REPLAY_PREFIX.into(),
         }
     }
 }
@@ -258,6 +314,7 @@ impl Subjects {
             prefix: Some(prefix.into()),
             events: format!("{prefix}.{EVENTS_PREFIX}").into(),
             dlq: format!("{prefix}.{DLQ_PREFIX}").into(),
+            replay: format!("{prefix}.{REPLAY_PREFIX}").into(),
         })
     }
 
@@ -309,6 +366,34 @@ impl Subjects {
         validate_token("person", person)?;
         validate_token("event_type", event_type)?;
         Ok(format!("{}.{consumer}.{person}.{event_type}", self.dlq))
+    }
+
+    /// Every replay, to every consumer: `[P.]person.replay.>`.
+    pub fn replay_wildcard(&self) -> String {
+        format!("{}.>", self.replay)
+    }
+
+    /// Every replay addressed to `consumer`: `[P.]person.replay.<consumer>.>`. The
+    /// consumer's filter includes it; no other consumer's does.
+    pub fn replay_filter(&self, consumer: &str) -> String {
+        format!("{}.{consumer}.>", self.replay)
+    }
+
+    /// `[P.]person.replay.<consumer>.<person_id>.<event_type>`, validating the tokens.
+    /// A replay there reaches `consumer` alone, and is never part of the person's
+    /// history (`[P.]person.events.<person_id>.>`).
+    pub fn replay_subject(
+        &self,
+        consumer: &str,
+        person_id: &PersonId,
+        event_type: &str,
+    ) -> Result<String, SubjectError> {
+        validate_token("consumer", consumer)?;
+        validate_token("event_type", event_type)?;
+        Ok(format!(
+            "{}.{consumer}.{person_id}.{event_type}",
+            self.replay
+        ))
     }
 
     /// `subject` written for the default subjects, moved under this prefix:
@@ -405,6 +490,20 @@ mod tests {
         assert_eq!(acme.qualify("acme.prod.x"), "acme.prod.x");
         assert_eq!(acme.qualify("acme.production"), "acme.prod.acme.production");
         assert!(Subjects::default().contains("anything"));
+        let r = acme.replay_subject("search", &p, "created").unwrap();
+        assert_eq!(r, format!("acme.prod.person.replay.search.{p}.created"));
+        let parsed = parse_replay_subject(&r).unwrap();
+        assert_eq!((parsed.consumer.as_str(), parsed.person_id), ("search", p));
+        assert_eq!(person_of_subject(&r), Some(p));
+        assert!(
+            parse_event_subject(&r).is_err(),
+            "a replay is not an event of the history"
+        );
+        assert!(acme.replay_subject("a.b", &p, "created").is_err());
+        assert_eq!(
+            acme.replay_filter("search"),
+            "acme.prod.person.replay.search.>"
+        );
         for bad in ["", ".", "a..b", "a.*", "a.>", "a b", "x.", &"x".repeat(300)] {
             assert!(Subjects::with_prefix(bad).is_err(), "{bad:?}");
         }

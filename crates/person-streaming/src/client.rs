@@ -134,6 +134,7 @@ impl StreamingClientBuilder {
     /// Connects, validates `config`, and ensures its streams and consumers exist (unless
     /// [`ensure_on_connect`](Self::ensure_on_connect) is off).
     pub async fn connect(self, config: StreamingConfig) -> Result<StreamingClient, StreamingError> {
+        let config = config.with_replay_subjects();
         config.validate()?;
         let mut options = match &self.credentials {
             Credentials::None => ConnectOptions::new(),

@@ -359,6 +359,7 @@ impl Default for StreamingConfig {
             ],
             publisher: PublisherSettings::default(),
         }
+        .with_replay_subjects()
     }
 }
 
@@ -521,7 +522,7 @@ impl StreamingConfig {
     /// ```
     /// use person_streaming::StreamingConfig;
     /// let config = StreamingConfig::default().with_subject_prefix("acme").unwrap();
-    /// assert_eq!(config.stream.subjects, ["acme.person.events.>"]);
+    /// assert_eq!(config.stream.subjects, ["acme.person.events.>", "acme.person.replay.>"]);
     /// assert_eq!(config.dlq.subjects, ["acme.person.dlq.>"]);
     /// assert_eq!(
     ///     config.consumer("person-to-location").unwrap().filter_subjects[0],
@@ -535,8 +536,49 @@ impl StreamingConfig {
         self.prefixed()
     }
 
+    /// This configuration with its replay subjects: the event stream also captures
+    /// `[P.]person.replay.>`, and each consumer's filters include
+    /// `[P.]person.replay.<durable>.>`, the replays addressed to it alone (see
+    /// [`DeadLetterQueue::replay`](crate::DeadLetterQueue::replay)). Subjects already
+    /// there are not added twice. The defaults, the file loaders and
+    /// [`StreamingClient`](crate::StreamingClient) apply it, so a configuration built in
+    /// code gets it on connecting.
+    ///
+    /// ```
+    /// use person_streaming::{ConsumerSettings, StreamingConfig};
+    /// let config = StreamingConfig {
+    ///     consumers: vec![ConsumerSettings::new("audit", &["person.events.>"], "audit log")],
+    ///     ..StreamingConfig::default()
+    /// }
+    /// .with_replay_subjects();
+    /// assert_eq!(config.stream.subjects, ["person.events.>", "person.replay.>"]);
+    /// assert_eq!(config.consumers[0].filter_subjects, ["person.events.>", "person.replay.audit.>"]);
+    /// ```
+    pub fn with_replay_subjects(mut self) -> Self {
+        let Ok(subjects) = self.checked_subjects() else {
+            return self;
+        };
+        let replays = subjects.replay_wildcard();
+        if !self
+            .stream
+            .subjects
+            .iter()
+            .any(|s| subject_within(&replays, s))
+        {
+            self.stream.subjects.push(replays);
+        }
+        for c in &mut self.consumers {
+            let own = subjects.replay_filter(&c.durable_name);
+            if !c.filter_subjects.iter().any(|f| subject_within(&own, f)) {
+                c.filter_subjects.push(own);
+            }
+        }
+        self
+    }
+
     /// Moves every subject under `subject_prefix` (see
-    /// [`with_subject_prefix`](Self::with_subject_prefix)), then validates.
+    /// [`with_subject_prefix`](Self::with_subject_prefix)), adds the replay subjects
+    /// ([`with_replay_subjects`](Self::with_replay_subjects)), then validates.
     fn prefixed(mut self) -> Result<Self, ConfigError> {
         let subjects = self.checked_subjects()?;
         let qualify = |list: &mut Vec<String>| {
@@ -549,8 +591,9 @@ impl StreamingConfig {
         for c in &mut self.consumers {
             qualify(&mut c.filter_subjects);
         }
-        self.validate()?;
-        Ok(self)
+        let this = self.with_replay_subjects();
+        this.validate()?;
+        Ok(this)
     }
 
     fn checked_subjects(&self) -> Result<Subjects, ConfigError> {
@@ -1030,13 +1073,17 @@ retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, mu
             "subject_prefix = \"acme.prod\"\n[[consumers]]\ndurable_name = \"x\"\nfilter_subjects = [\"person.events.*.created\", \"acme.prod.person.events.*.merged\"]\n",
         )
         .unwrap();
-        assert_eq!(c.stream.subjects, ["acme.prod.person.events.>"]);
+        assert_eq!(
+            c.stream.subjects,
+            ["acme.prod.person.events.>", "acme.prod.person.replay.>"]
+        );
         assert_eq!(c.dlq.subjects, ["acme.prod.person.dlq.>"]);
         assert_eq!(
             c.consumers[0].filter_subjects,
             [
                 "acme.prod.person.events.*.created",
-                "acme.prod.person.events.*.merged"
+                "acme.prod.person.events.*.merged",
+                "acme.prod.person.replay.x.>"
             ]
         );
         let again = StreamingConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
@@ -1060,7 +1107,7 @@ retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, mu
             .with_subject_prefix("acme")
             .unwrap();
         c.stream.subjects.push("other.>".into());
-        assert_eq!(c.validate().unwrap_err().field(), "stream.subjects[1]");
+        assert_eq!(c.validate().unwrap_err().field(), "stream.subjects[2]");
         let mut c = StreamingConfig::default();
         c.dlq.subjects = vec!["letters.>".into()];
         let err = c.validate().unwrap_err();
