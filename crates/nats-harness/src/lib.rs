@@ -61,7 +61,9 @@
 //! Errors carry the tail of the server's log.
 
 pub mod provision;
+pub mod proxy;
 pub mod server;
 
 pub use provision::{ProvisionError, nats_server_bin};
+pub use proxy::TcpProxy;
 pub use server::{HarnessError, NatsCluster, NatsServer, ServerOptions};
