@@ -232,7 +232,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn serve(client: TcpStream, shared: Arc<Shared>, mut cuts: watch::Receiver<u64>) {
-    cuts.borrow_and_update();
+    let generation = *cuts.borrow_and_update();
     let Ok(server) = TcpStream::connect(("127.0.0.1", shared.upstream)).await else {
         // Nothing listens (the server is down): the client sees its connection closed.
         return;
@@ -242,9 +242,10 @@ async fn serve(client: TcpStream, shared: Arc<Shared>, mut cuts: watch::Receiver
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = server.into_split();
     tokio::select! {
-        _ = to_server(client_r, server_w, &shared) => {}
-        _ = to_client(server_r, client_w, &shared) => {}
+        biased;
         _ = cuts.changed() => {}
+        _ = to_server(client_r, server_w, &shared) => {}
+        _ = to_client(server_r, client_w, &shared, generation) => {}
     }
 }
 
@@ -278,6 +279,7 @@ async fn to_client(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     shared: &Shared,
+    generation: u64,
 ) -> io::Result<()> {
     let mut hold = shared.hold.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
@@ -290,6 +292,10 @@ async fn to_client(
             if hold.changed().await.is_err() {
                 return Ok(());
             }
+        }
+        // Held bytes are lost with a cut, even one followed at once by the release.
+        if *shared.cuts.borrow() != generation {
+            return Ok(());
         }
         to.write_all(&buf[..n]).await?;
     }
