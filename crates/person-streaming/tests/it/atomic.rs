@@ -72,6 +72,12 @@ async fn a_batch_whose_middle_event_the_server_refuses_stores_nothing() {
         .unwrap_err();
     assert_eq!(err.kind(), PublishErrorKind::Rejected, "{err}");
     assert!(!err.is_transient(), "{err}");
+    // The server's reason, not the "incomplete batch" its commit answer says.
+    assert!(
+        err.to_string()
+            .contains("message size exceeds maximum allowed"),
+        "{err}"
+    );
     // Nothing of the batch is stored, before or after the refused event.
     assert_eq!(person_messages(&client, person).await, 0);
     assert!(
