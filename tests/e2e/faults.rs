@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use nats_harness::NatsServer;
+use nats_harness::{NatsServer, TcpProxy};
 use person_events::{EventId, StreamingEventEnvelope};
 use person_subscriptions::{
     DomainResult, StreamingEventHandler, SubscriptionManager, SubscriptionOptions,
@@ -22,13 +22,22 @@ use crate::support::{
 /// restarted twice while they run. The server keeps its default `sync_interval`: a
 /// process kill must lose no acknowledged write. Publishers retry a failed publish with
 /// the same envelope, so the same `Nats-Msg-Id`.
+///
+/// Each kill lands between store and ack: the publishers reach the server through a
+/// proxy that holds the server's replies back from just before the kill, so the events
+/// the server stores in that moment are stored with their acks lost. Their retries must
+/// be answered as duplicates (at least one per event stored while the replies were
+/// held), and the stream must hold every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishers_through_two_server_kills_store_every_event_once() {
     const TASKS: usize = 50;
     const EVENTS: usize = 20_000;
     let started = Instant::now();
     let mut server = NatsServer::start().await.unwrap();
-    let client = connect(&server.url(), config(30)).await;
+    let proxy = TcpProxy::start(server.port()).await.unwrap();
+    let client = connect(&proxy.url(), config(30)).await;
+    // Reads the stream directly, not through the proxy.
+    let observer = connect(&server.url(), config(30)).await;
     let events = workload(1_000, 20);
     assert_eq!(events.len(), EVENTS);
     let published: HashSet<EventId> = events.iter().map(|e| e.event_id).collect();
@@ -66,6 +75,8 @@ async fn publishers_through_two_server_kills_store_every_event_once() {
         }));
     }
     let mut kills = 0;
+    // Events stored and not acknowledged to their publishers at each kill.
+    let mut acks_lost = Vec::new();
     for threshold in [EVENTS as u64 / 4, EVENTS as u64 * 3 / 5] {
         eventually(600, "publishers to make progress", || {
             acked.load(Ordering::Relaxed) >= threshold
@@ -73,8 +84,31 @@ async fn publishers_through_two_server_kills_store_every_event_once() {
         .await;
         let at = acked.load(Ordering::Relaxed);
         assert!(at < EVENTS as u64, "the kill must land while publishing");
+        // From now on no ack reaches a publisher. Each task has at most one publish
+        // waiting for its ack: wait until at least half of them are stored (stored
+        // events beyond the acknowledged ones), and nothing moves any more.
+        proxy.hold_replies(true);
+        let mut last = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let unacked = loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = (last_sequence(&observer).await, acked.load(Ordering::SeqCst));
+            let unacked = now.0.saturating_sub(now.1);
+            if unacked >= TASKS as u64 / 2 && now == last {
+                break unacked;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {unacked} stored events unacknowledged while the replies were held"
+            );
+            last = now;
+        };
+        acks_lost.push(unacked);
         server.kill();
         kills += 1;
+        // The held acks die with the connections.
+        proxy.cut();
+        proxy.hold_replies(false);
         server.start_again().await.unwrap();
     }
     for t in tasks {
@@ -90,27 +124,52 @@ async fn publishers_through_two_server_kills_store_every_event_once() {
     assert_eq!(duplicated, 0, "events stored twice");
     assert_eq!(distinct, published);
     assert_eq!(kills, 2);
+    // Every event stored with its ack lost was published again and recognised.
+    let dedup = dedup_acks.load(Ordering::Relaxed);
+    let lost_acks: u64 = acks_lost.iter().sum();
+    assert!(lost_acks > 0, "no event was stored with its ack lost");
+    assert!(
+        dedup >= lost_acks,
+        "{dedup} publishes answered as duplicates, but {lost_acks} events were stored with their acks lost ({acks_lost:?})"
+    );
     record(
         Row {
             case: "fault-1-publisher-server-kill",
             area: "faults",
             what: "50 concurrent publishers; server SIGKILLed and restarted while they run; default sync_interval".into(),
             load: format!("{EVENTS} events, {TASKS} tasks"),
-            faults: format!("{kills} server kills (SIGKILL) + restarts"),
+            faults: format!(
+                "{kills} server kills (SIGKILL) + restarts, each between store and ack (replies held by a proxy)"
+            ),
             inputs: EVENTS as u64,
             lost: missing,
             duplicated,
             absorbed: 0,
             notes: format!(
-                "{total} messages stored, {} distinct ids; {} retries answered as duplicates by the server (stored before the kill, ack lost); {} caller-level re-publishes with the same Nats-Msg-Id",
+                "{total} messages stored, {} distinct ids; {lost_acks} events stored with their acks lost at the kills ({acks_lost:?}); {dedup} retries answered as duplicates by the server; {} caller-level re-publishes with the same Nats-Msg-Id",
                 distinct.len(),
-                dedup_acks.load(Ordering::Relaxed),
                 caller_retries.load(Ordering::Relaxed)
             ),
             ..Row::default()
         },
         started,
     );
+}
+
+/// The stream's last sequence, as `client` reads it (retried while it reconnects).
+async fn last_sequence(client: &person_streaming::StreamingClient) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = async {
+            let mut stream = client.jetstream().get_stream("PERSON_EVENTS").await.ok()?;
+            Some(stream.info().await.ok()?.state.last_sequence)
+        };
+        if let Some(seq) = info.await {
+            return seq;
+        }
+        assert!(Instant::now() < deadline, "cannot read the stream's state");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Fault 2. 5,000 events; the server is SIGKILLed and restarted while handlers run.
@@ -162,6 +221,13 @@ async fn consumers_through_a_server_kill_handle_everything_and_dead_letter_nothi
     );
     assert_eq!(stats.dead_lettered, 0, "the outage dead-lettered events");
     assert_eq!(dlq_messages(&client).await, 0, "the DLQ is not empty");
+    // The kill cost acks (of the calls held across it, and the ones the server had not
+    // persisted): their events came back and the projection recognised them.
+    let absorbed = projection.absorbed();
+    assert!(
+        absorbed > 0,
+        "no event was delivered again after the kill: the kill exercised nothing"
+    );
     record(
         Row {
             case: "fault-2-consumer-server-kill",
@@ -174,7 +240,7 @@ async fn consumers_through_a_server_kill_handle_everything_and_dead_letter_nothi
             inputs: 5_000,
             lost,
             duplicated: 0,
-            absorbed: projection.absorbed(),
+            absorbed,
             notes: format!(
                 "handler errors seen: 0; dead letters: 0; consumer reconnects: {}",
                 stats.reconnects
@@ -296,6 +362,8 @@ async fn consumer_process_crashes_lose_nothing_and_repeat_only_unacked_events() 
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             assert!(pending <= MAX_ACK_PENDING as u64);
+            // The crash landed mid-batch: messages delivered and not acknowledged.
+            assert!(pending > 0, "run {run} crashed with nothing unacknowledged");
             pending_after_crash.push(pending);
             drop(stream);
         } else {

@@ -26,6 +26,9 @@
 //! # }
 //! ```
 //!
+//! A [`TcpProxy`] in front of a server places faults a kill cannot: a connection cut
+//! after a given number of bytes, a client's bytes stalled, the server's replies held back.
+//!
 //! # Finding the `nats-server` binary
 //!
 //! [`provision::nats_server_bin`] resolves the binary once per process, in this order:
@@ -61,7 +64,9 @@
 //! Errors carry the tail of the server's log.
 
 pub mod provision;
+pub mod proxy;
 pub mod server;
 
 pub use provision::{ProvisionError, nats_server_bin};
+pub use proxy::TcpProxy;
 pub use server::{HarnessError, NatsCluster, NatsServer, ServerOptions};

@@ -10,6 +10,7 @@ use async_nats::header::{self, HeaderMap, HeaderName, HeaderValue};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind as NatsKind};
 use async_nats::jetstream::{self, publish::PublishAck};
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use person_events::{EventId, PersonId, StreamingEventEnvelope, codec, subject};
@@ -556,10 +557,26 @@ impl Publisher {
 
     /// One atomic batch, under a fresh batch id: a batch cut by a reconnect is abandoned
     /// by the server (nothing stored), and the next attempt starts a new one.
+    ///
+    /// The messages between the first and the last are not awaited one by one, but they
+    /// carry a reply subject: the server answers a message it refuses (too large for the
+    /// stream, ...) with its error and abandons the batch, and the commit's own answer
+    /// then only says "incomplete", as for a batch cut by a reconnect. The refusal is the
+    /// answer reported, and it is not retried.
     async fn append_batch(&self, outgoing: Vec<Outgoing>) -> Result<AppendReceipt, AppendFailure> {
         let client = self.js.client();
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
         let n = outgoing.len();
+        let first_subject = outgoing[0].subject.clone();
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| {
+            self.batch_failure(
+                &first_subject,
+                PublishErrorKind::Transport,
+                format!("atomic append of {n} events: cannot subscribe to the replies"),
+                Some(Box::new(e)),
+            )
+        })?;
         let mut ids = Vec::with_capacity(n);
         let mut commit_reply = None;
         for (i, mut out) in outgoing.into_iter().enumerate() {
@@ -595,16 +612,43 @@ impl Publisher {
                         ));
                     }
                 };
-                if let Some(err) = api_error(&reply.payload) {
+                if let Some(mut err) = api_error(&reply.payload) {
+                    if last && err.err_code == API_BATCH_INCOMPLETE {
+                        // The replies to the messages before it came first, on the
+                        // same connection: a refused one is there already.
+                        while let Some(Some(msg)) = replies.next().now_or_never() {
+                            if let Some(refused) = api_error(&msg.payload)
+                                && refused.err_code != API_BATCH_INCOMPLETE
+                            {
+                                err = refused;
+                                break;
+                            }
+                        }
+                    }
                     return Err(self.batch_error(err, n));
                 }
                 if last {
                     commit_reply = Some(reply);
                 }
             } else if let Err(e) = client
-                .publish_with_headers(out.subject, out.headers, out.payload)
+                .publish_with_reply_and_headers(
+                    out.subject,
+                    inbox.clone(),
+                    out.headers,
+                    out.payload,
+                )
                 .await
             {
+                if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
+                    return Err(AppendFailure::Fatal(PublishError::with_source(
+                        PublishErrorKind::PayloadTooLarge,
+                        format!(
+                            "event {} of the atomic append on {subject} is larger than the server's max_payload",
+                            i + 1
+                        ),
+                        e,
+                    )));
+                }
                 return Err(self.batch_failure(
                     &subject,
                     PublishErrorKind::Transport,
@@ -683,6 +727,15 @@ impl Publisher {
                 format!("atomic append of {n} events: no reply from the server"),
                 Some(Box::new(e)),
             ),
+            RequestErrorKind::MaxPayloadExceeded => {
+                AppendFailure::Fatal(PublishError::with_source(
+                    PublishErrorKind::PayloadTooLarge,
+                    format!(
+                        "an event of the atomic append on {subject} is larger than the server's max_payload"
+                    ),
+                    e,
+                ))
+            }
             _ => self.batch_failure(
                 subject,
                 PublishErrorKind::Transport,

@@ -5,6 +5,7 @@
 mod auth;
 mod cluster;
 mod provision;
+mod proxy;
 mod single;
 
 use std::fmt::Debug;

@@ -1,3 +1,6 @@
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
 use nats_harness::NatsServer;
 use person_events::{PersonEventV2, PersonId, PersonName, StreamingEventEnvelope};
 use person_metadata::EventMetadata;
@@ -51,4 +54,73 @@ pub(crate) fn activated(person_id: PersonId, sequence: u64) -> StreamingEventEnv
 pub(crate) async fn stream_messages(client: &StreamingClient, name: &str) -> u64 {
     let mut stream = client.jetstream().get_stream(name).await.unwrap();
     stream.info().await.unwrap().state.messages
+}
+
+/// One append's worth of events of `person`: `Created`, then `Activated` up to
+/// envelope sequence `n`.
+pub(crate) fn batch_of(person_id: PersonId, n: u64) -> Vec<StreamingEventEnvelope> {
+    (1..=n)
+        .map(|s| {
+            if s == 1 {
+                created(person_id, 1)
+            } else {
+                activated(person_id, s)
+            }
+        })
+        .collect()
+}
+
+/// Messages stored on the person's subjects, as the stream's own subject counts say.
+pub(crate) async fn person_messages(client: &StreamingClient, person_id: PersonId) -> u64 {
+    let stream = client
+        .jetstream()
+        .get_stream(&client.config().stream.name)
+        .await
+        .unwrap();
+    let counts: Vec<(String, usize)> = stream
+        .info_with_subjects(person_events::subject::person_filter(&person_id))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    counts.iter().map(|(_, n)| *n as u64).sum()
+}
+
+/// Every envelope in the stream `name`, in stream order (with `stream_position` set).
+pub(crate) async fn read_stream(
+    client: &StreamingClient,
+    name: &str,
+) -> Vec<StreamingEventEnvelope> {
+    let mut stream = client.jetstream().get_stream(name).await.unwrap();
+    let total = stream.info().await.unwrap().state.messages;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::with_capacity(total as usize);
+    while (out.len() as u64) < total {
+        let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("reading the stream back stalled")
+            .expect("the ordered consumer ended")
+            .unwrap();
+        let mut env = person_events::codec::decode(&msg.payload).unwrap();
+        env.stream_position = Some(msg.info().unwrap().stream_sequence);
+        out.push(env);
+    }
+    out
+}
+
+/// Waits (up to 30 s) until `client` is connected again after a cut or a restart.
+pub(crate) async fn connected(client: &StreamingClient) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client.client().connection_state() != async_nats::connection::State::Connected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
