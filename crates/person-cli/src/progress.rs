@@ -64,6 +64,14 @@ impl Progress {
         }
     }
 
+    /// Prints one line on stdout without breaking the bar.
+    pub fn note(&self, line: impl AsRef<str>) {
+        match &self.out {
+            Output::Bar(bar) => bar.suspend(|| println!("{}", line.as_ref())),
+            Output::Plain { .. } | Output::Off => println!("{}", line.as_ref()),
+        }
+    }
+
     /// Items done so far.
     pub fn done(&self) -> u64 {
         self.done

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use person_events::StreamingEventEnvelope;
 use person_events::codec::{self, DecodeError, DecodeErrorKind, Shape};
-use person_events::subject::parse_event_subject;
+use person_events::subject::person_of_subject;
 use serde_json::Value;
 
 use crate::chain::UpcasterChain;
@@ -244,8 +244,8 @@ fn check_consistent(envelope: &StreamingEventEnvelope) -> Result<(), DecodeError
 /// An event stored on another person's subject would break per-person ordering and
 /// optimistic concurrency: reject it.
 fn check_subject(subject: &str, envelope: &StreamingEventEnvelope) -> Result<(), DecodeError> {
-    if let Ok(parsed) = parse_event_subject(subject)
-        && parsed.person_id != envelope.aggregate_id
+    if let Some(person) = person_of_subject(subject)
+        && person != envelope.aggregate_id
     {
         return Err(DecodeError::new(
             DecodeErrorKind::InvalidField,

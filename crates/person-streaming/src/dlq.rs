@@ -130,8 +130,11 @@ pub const BLOCKED_BY_PREFIX: &str = "blocked by ";
 pub struct ReplayReceipt {
     /// The DLQ sequence replayed (now deleted from the DLQ).
     pub dlq_sequence: u64,
-    /// Where the event now sits in the event stream.
+    /// Where the replay sits in the event stream (on its replay subject).
     pub stream_sequence: u64,
+    /// `true` when this dead letter had been replayed to this consumer already (a
+    /// retried or concurrent replay): nothing new was stored.
+    pub already_replayed: bool,
 }
 
 /// The dead-letter store on the DLQ stream. Implements [`DeadLetterSink`].
@@ -152,6 +155,7 @@ pub struct ReplayReceipt {
 pub struct DeadLetterQueue {
     js: jetstream::Context,
     dlq_stream: String,
+    events_stream: String,
     subjects: subject::Subjects,
     denials: Denials,
 }
@@ -161,6 +165,7 @@ impl DeadLetterQueue {
         Self {
             js,
             dlq_stream: config.dlq.name.clone(),
+            events_stream: config.stream.name.clone(),
             subjects: config.subjects(),
             denials: Denials::default(),
         }
@@ -452,19 +457,80 @@ impl DeadLetterQueue {
         })
     }
 
-    /// Puts the original event back on its original subject, bytes and headers untouched
-    /// except for a fresh `Nats-Msg-Id` (inside the duplicate window the old one would
-    /// make the server drop the replay silently) and two headers recording the replay.
-    /// The dead letter is deleted only after the replay publish is acknowledged.
-    ///
-    /// A truncated record ([`DeadLetter::is_truncated`]) is refused with a
-    /// [`StreamingErrorKind::Truncated`] error and left in place: it no longer holds the
-    /// original message, and replaying part of it would corrupt the person's history.
+    /// Replays a dead letter to the consumer that dead-lettered it. See
+    /// [`replay_to`](Self::replay_to).
     pub async fn replay(&self, dlq_sequence: u64) -> Result<ReplayReceipt, StreamingError> {
+        self.replay_to(dlq_sequence, None).await
+    }
+
+    /// Replays a dead letter to one consumer (`None`: the one that dead-lettered it),
+    /// then deletes the dead letter.
+    ///
+    /// The event goes to `[P.]person.replay.<consumer>.<person_id>.<event_type>` in the
+    /// event stream: outside the person's history (`[P.]person.events.<person_id>.>`,
+    /// which [`AggregateReader`](crate::AggregateReader) and optimistic concurrency
+    /// read), and inside the filters of that consumer alone. Bytes and headers are the
+    /// original's, except `Nats-Msg-Id`, publish-time controls (expectations, batch
+    /// headers), and [`REPLAY_OF_HEADER`] / [`REPLAYED_AT_HEADER`] recording the replay.
+    ///
+    /// Idempotent: the replay's `Nats-Msg-Id` is derived from the DLQ stream, the DLQ
+    /// sequence and the consumer, and the last replay on the subject is checked too, so
+    /// a retried or concurrent replay stores one copy and reports
+    /// [`already_replayed`](ReplayReceipt::already_replayed). A dead letter another
+    /// replay deleted meanwhile is not an error.
+    ///
+    /// Refused, with the dead letter left in place:
+    /// - a truncated record ([`DeadLetter::is_truncated`]): [`StreamingErrorKind::Truncated`];
+    /// - a record that is not about an event (an operation failure):
+    ///   [`StreamingErrorKind::InvalidInput`];
+    /// - a consumer that does not exist ([`StreamingErrorKind::NotFound`]) or does not
+    ///   read its replay subject, i.e. was created before replay subjects existed
+    ///   ([`StreamingErrorKind::InvalidInput`]; `ensure` / `person-stream setup` adds it).
+    pub async fn replay_to(
+        &self,
+        dlq_sequence: u64,
+        consumer: Option<&str>,
+    ) -> Result<ReplayReceipt, StreamingError> {
         let stored = self.get(dlq_sequence).await?;
         let letter = &stored.letter;
         if letter.is_truncated() {
             return Err(truncated_replay(dlq_sequence, letter));
+        }
+        let consumer = consumer.unwrap_or(&letter.consumer);
+        token("consumer", consumer)?;
+        let (person_id, event_type) = event_of(letter).ok_or_else(|| {
+            StreamingError::new(
+                StreamingErrorKind::InvalidInput,
+                format!(
+                    "dead letter at DLQ sequence {dlq_sequence} is not about a stored event (subject `{}`): there is nothing to replay",
+                    letter.subject.escape_debug()
+                ),
+            )
+        })?;
+        let target = self
+            .subjects
+            .replay_subject(consumer, &person_id, &event_type)
+            .map_err(|e| {
+                StreamingError::with_source(
+                    StreamingErrorKind::InvalidInput,
+                    "invalid replay subject",
+                    e,
+                )
+            })?;
+        let events = self
+            .js
+            .get_stream_no_info(&self.events_stream)
+            .await
+            .map_err(|e| self.fail(format!("cannot open stream {}", self.events_stream), e))?;
+        self.check_reads_replays(&events, consumer, &target).await?;
+        let replay_id = format!("replay:{}:{dlq_sequence}:{consumer}", self.dlq_stream);
+        if let Some(seq) = self.replayed_at(&events, &target, &replay_id).await? {
+            self.delete_if_present(dlq_sequence).await?;
+            return Ok(ReplayReceipt {
+                dlq_sequence,
+                stream_sequence: seq,
+                already_replayed: true,
+            });
         }
         let mut headers = HeaderMap::new();
         for (name, value) in &letter.headers {
@@ -482,11 +548,6 @@ impl DeadLetterQueue {
             }
             headers.append(name.as_str(), value.as_str());
         }
-        let replay_id = format!(
-            "replay:{}:{dlq_sequence}:{}",
-            letter.dedup_id(),
-            uuid::Uuid::now_v7()
-        );
         headers.insert(
             header::NATS_MESSAGE_ID,
             HeaderValue::from(replay_id.as_str()),
@@ -501,22 +562,101 @@ impl DeadLetterQueue {
         );
         let ack = self
             .js
-            .publish_with_headers(letter.subject.clone(), headers, letter.payload.clone())
+            .publish_with_headers(target.clone(), headers, letter.payload.clone())
             .await
             .map_err(|e| {
-                js_error(format!("cannot replay to {}", letter.subject), e)
-                    .denied_on(&self.denials, [&letter.subject])
+                js_error(format!("cannot replay to {target}"), e)
+                    .denied_on(&self.denials, [&target])
             })?
             .await
             .map_err(|e| {
-                js_error(format!("replay to {} was not stored", letter.subject), e)
-                    .denied_on(&self.denials, [&letter.subject])
+                js_error(
+                    format!(
+                        "replay to {target} was not stored (does stream {} capture the replay subjects? run `person-stream setup`)",
+                        self.events_stream
+                    ),
+                    e,
+                )
+                .denied_on(&self.denials, [&target])
             })?;
-        self.delete(dlq_sequence).await?;
+        self.delete_if_present(dlq_sequence).await?;
         Ok(ReplayReceipt {
             dlq_sequence,
             stream_sequence: ack.sequence,
+            already_replayed: ack.duplicate,
         })
+    }
+
+    /// Refuses a replay `consumer` would never receive: a missing consumer, or one whose
+    /// filters leave out its replay subject.
+    async fn check_reads_replays(
+        &self,
+        events: &jetstream::stream::Stream<()>,
+        consumer: &str,
+        target: &str,
+    ) -> Result<(), StreamingError> {
+        let info = events.consumer_info(consumer).await.map_err(|e| {
+            if classify(&e) == StreamingErrorKind::NotFound {
+                StreamingError::with_source(
+                    StreamingErrorKind::NotFound,
+                    format!(
+                        "no consumer `{consumer}` on stream {}: nothing would receive the replay",
+                        self.events_stream
+                    ),
+                    e,
+                )
+            } else {
+                self.fail(format!("cannot read consumer {consumer}"), e)
+            }
+        })?;
+        let filters: Vec<&String> = std::iter::once(&info.config.filter_subject)
+            .filter(|f| !f.is_empty())
+            .chain(&info.config.filter_subjects)
+            .collect();
+        let reads = filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| crate::config::subject_within(target, f));
+        if reads {
+            return Ok(());
+        }
+        Err(StreamingError::new(
+            StreamingErrorKind::InvalidInput,
+            format!(
+                "consumer `{consumer}` does not read its replays ({} is outside its filters {filters:?}): run `person-stream setup` (or StreamingClient::ensure) to add {}",
+                target,
+                self.subjects.replay_filter(consumer)
+            ),
+        ))
+    }
+
+    /// The stream sequence of an earlier replay with `replay_id` as the last message on
+    /// `target`, if there is one: it covers a retry after the duplicate window.
+    async fn replayed_at(
+        &self,
+        events: &jetstream::stream::Stream<()>,
+        target: &str,
+        replay_id: &str,
+    ) -> Result<Option<u64>, StreamingError> {
+        match events.get_last_raw_message_by_subject(target).await {
+            Ok(msg) => Ok(msg
+                .headers
+                .get(header::NATS_MESSAGE_ID.as_ref())
+                .is_some_and(|v| v.as_str() == replay_id)
+                .then_some(msg.sequence)),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(self.fail(format!("cannot read the last replay on {target}"), e)),
+        }
+    }
+
+    /// Deletes a dead letter; one already gone (another replay or purge) is fine.
+    async fn delete_if_present(&self, dlq_sequence: u64) -> Result<(), StreamingError> {
+        match self.delete(dlq_sequence).await {
+            Err(e) if e.kind() == StreamingErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
 
     /// Deletes one dead letter.
@@ -526,10 +666,17 @@ impl DeadLetterQueue {
             .get_stream_no_info(&self.dlq_stream)
             .await
             .map_err(|e| self.fail(format!("cannot open stream {}", self.dlq_stream), e))?;
-        stream
-            .delete_message(dlq_sequence)
-            .await
-            .map_err(|e| self.fail(format!("cannot delete dead letter {dlq_sequence}"), e))?;
+        stream.delete_message(dlq_sequence).await.map_err(|e| {
+            if classify(&e) == StreamingErrorKind::NotFound {
+                StreamingError::with_source(
+                    StreamingErrorKind::NotFound,
+                    format!("no dead letter at DLQ sequence {dlq_sequence}"),
+                    e,
+                )
+            } else {
+                self.fail(format!("cannot delete dead letter {dlq_sequence}"), e)
+            }
+        })?;
         Ok(())
     }
 
@@ -541,6 +688,21 @@ impl DeadLetterQueue {
         }
         Ok(matching.len())
     }
+}
+
+/// The person and event type a dead letter is about: from the letter's fields, else
+/// from its subject (an event or an earlier replay).
+fn event_of(letter: &DeadLetter) -> Option<(person_events::PersonId, String)> {
+    if let Ok(e) = subject::parse_event_subject(&letter.subject) {
+        return Some((e.person_id, e.event_type));
+    }
+    if let Ok(r) = subject::parse_replay_subject(&letter.subject) {
+        return Some((r.person_id, r.event_type));
+    }
+    let person = letter.person_id.as_deref()?.parse().ok()?;
+    let event_type = letter.event_type.clone()?;
+    subject::validate_token("event_type", &event_type).ok()?;
+    Some((person, event_type))
 }
 
 /// Checks that `value` is a plain subject token: a `*` or `>` from input would widen

@@ -324,6 +324,10 @@ pub(crate) fn api_kind(e: &jetstream::Error) -> StreamingErrorKind {
         | ErrorCode::CONSUMER_NOT_FOUND
         | ErrorCode::NO_MESSAGE_FOUND
         | ErrorCode::STREAM_TEMPLATE_NOT_FOUND => K::NotFound,
+        // Deleting a message that is already gone.
+        ErrorCode::STREAM_MESSAGE_DELETE_FAILED if e.to_string().contains("no message found") => {
+            K::NotFound
+        }
         ErrorCode::CLUSTER_NOT_AVAILABLE
         | ErrorCode::CLUSTER_NOT_LEADER
         | ErrorCode::CLUSTER_NOT_ACTIVE

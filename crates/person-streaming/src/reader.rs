@@ -52,6 +52,11 @@ impl AggregateReader {
     /// Every event of the person, in stream order, with `stream_position` set. Legacy V1
     /// events and week-1 envelopes arrive upcast. A person with no events gives an empty
     /// list after one request.
+    ///
+    /// Each event is returned once, and never a replay: replays live on their own
+    /// subjects, outside the history, and a replay stored on the history's subjects by
+    /// an earlier version (it carries [`REPLAY_OF_HEADER`](crate::REPLAY_OF_HEADER)) or
+    /// an event id seen before is skipped.
     pub async fn load_aggregate(
         &self,
         person_id: PersonId,
@@ -61,7 +66,15 @@ impl AggregateReader {
         }
         let filter = self.subjects.person_filter(&person_id);
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         scan(&self.js, &self.stream, &filter, |msg| {
+            if msg
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(crate::REPLAY_OF_HEADER).is_some())
+            {
+                return Ok(());
+            }
             let decoded = decode_message(&RawMessage {
                 subject: Some(msg.subject.as_str()),
                 payload: &msg.payload,
@@ -78,7 +91,9 @@ impl AggregateReader {
                     e,
                 )
             })?;
-            out.push(decoded.envelope);
+            if seen.insert(decoded.envelope.event_id) {
+                out.push(decoded.envelope);
+            }
             Ok(())
         })
         .await

@@ -17,7 +17,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use person_delivery::{Action, Arrival, CallResult, Cause, Core, Kind, Notice, Recovery};
 use person_events::codec::DecodeError;
-use person_events::subject::parse_event_subject;
+use person_events::subject::person_of_subject;
 use person_events::{PersonId, StreamingEventEnvelope};
 use person_legacy_compat::{Origin, RawMessage, decode_message};
 use person_retry::{BreakerState, DeadLetter, DeadLetterSink, ErrorClass};
@@ -769,9 +769,7 @@ impl Driver<'_> {
         };
         let person = match &body {
             Body::Event(env) => Some(env.aggregate_id),
-            _ => parse_event_subject(msg.subject.as_str())
-                .ok()
-                .map(|s| s.person_id),
+            _ => person_of_subject(msg.subject.as_str()),
         };
         let replay = msg
             .headers

@@ -52,13 +52,14 @@ Examples:
   person-stream dlq replay --person 0f8fad5b-d9cb-469f-a165-70867728950e --rate 20
   person-stream dlq replay --all
 
-Each event goes back on its original subject with a fresh dedup id, in the original
-stream order (so each person's events stay in order), and its dead letter is deleted only
-after the server acknowledged the replay. Every consumer of the subject sees the event
-again; handlers skip event ids they already applied. An event dead-lettered by several
-consumers is replayed once and all its dead letters are removed. If a replay fails, that
-person's later dead letters are left in place. Ctrl-C stops after the current entry:
-nothing is half-replayed, and the rest stays in the DLQ.";
+Each event is replayed to the consumer that dead-lettered it alone, on its replay subject
+(person.replay.<consumer>.<person>.<type>): it never becomes part of the person's
+history, and the other consumers do not see it again. Replays go in the original stream
+order (so each person's events stay in order), and a dead letter is deleted only after
+the server acknowledged its replay. A replay is idempotent: run again after a timeout or
+a failed delete, it stores nothing new and says \"already replayed\". If a replay fails,
+the later dead letters of that person and consumer are left in place. Ctrl-C stops after
+the current entry: nothing is half-replayed, and the rest stays in the DLQ.";
 
 const PURGE_EXAMPLES: &str = "\
 Examples:
@@ -438,7 +439,8 @@ fn groups(chosen: Vec<StoredDeadLetter>) -> Vec<Vec<StoredDeadLetter>> {
         match out.last_mut() {
             Some(group)
                 if group[0].letter.stream == s.letter.stream
-                    && group[0].letter.stream_sequence == s.letter.stream_sequence =>
+                    && group[0].letter.stream_sequence == s.letter.stream_sequence
+                    && group[0].letter.consumer == s.letter.consumer =>
             {
                 group.push(s);
             }
@@ -509,6 +511,7 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
     let mut failures: Vec<String> = Vec::new();
     let mut failed_people: HashSet<String> = HashSet::new();
     let mut skipped = 0usize;
+    let mut already = 0usize;
     let mut interrupted = false;
     for (i, group) in groups.iter().enumerate() {
         if interrupt.is_set() {
@@ -529,7 +532,11 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
             }
         }
         let first = &group[0];
-        let person = first.letter.person_id.clone();
+        let person = first
+            .letter
+            .person_id
+            .as_ref()
+            .map(|p| format!("{}/{p}", first.letter.consumer));
         if person.as_ref().is_some_and(|p| failed_people.contains(p)) {
             skipped += group.len();
             progress.advance(group.len() as u64);
@@ -539,6 +546,15 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
             Ok(receipt) => {
                 replayed += 1;
                 removed += 1;
+                if receipt.already_replayed {
+                    already += 1;
+                    if !args.json {
+                        progress.note(format!(
+                            "dead letter {}: already replayed (stream sequence {}); removed",
+                            first.dlq_sequence, receipt.stream_sequence
+                        ));
+                    }
+                }
                 let mut also = Vec::new();
                 for other in &group[1..] {
                     match dlq.delete(other.dlq_sequence).await {
@@ -555,6 +571,8 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
                 if args.json {
                     print_json(&serde_json::json!({
                         "replayed": first.dlq_sequence,
+                        "consumer": first.letter.consumer,
+                        "already_replayed": receipt.already_replayed,
                         "stream_sequence": receipt.stream_sequence,
                         "original_stream_sequence": first.letter.stream_sequence,
                         "person_id": first.letter.person_id,
@@ -578,6 +596,7 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
     if args.json {
         print_json(&serde_json::json!({
             "replayed_events": replayed,
+            "already_replayed": already,
             "removed_dead_letters": removed,
             "left_in_dlq": left,
             "failures": failures,
@@ -586,6 +605,9 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
         }));
     } else {
         println!("replayed {replayed} event(s), removed {removed} of {letters} dead letter(s)");
+        if already > 0 {
+            println!("  {already} of them had been replayed already: nothing new was stored");
+        }
         for f in &failures {
             println!("  failed: {f}");
         }

@@ -99,14 +99,23 @@ async fn a_dead_letter_stored_twice_is_kept_once_and_replay_restores_the_event()
         .is_empty()
     );
 
-    // Inside the duplicate window, the replay is still stored (fresh Nats-Msg-Id)...
+    // Inside the duplicate window, the replay is still stored (its own Nats-Msg-Id),
+    // on the consumer's replay subject, outside the person's history...
     let replay = dlq.replay(listed[0].dlq_sequence).await.unwrap();
+    assert!(!replay.already_replayed);
     assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 2);
     let replayed = stream
         .get_raw_message(replay.stream_sequence)
         .await
         .unwrap();
-    assert_eq!(replayed.subject, original.subject);
+    assert_eq!(
+        replayed.subject.as_str(),
+        format!("person.replay.person-projection-summary.{person}.created")
+    );
+    assert_eq!(
+        client.reader().load_aggregate(person).await.unwrap().len(),
+        1
+    );
     assert_eq!(replayed.payload, original.payload);
     assert_eq!(replayed.headers.get("ce-id"), original.headers.get("ce-id"));
     assert_ne!(

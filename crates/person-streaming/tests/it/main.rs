@@ -5,5 +5,6 @@ mod atomic;
 mod dlq;
 mod errors;
 mod publish;
+mod replay;
 mod setup;
 mod support;

@@ -58,7 +58,11 @@ async fn ensure_is_idempotent_and_updates_what_it_can() {
         .config
         .clone();
     assert_eq!(consumer_before, consumer_after);
-    assert_eq!(consumer_after.filter_subjects.len(), 2);
+    assert_eq!(
+        consumer_after.filter_subjects.len(),
+        3,
+        "two location subjects and its replay subject"
+    );
     assert_eq!(
         consumer_after.max_deliver, -1,
         "the runtime enforces max_deliver, never the server"
