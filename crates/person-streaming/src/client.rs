@@ -438,6 +438,7 @@ impl StreamingClient {
         for (at, settings) in [("stream", &self.config.stream), ("dlq", &self.config.dlq)] {
             ensure_stream(&self.jetstream, at, settings, &mut report, apply).await?;
         }
+        self.ensure_bodies_bucket(&mut report, apply).await?;
         let stream_missing = report.created_streams.contains(&self.config.stream.name);
         for c in &self.config.consumers {
             let name = c.durable_name.clone();
@@ -464,6 +465,48 @@ impl StreamingClient {
             report.consumers.push(name);
         }
         Ok(report)
+    }
+
+    /// Creates the bodies bucket ([`StreamingConfig::bodies_bucket`]) when it is missing,
+    /// with the DLQ stream's storage, replicas and max age. An existing bucket is left
+    /// as it is. Reported among the streams as `<bucket> (object store)`.
+    async fn ensure_bodies_bucket(
+        &self,
+        report: &mut EnsureReport,
+        apply: bool,
+    ) -> Result<(), StreamingError> {
+        let bucket = self.config.bodies_bucket();
+        let label = format!("{bucket} (object store)");
+        match self.jetstream.get_object_store(&bucket).await {
+            Ok(_) => {
+                report.unchanged_streams.push(label);
+                return Ok(());
+            }
+            Err(e) if crate::dlq::bucket_missing(&e) => {}
+            Err(e) => return Err(js_error(format!("cannot read bucket {bucket}"), e)),
+        }
+        if apply {
+            let dlq = &self.config.dlq;
+            self.jetstream
+                .create_object_store(jetstream::object_store::Config {
+                    bucket: bucket.clone(),
+                    description: Some(format!(
+                        "whole dead letters too large for a record of {}",
+                        dlq.name
+                    )),
+                    max_age: dlq.max_age(),
+                    storage: match dlq.storage {
+                        crate::config::Storage::File => jetstream::stream::StorageType::File,
+                        crate::config::Storage::Memory => jetstream::stream::StorageType::Memory,
+                    },
+                    num_replicas: dlq.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| js_error(format!("cannot create bucket {bucket}"), e))?;
+        }
+        report.created_streams.push(label);
+        Ok(())
     }
 
     /// What ensuring `settings` takes: create the consumer, or update the server's

@@ -614,6 +614,13 @@ impl StreamingConfig {
         self.checked_subjects().unwrap_or_default()
     }
 
+    /// The object store bucket that keeps dead letters too large for a DLQ record
+    /// whole: `<dlq.name>_BODIES`. `ensure` creates it with the DLQ stream's storage,
+    /// replicas and max age, so a body expires with its record.
+    pub fn bodies_bucket(&self) -> String {
+        format!("{}_BODIES", self.dlq.name)
+    }
+
     /// Looks up a consumer by durable name.
     pub fn consumer(&self, durable_name: &str) -> Option<&ConsumerSettings> {
         self.consumers

@@ -23,13 +23,41 @@ pub const REPLAYED_AT_HEADER: &str = "Person-Replayed-At";
 /// undecodable message).
 pub const UNKNOWN_TOKEN: &str = "unknown";
 
+/// Header on a DLQ record whose whole letter is kept in the bodies object store:
+/// the object's name.
+pub const BODY_OBJECT_HEADER: &str = "Person-Body-Object";
+/// Header on such a record: the object's SHA-256 digest, as the object store writes it
+/// (`SHA-256=<base64url>`).
+pub const BODY_DIGEST_HEADER: &str = "Person-Body-Digest";
+
 /// A dead letter as stored, with its place in the DLQ stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredDeadLetter {
     /// Its sequence in the DLQ stream: the id to `get`, `replay` or delete it by.
     pub dlq_sequence: u64,
-    /// The record.
+    /// The record: the whole original when it was read back, else the DLQ record (see
+    /// [`body`](Self::body)).
     pub letter: DeadLetter,
+    /// Where the whole letter is kept when it was too large for a DLQ record; `None`
+    /// for a record that holds it all.
+    pub body: Option<BodyObject>,
+}
+
+/// A dead letter kept whole in the bodies object store
+/// ([`StreamingConfig::bodies_bucket`](crate::StreamingConfig::bodies_bucket)), its
+/// DLQ record holding everything but the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyObject {
+    /// The object's name.
+    pub name: String,
+    /// Its digest, `SHA-256=<base64url>`.
+    pub digest: String,
+    /// `true` when [`StoredDeadLetter::letter`] is the whole letter read back from the
+    /// object, checked against the digest. `false` when it was not read
+    /// ([`DeadLetterQueue::list`] does not) or could not be (deleted, expired, or not
+    /// matching its digest): the letter then has an empty body, and
+    /// [`DeadLetterQueue::replay`] refuses it.
+    pub loaded: bool,
 }
 
 impl StoredDeadLetter {
@@ -155,6 +183,7 @@ pub struct ReplayReceipt {
 pub struct DeadLetterQueue {
     js: jetstream::Context,
     dlq_stream: String,
+    bodies: String,
     events_stream: String,
     subjects: subject::Subjects,
     denials: Denials,
@@ -165,6 +194,7 @@ impl DeadLetterQueue {
         Self {
             js,
             dlq_stream: config.dlq.name.clone(),
+            bodies: config.bodies_bucket(),
             events_stream: config.stream.name.clone(),
             subjects: config.subjects(),
             denials: Denials::default(),
@@ -229,14 +259,28 @@ impl DeadLetterQueue {
             person_metadata::headers::CONTENT_TYPE,
             HeaderValue::from("application/json"),
         );
-        // The server refuses a message above its max_payload (header block included),
-        // and a refused dead letter would be retried forever: cut it to fit instead.
-        let limit = self
-            .js
-            .client()
-            .max_payload()
-            .saturating_sub(header_block_len(&headers) + HEADROOM);
-        let body = encode_record(letter, limit)?;
+        let whole = to_json(letter)?;
+        let mut body = whole;
+        if body.len() > self.record_limit(&headers) {
+            // Too large for a record: the whole letter goes to the bodies bucket, the
+            // record keeps the rest and names the object.
+            match self.store_body(msg_id, &body).await? {
+                Some(digest) => {
+                    headers.insert(BODY_OBJECT_HEADER, HeaderValue::from(msg_id));
+                    headers.insert(BODY_DIGEST_HEADER, HeaderValue::from(digest.as_str()));
+                    let skeleton = DeadLetter {
+                        payload: Bytes::new(),
+                        headers: Vec::new(),
+                        original_size: Some(letter.payload.len() as u64),
+                        ..letter.clone()
+                    };
+                    body = encode_record(&skeleton, self.record_limit(&headers))?;
+                }
+                // No bucket (a deployment set up before it existed): the record keeps
+                // what fits and says so.
+                None => body = encode_record(letter, self.record_limit(&headers))?,
+            }
+        }
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, Bytes::from(body))
@@ -256,7 +300,96 @@ impl DeadLetterQueue {
         Ok(ack.sequence)
     }
 
-    /// Dead letters matching `filter`, oldest first.
+    /// The room for a record's JSON under the server's `max_payload`, besides
+    /// `headers`.
+    fn record_limit(&self, headers: &HeaderMap) -> usize {
+        self.js
+            .client()
+            .max_payload()
+            .saturating_sub(header_block_len(headers) + HEADROOM)
+    }
+
+    /// Puts the whole letter `json` in the bodies bucket as `name`; its digest, or
+    /// `None` when the bucket does not exist.
+    async fn store_body(&self, name: &str, json: &[u8]) -> Result<Option<String>, StreamingError> {
+        let bucket = match self.js.get_object_store(&self.bodies).await {
+            Ok(bucket) => bucket,
+            Err(e) if bucket_missing(&e) => {
+                tracing::warn!(
+                    bucket = %self.bodies,
+                    error = %e,
+                    "no bodies bucket: a dead letter too large for its record keeps only what fits; run `person-stream setup` to create the bucket"
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(self.fail(format!("cannot open bucket {}", self.bodies), e)),
+        };
+        // Chunks fit the server's max_payload (the object store's default is 128 KiB).
+        let chunk = (self.js.client().max_payload().saturating_sub(4096)).clamp(1024, 128 * 1024);
+        let meta = jetstream::object_store::ObjectMetadata {
+            name: name.to_owned(),
+            chunk_size: Some(chunk),
+            ..Default::default()
+        };
+        let info = bucket.put(meta, &mut &json[..]).await.map_err(|e| {
+            self.fail(
+                format!(
+                    "cannot store the dead letter's body in bucket {}",
+                    self.bodies
+                ),
+                e,
+            )
+        })?;
+        Ok(Some(info.digest.unwrap_or_default()))
+    }
+
+    /// Reads the whole letter of `stored` back from the bodies bucket, checked against
+    /// the digest its record names. Leaves `stored` as it is (`loaded: false`) when the
+    /// object is gone or does not match.
+    async fn load_body(&self, stored: &mut StoredDeadLetter) -> Result<(), StreamingError> {
+        let Some(body) = &mut stored.body else {
+            return Ok(());
+        };
+        let bucket = match self.js.get_object_store(&self.bodies).await {
+            Ok(bucket) => bucket,
+            Err(e) if bucket_missing(&e) => return Ok(()),
+            Err(e) => return Err(self.fail(format!("cannot open bucket {}", self.bodies), e)),
+        };
+        let info = match bucket.info(&body.name).await {
+            Ok(info) => info,
+            Err(e) if e.kind() == jetstream::object_store::InfoErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.fail(format!("cannot read object {}", body.name), e)),
+        };
+        if info.deleted || info.digest.as_deref() != Some(body.digest.as_str()) {
+            return Ok(());
+        }
+        let mut object = bucket
+            .get(&body.name)
+            .await
+            .map_err(|e| self.fail(format!("cannot read object {}", body.name), e))?;
+        let mut json = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
+        // The object store checks the digest as the last chunk arrives.
+        if tokio::io::AsyncReadExt::read_to_end(&mut object, &mut json)
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        let letter: DeadLetter = serde_json::from_slice(&json).map_err(|e| {
+            StreamingError::with_source(
+                StreamingErrorKind::Decode,
+                format!("object {} is not a dead letter", body.name),
+                e,
+            )
+        })?;
+        stored.letter = letter;
+        body.loaded = true;
+        Ok(())
+    }
+
+    /// Dead letters matching `filter`, oldest first. A letter kept whole in the bodies
+    /// bucket comes as its record, without its body ([`BodyObject::loaded`] is
+    /// `false`); [`get`](Self::get) reads it back.
     pub async fn list(
         &self,
         filter: &DeadLetterFilter,
@@ -277,6 +410,7 @@ impl DeadLetterQueue {
                 if filter.matches_content(&letter) {
                     out.push(StoredDeadLetter {
                         dlq_sequence: msg.sequence,
+                        body: body_of(msg.headers.as_ref()),
                         letter,
                     });
                 }
@@ -451,10 +585,13 @@ impl DeadLetterQueue {
                 e,
             )
         })?;
-        Ok(StoredDeadLetter {
+        let mut stored = StoredDeadLetter {
             dlq_sequence,
+            body: body_of(Some(&msg.headers)),
             letter,
-        })
+        };
+        self.load_body(&mut stored).await?;
+        Ok(stored)
     }
 
     /// Replays a dead letter to the consumer that dead-lettered it. See
@@ -495,6 +632,15 @@ impl DeadLetterQueue {
         let letter = &stored.letter;
         if letter.is_truncated() {
             return Err(truncated_replay(dlq_sequence, letter));
+        }
+        if let Some(body) = stored.body.as_ref().filter(|b| !b.loaded) {
+            return Err(StreamingError::new(
+                StreamingErrorKind::Truncated,
+                format!(
+                    "dead letter at DLQ sequence {dlq_sequence} cannot be replayed: its body, object {} in bucket {}, is gone or does not match its digest {}; republish the original (stream sequence {} of {}) if it is still kept, then delete this dead letter",
+                    body.name, self.bodies, body.digest, letter.stream_sequence, letter.stream
+                ),
+            ));
         }
         let consumer = consumer.unwrap_or(&letter.consumer);
         token("consumer", consumer)?;
@@ -659,13 +805,17 @@ impl DeadLetterQueue {
         }
     }
 
-    /// Deletes one dead letter.
+    /// Deletes one dead letter, and its body object if it has one.
     pub async fn delete(&self, dlq_sequence: u64) -> Result<(), StreamingError> {
         let stream = self
             .js
             .get_stream_no_info(&self.dlq_stream)
             .await
             .map_err(|e| self.fail(format!("cannot open stream {}", self.dlq_stream), e))?;
+        let body = match stream.get_raw_message(dlq_sequence).await {
+            Ok(msg) => body_of(Some(&msg.headers)),
+            Err(_) => None,
+        };
         stream.delete_message(dlq_sequence).await.map_err(|e| {
             if classify(&e) == StreamingErrorKind::NotFound {
                 StreamingError::with_source(
@@ -677,6 +827,14 @@ impl DeadLetterQueue {
                 self.fail(format!("cannot delete dead letter {dlq_sequence}"), e)
             }
         })?;
+        // The record first: a record is never left without its body. An object left
+        // behind by a failure here expires with the bucket's max age.
+        if let Some(body) = body
+            && let Ok(bucket) = self.js.get_object_store(&self.bodies).await
+            && let Err(e) = bucket.delete(&body.name).await
+        {
+            tracing::warn!(object = %body.name, bucket = %self.bodies, error = %e, "cannot delete a dead letter's body object");
+        }
         Ok(())
     }
 
@@ -688,6 +846,25 @@ impl DeadLetterQueue {
         }
         Ok(matching.len())
     }
+}
+
+/// `true` when the bucket does not exist (rather than could not be reached).
+pub(crate) fn bucket_missing(e: &jetstream::context::ObjectStoreError) -> bool {
+    e.kind() == jetstream::context::ObjectStoreErrorKind::GetStore
+        && classify(e) == StreamingErrorKind::NotFound
+}
+
+/// The body object a DLQ record names in its headers, not loaded yet.
+fn body_of(headers: Option<&HeaderMap>) -> Option<BodyObject> {
+    let headers = headers?;
+    Some(BodyObject {
+        name: headers.get(BODY_OBJECT_HEADER)?.as_str().to_owned(),
+        digest: headers
+            .get(BODY_DIGEST_HEADER)
+            .map(|d| d.as_str().to_owned())
+            .unwrap_or_default(),
+        loaded: false,
+    })
 }
 
 /// The person and event type a dead letter is about: from the letter's fields, else

@@ -69,8 +69,9 @@ pub use config::{
     Retention, Storage, StreamSettings, StreamingConfig,
 };
 pub use dlq::{
-    BLOCKED_BY_PREFIX, DeadLetterCount, DeadLetterFilter, DeadLetterQueue, PARKED_REASON,
-    REPLAY_OF_HEADER, REPLAYED_AT_HEADER, ReplayReceipt, StoredDeadLetter, UNKNOWN_TOKEN,
+    BLOCKED_BY_PREFIX, BODY_DIGEST_HEADER, BODY_OBJECT_HEADER, BodyObject, DeadLetterCount,
+    DeadLetterFilter, DeadLetterQueue, PARKED_REASON, REPLAY_OF_HEADER, REPLAYED_AT_HEADER,
+    ReplayReceipt, StoredDeadLetter, UNKNOWN_TOKEN,
 };
 pub use error::{StreamingError, StreamingErrorKind};
 pub use person_retry::RetryPolicy;

@@ -1,9 +1,11 @@
 use bytes::Bytes;
 use chrono::Utc;
+use futures::StreamExt;
 use person_events::PersonId;
 use person_retry::{DeadLetter, DeadLetterSink, ErrorClass};
 use person_streaming::{
-    BLOCKED_BY_PREFIX, DeadLetterFilter, PARKED_REASON, StreamingConfig, StreamingErrorKind,
+    BLOCKED_BY_PREFIX, BODY_OBJECT_HEADER, DeadLetterFilter, PARKED_REASON, StreamingConfig,
+    StreamingErrorKind,
 };
 
 use crate::support::{created, start, stream_messages};
@@ -313,7 +315,7 @@ fn body(len: usize) -> Bytes {
 }
 
 #[tokio::test]
-async fn a_dead_letter_larger_than_max_payload_is_stored_truncated_and_never_replayed() {
+async fn a_dead_letter_larger_than_max_payload_is_kept_whole_and_replayed_byte_for_byte() {
     let (_server, client) = start(StreamingConfig::default()).await;
     let max_payload = client.client().server_info().max_payload;
     assert_eq!(max_payload, 1024 * 1024, "the server default");
@@ -337,11 +339,112 @@ async fn a_dead_letter_larger_than_max_payload_is_stored_truncated_and_never_rep
         .await
         .unwrap();
     assert!(
-        wire_size(&raw) <= max_payload,
-        "{} > {max_payload}",
+        wire_size(&raw) < 16 * 1024,
+        "the record is small: {}",
         wire_size(&raw)
     );
-    let stored = dlq.get(seq).await.unwrap().letter;
+    let object = raw
+        .headers
+        .get(BODY_OBJECT_HEADER)
+        .expect("names its body")
+        .to_string();
+    let stored = dlq.get(seq).await.unwrap();
+    assert_eq!(stored.letter, big, "read back whole");
+    let body_ref = stored.body.clone().expect("kept in the bucket");
+    assert!(body_ref.loaded && body_ref.digest.starts_with("SHA-256="));
+    assert_eq!(body_ref.name, object);
+    let listed = dlq.list(&DeadLetterFilter::default()).await.unwrap();
+    assert!(listed[0].letter.payload.is_empty(), "list reads no bodies");
+    assert_eq!(listed[0].letter.original_size, Some(800 * 1024));
+    assert!(!listed[0].body.as_ref().unwrap().loaded);
+
+    // The sink path the runtime uses stores it too.
+    let via_sink = letter_for(&subject, 8, original.clone(), headers.clone(), &person);
+    dlq.store(&via_sink).await.unwrap();
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS_DLQ").await, 2);
+
+    // The replay is the original, byte for byte; the record and its body go.
+    let receipt = dlq.replay(seq).await.unwrap();
+    let replayed = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap()
+        .get_raw_message(receipt.stream_sequence)
+        .await
+        .unwrap();
+    assert_eq!(replayed.payload, original);
+    assert_eq!(replayed.headers.get("ce-id").unwrap().as_str(), "e-big");
+    let bucket = client
+        .jetstream()
+        .get_object_store("PERSON_EVENTS_DLQ_BODIES")
+        .await
+        .unwrap();
+    assert!(
+        bucket.info(&object).await.map_or_else(
+            |e| e.kind() == async_nats::jetstream::object_store::InfoErrorKind::NotFound,
+            |info| info.deleted
+        ),
+        "the body is deleted with its record"
+    );
+
+    // A record whose body is gone is shown, never replayed.
+    let seq8 = dlq
+        .list(&DeadLetterFilter::default())
+        .await
+        .unwrap()
+        .remove(0);
+    bucket
+        .delete(&seq8.body.as_ref().unwrap().name)
+        .await
+        .unwrap();
+    let orphan = dlq.get(seq8.dlq_sequence).await.unwrap();
+    assert!(!orphan.body.as_ref().unwrap().loaded);
+    assert!(orphan.letter.payload.is_empty());
+    let err = dlq.replay(seq8.dlq_sequence).await.unwrap_err();
+    assert_eq!(err.kind(), StreamingErrorKind::Truncated, "{err}");
+    assert!(err.to_string().contains("is gone"), "{err}");
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 1);
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS_DLQ").await, 1);
+
+    // A small record is stored whole and unmarked, without an object.
+    let small = letter_for(&subject, 9, body(2_000), headers, &person);
+    let small_seq = dlq.put(&small).await.unwrap();
+    let stored = dlq.get(small_seq).await.unwrap();
+    assert_eq!(stored.letter, small);
+    assert!(stored.body.is_none());
+    assert!(!stored.letter.is_truncated());
+}
+
+#[tokio::test]
+async fn without_a_bodies_bucket_a_large_dead_letter_keeps_a_prefix_and_is_never_replayed() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    // A deployment set up before the bucket existed.
+    client
+        .jetstream()
+        .delete_object_store("PERSON_EVENTS_DLQ_BODIES")
+        .await
+        .unwrap();
+    let max_payload = client.client().server_info().max_payload;
+    let dlq = client.dead_letters();
+    let person = PersonId::new();
+    let subject = format!("person.events.{person}.created");
+    let headers = vec![("ce-id".to_owned(), "e-big".to_owned())];
+    let original = body(800 * 1024);
+    let big = letter_for(&subject, 7, original.clone(), headers.clone(), &person);
+    let seq = dlq.put(&big).await.unwrap();
+    let raw = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS_DLQ")
+        .await
+        .unwrap()
+        .get_raw_message(seq)
+        .await
+        .unwrap();
+    assert!(wire_size(&raw) <= max_payload);
+    let stored = dlq.get(seq).await.unwrap();
+    assert!(stored.body.is_none());
+    let stored = stored.letter;
     assert!(stored.payload_truncated && !stored.headers_truncated);
     assert_eq!(stored.original_size, Some(800 * 1024));
     assert_eq!(stored.payload, original.slice(..stored.payload.len()));
@@ -351,12 +454,6 @@ async fn a_dead_letter_larger_than_max_payload_is_stored_truncated_and_never_rep
         stored.payload.len()
     );
     assert_eq!(stored.headers, headers);
-    assert_eq!(stored.reason, big.reason);
-
-    // The sink path the runtime uses stores it too, instead of failing forever.
-    let via_sink = letter_for(&subject, 8, original.clone(), headers.clone(), &person);
-    dlq.store(&via_sink).await.unwrap();
-    assert_eq!(stream_messages(&client, "PERSON_EVENTS_DLQ").await, 2);
 
     // A prefix is not the event: replay refuses and changes nothing.
     let err = dlq.replay(seq).await.unwrap_err();
@@ -367,19 +464,19 @@ async fn a_dead_letter_larger_than_max_payload_is_stored_truncated_and_never_rep
     );
     assert!(err.to_string().contains("max_payload"), "{err}");
     assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 0);
-    assert_eq!(stream_messages(&client, "PERSON_EVENTS_DLQ").await, 2);
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS_DLQ").await, 1);
 
-    // A small record is stored whole and unmarked.
-    let small = letter_for(&subject, 9, body(2_000), headers, &person);
-    let small_seq = dlq.put(&small).await.unwrap();
-    let stored = dlq.get(small_seq).await.unwrap().letter;
-    assert_eq!(stored, small);
-    assert!(!stored.is_truncated());
-    assert_eq!(stored.original_size, None);
+    // `ensure` creates the bucket; from then on large letters are kept whole.
+    client.ensure().await.unwrap();
+    let seq = dlq
+        .put(&letter_for(&subject, 8, original.clone(), headers, &person))
+        .await
+        .unwrap();
+    assert_eq!(dlq.get(seq).await.unwrap().letter.payload, original);
 }
 
 #[tokio::test]
-async fn enormous_headers_and_a_small_max_payload_are_cut_to_fit() {
+async fn on_a_small_max_payload_huge_headers_and_bodies_are_kept_whole_in_chunks() {
     let (_server, client) =
         crate::support::start_with(StreamingConfig::default(), Some("max_payload: 65536")).await;
     let max_payload = client.client().server_info().max_payload;
@@ -393,7 +490,7 @@ async fn enormous_headers_and_a_small_max_payload_are_cut_to_fit() {
     let person = PersonId::new();
     let subject = format!("person.events.{person}.created");
 
-    // Headers alone larger than max_payload: the ones that fit stay, the body is whole.
+    // Headers alone larger than max_payload.
     let headers = vec![
         ("x-junk".to_owned(), "j".repeat(200_000)),
         ("ce-id".to_owned(), "e-1".to_owned()),
@@ -401,22 +498,25 @@ async fn enormous_headers_and_a_small_max_payload_are_cut_to_fit() {
     let letter = letter_for(&subject, 1, body(1_000), headers, &person);
     let seq = dlq.put(&letter).await.unwrap();
     assert!(wire_size(&stream.get_raw_message(seq).await.unwrap()) <= max_payload);
-    let stored = dlq.get(seq).await.unwrap().letter;
-    assert!(stored.headers_truncated && !stored.payload_truncated);
-    assert_eq!(stored.headers, vec![("ce-id".to_owned(), "e-1".to_owned())]);
-    assert_eq!(stored.payload, letter.payload);
-    let err = dlq.replay(seq).await.unwrap_err();
-    assert_eq!(err.kind(), StreamingErrorKind::Truncated);
-    assert!(err.to_string().contains("headers"), "{err}");
+    let stored = dlq.get(seq).await.unwrap();
+    assert_eq!(stored.letter, letter);
+    assert!(stored.body.unwrap().loaded);
 
-    // The limit is the server's, not a constant: 100 KiB is cut on this server.
+    // The limit is the server's, not a constant: 100 KiB needs the bucket here.
     let letter = letter_for(&subject, 2, body(100 * 1024), vec![], &person);
     let seq = dlq.put(&letter).await.unwrap();
     assert!(wire_size(&stream.get_raw_message(seq).await.unwrap()) <= max_payload);
-    let stored = dlq.get(seq).await.unwrap().letter;
-    assert!(stored.payload_truncated);
-    assert_eq!(stored.original_size, Some(100 * 1024));
-    assert!(stored.payload.len() > 40 * 1024, "{}", stored.payload.len());
+    assert_eq!(dlq.get(seq).await.unwrap().letter, letter);
+
+    // Purge removes records and bodies.
+    assert_eq!(dlq.purge(&DeadLetterFilter::default()).await.unwrap(), 2);
+    let bucket = client
+        .jetstream()
+        .get_object_store("PERSON_EVENTS_DLQ_BODIES")
+        .await
+        .unwrap();
+    let left: Vec<_> = bucket.list().await.unwrap().collect().await;
+    assert!(left.is_empty(), "bodies left: {left:?}");
 }
 
 #[tokio::test]

@@ -156,7 +156,11 @@ async fn plan_changes_nothing_and_names_each_difference() {
     let plan = client.plan().await.unwrap();
     assert_eq!(
         plan.created_streams,
-        vec!["PERSON_EVENTS".to_owned(), "PERSON_EVENTS_DLQ".to_owned()]
+        vec![
+            "PERSON_EVENTS".to_owned(),
+            "PERSON_EVENTS_DLQ".to_owned(),
+            "PERSON_EVENTS_DLQ_BODIES (object store)".to_owned()
+        ]
     );
     assert_eq!(plan.created_consumers.len(), 4);
     assert!(
