@@ -4,4 +4,5 @@ mod delivery;
 mod edges;
 mod faults;
 mod namespaces;
+mod retention;
 mod support;
