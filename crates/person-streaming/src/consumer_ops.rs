@@ -31,6 +31,16 @@ use crate::StreamingClient;
 use crate::error::{StreamingError, StreamingErrorKind, api_kind, js_error};
 
 /// Where to rewind a consumer to.
+///
+/// After a rewind to stream sequence `N` the consumer's ack floor is `N - 1` and nothing
+/// is outstanding: the next message it delivers is `N` when `N` is stored and matches
+/// its filter, otherwise the first message after `N` that does. Every matching message
+/// from there on is delivered again, in stream order, whether it was acknowledged before
+/// or not. A rewind to a time is a rewind to the first message stored at or after it.
+/// The consumer's settings (filter, ack wait, pause) stay as they are. A subscriber
+/// consuming it meanwhile gets the messages again from `N` on, and the server drops its
+/// acknowledgements of messages it held before the rewind; pause the consumer first for
+/// a clean cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rewind {
     /// The next message delivered is this stream sequence (or, when it is not stored or
@@ -178,7 +188,7 @@ impl StreamingClient {
 
     /// What [`rewind_consumer`](Self::rewind_consumer) would do, changing nothing: where
     /// the consumer is, where it would be, and how many messages it would deliver again
-    /// (see the [module docs](self) for what a rewind to `N` means). It reads the
+    /// (see [`Rewind`] for what a rewind to `N` means). It reads the
     /// consumer and counts through short-lived consumers of its own, removed before it
     /// returns; the consumer named is not touched.
     ///
@@ -238,7 +248,7 @@ impl StreamingClient {
         })
     }
 
-    /// Rewinds consumer `durable` of the event stream (see the [module docs](self)):
+    /// Rewinds consumer `durable` of the event stream (see [`Rewind`]):
     /// after it, the consumer's ack floor is `N - 1`, nothing is outstanding, and the
     /// next message it delivers is `N` (or the first matching message after it). The
     /// plan is made first, so the errors are those of
@@ -502,7 +512,10 @@ async fn first_at_or_after(
         .await
         .map_err(|e| {
             js_error(
-                format!("cannot find the first message of {stream} at {}", rfc3339(t)),
+                format!(
+                    "cannot find the first message of {stream} at {}",
+                    rfc3339(t)
+                ),
                 e,
             )
         })?;
@@ -515,7 +528,10 @@ async fn first_at_or_after(
         }
         jetstream::response::Response::Err { error } => Err(StreamingError::with_source(
             api_kind(&error),
-            format!("cannot find the first message of {stream} at {}", rfc3339(t)),
+            format!(
+                "cannot find the first message of {stream} at {}",
+                rfc3339(t)
+            ),
             error,
         )),
     }

@@ -172,15 +172,16 @@ fn until_text(until: DateTime<Utc>) -> String {
 
 async fn pause(g: &Global, args: PauseArgs) -> Result<(), CliError> {
     let until = match &args.until {
-        Some(t) => time_ahead(t, Utc::now()).map_err(|e| CliError::usage(format!("--until: {e}")))?,
+        Some(t) => {
+            time_ahead(t, Utc::now()).map_err(|e| CliError::usage(format!("--until: {e}")))?
+        }
         None => indefinite_pause(),
     };
     if until <= Utc::now() {
-        return Err(CliError::usage(format!(
-            "--until: {} is not in the future",
-            time(until)
-        ))
-        .with_hint("give a later time, or `person-stream consumer resume` to resume now"));
+        return Err(
+            CliError::usage(format!("--until: {} is not in the future", time(until)))
+                .with_hint("give a later time, or `person-stream consumer resume` to resume now"),
+        );
     }
     let client = g.connect().await?;
     let state = client
@@ -191,8 +192,13 @@ async fn pause(g: &Global, args: PauseArgs) -> Result<(), CliError> {
         print_json(&pause_json(&state));
     } else {
         match state.until {
-            Some(t) if state.paused => println!("paused consumer {} {}", state.consumer, until_text(t)),
-            _ => println!("consumer {} is not paused (the server did not keep the pause)", state.consumer),
+            Some(t) if state.paused => {
+                println!("paused consumer {} {}", state.consumer, until_text(t))
+            }
+            _ => println!(
+                "consumer {} is not paused (the server did not keep the pause)",
+                state.consumer
+            ),
         }
     }
     Ok(())
@@ -256,7 +262,9 @@ fn print_plan(p: &RewindPlan, asked: &str) {
         );
     }
     if p.paused {
-        println!("  the consumer is paused and stays paused: nothing is delivered until it is resumed");
+        println!(
+            "  the consumer is paused and stays paused: nothing is delivered until it is resumed"
+        );
     }
 }
 
@@ -295,7 +303,9 @@ async fn rewind(g: &Global, args: RewindArgs) -> Result<(), CliError> {
                 "refusing to rewind consumer {} without confirmation",
                 plan.consumer
             ))
-            .with_hint("pass --yes, or run it in a terminal to be asked; --dry-run shows the plan only"));
+            .with_hint(
+                "pass --yes, or run it in a terminal to be asked; --dry-run shows the plan only",
+            ));
         }
         eprint!(
             "rewind consumer {} to sequence {}, delivering {} event(s) again? [y/N] ",

@@ -190,7 +190,11 @@ async fn a_paused_consumer_feeds_a_running_subscription_nothing_until_resumed() 
 async fn a_pause_until_a_time_resumes_by_itself() {
     let (server, client) = start().await;
     let url = server.url();
-    let run = cli(&url, &["consumer", "pause", CONSUMER, "--until", "2s", "--json"]).await;
+    let run = cli(
+        &url,
+        &["consumer", "pause", CONSUMER, "--until", "2s", "--json"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{run:?}");
     let doc = run.json();
     assert_eq!(doc["paused"], true);
@@ -228,7 +232,9 @@ async fn rewinds_to_a_sequence_and_to_a_time_redeliver_exactly_from_there() {
 
     let run = cli(
         &url,
-        &["consumer", "rewind", CONSUMER, "--to-seq", "4", "--yes", "--json"],
+        &[
+            "consumer", "rewind", CONSUMER, "--to-seq", "4", "--yes", "--json",
+        ],
     )
     .await;
     assert_eq!(run.code, 0, "{run:?}");
@@ -244,23 +250,40 @@ async fn rewinds_to_a_sequence_and_to_a_time_redeliver_exactly_from_there() {
     assert_eq!(fetch_exactly(&c, 3).await, vec![4, 5, 6]);
 
     // To the time the fourth message was stored (from the stream, RFC 3339).
-    let stream = client.jetstream().get_stream("PERSON_EVENTS").await.unwrap();
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
     let t = stream.get_raw_message(4).await.unwrap().time;
     let t = chrono::DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond())
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-    let run = cli(&url, &["consumer", "rewind", CONSUMER, "--to-time", &t, "--yes"]).await;
+    let run = cli(
+        &url,
+        &["consumer", "rewind", CONSUMER, "--to-time", &t, "--yes"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
-        run.stdout.contains("to sequence 4 (the first event stored at or after"),
+        run.stdout
+            .contains("to sequence 4 (the first event stored at or after"),
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("events delivered again: 3"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("events delivered again: 3"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(fetch_exactly(&c, 3).await, vec![4, 5, 6]);
 
     // An age: an hour ago is before every message, so from the start.
-    let run = cli(&url, &["consumer", "rewind", CONSUMER, "--to-time", "1h", "--yes"]).await;
+    let run = cli(
+        &url,
+        &["consumer", "rewind", CONSUMER, "--to-time", "1h", "--yes"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(fetch_exactly(&c, 6).await, vec![1, 2, 3, 4, 5, 6]);
 }
@@ -274,14 +297,38 @@ async fn a_dry_run_and_a_refusal_without_yes_change_nothing() {
     assert_eq!(fetch_exactly(&c, 4).await, vec![1, 2, 3, 4]);
     let before = info(&client).await;
 
-    let dry = cli(&url, &["consumer", "rewind", CONSUMER, "--to-seq", "2", "--dry-run"]).await;
+    let dry = cli(
+        &url,
+        &["consumer", "rewind", CONSUMER, "--to-seq", "2", "--dry-run"],
+    )
+    .await;
     assert_eq!(dry.code, 0, "{dry:?}");
-    assert!(dry.stdout.contains("ack floor 4, last delivered 4"), "{}", dry.stdout);
-    assert!(dry.stdout.contains("events delivered again: 3"), "{}", dry.stdout);
-    assert!(dry.stdout.contains("dry run: nothing was changed"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("ack floor 4, last delivered 4"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("events delivered again: 3"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("dry run: nothing was changed"),
+        "{}",
+        dry.stdout
+    );
     let dry_json = cli(
         &url,
-        &["consumer", "rewind", CONSUMER, "--to-seq", "2", "--dry-run", "--json"],
+        &[
+            "consumer",
+            "rewind",
+            CONSUMER,
+            "--to-seq",
+            "2",
+            "--dry-run",
+            "--json",
+        ],
     )
     .await;
     assert_eq!(dry_json.json_lines().len(), 1, "{dry_json:?}");
@@ -298,7 +345,11 @@ async fn a_dry_run_and_a_refusal_without_yes_change_nothing() {
     assert_eq!(after.delivered, before.delivered);
     assert_eq!(after.ack_floor, before.ack_floor);
     assert_eq!(after.num_pending, 0);
-    let mut s = client.jetstream().get_stream("PERSON_EVENTS").await.unwrap();
+    let mut s = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
     let consumers = s.info().await.unwrap().state.consumer_count;
     assert_eq!(consumers, 4, "the plan's own counting consumers are gone");
     assert_eq!(fetch_exactly(&c, 0).await, Vec::<u64>::new());
@@ -312,24 +363,56 @@ async fn unknown_consumers_and_bad_positions_are_clear_errors() {
     for args in [
         &["consumer", "pause", "no-such-consumer"][..],
         &["consumer", "resume", "no-such-consumer"],
-        &["consumer", "rewind", "no-such-consumer", "--to-seq", "1", "--yes"],
+        &[
+            "consumer",
+            "rewind",
+            "no-such-consumer",
+            "--to-seq",
+            "1",
+            "--yes",
+        ],
     ] {
         let run = cli(&url, args).await;
         assert_eq!(run.code, 1, "{args:?}: {run:?}");
         assert!(
-            run.stderr
-                .contains("error: consumer no-such-consumer does not exist on stream PERSON_EVENTS"),
+            run.stderr.contains(
+                "error: consumer no-such-consumer does not exist on stream PERSON_EVENTS"
+            ),
             "{run:?}"
         );
-        assert!(run.stderr.contains("hint: `person-stream status` lists"), "{run:?}");
+        assert!(
+            run.stderr.contains("hint: `person-stream status` lists"),
+            "{run:?}"
+        );
     }
     for args in [
         &["consumer", "rewind", CONSUMER, "--to-seq", "3", "--yes"][..],
         &["consumer", "rewind", CONSUMER, "--to-seq", "0", "--yes"],
-        &["consumer", "rewind", CONSUMER, "--to-time", "2999-01-01T00:00:00Z", "--yes"],
+        &[
+            "consumer",
+            "rewind",
+            CONSUMER,
+            "--to-time",
+            "2999-01-01T00:00:00Z",
+            "--yes",
+        ],
         &["consumer", "rewind", CONSUMER, "--yes"],
-        &["consumer", "rewind", CONSUMER, "--to-seq", "1", "--to-time", "1h"],
-        &["consumer", "pause", CONSUMER, "--until", "2020-01-01T00:00:00Z"],
+        &[
+            "consumer",
+            "rewind",
+            CONSUMER,
+            "--to-seq",
+            "1",
+            "--to-time",
+            "1h",
+        ],
+        &[
+            "consumer",
+            "pause",
+            CONSUMER,
+            "--until",
+            "2020-01-01T00:00:00Z",
+        ],
         &["consumer", "pause", CONSUMER, "--until", "tomorrow"],
     ] {
         let run = cli(&url, args).await;
@@ -338,10 +421,21 @@ async fn unknown_consumers_and_bad_positions_are_clear_errors() {
     for sub in ["pause", "resume", "rewind"] {
         let help = cli(&url, &["consumer", sub, "--help"]).await;
         assert_eq!(help.code, 0, "{help:?}");
-        assert!(help.stdout.contains("Examples:\n  person-stream consumer"), "{}", help.stdout);
+        assert!(
+            help.stdout.contains("Examples:\n  person-stream consumer"),
+            "{}",
+            help.stdout
+        );
     }
-    let past_end = cli(&url, &["consumer", "rewind", CONSUMER, "--to-seq", "3", "--yes"]).await;
-    assert!(past_end.stderr.contains("ends at sequence 2"), "{past_end:?}");
+    let past_end = cli(
+        &url,
+        &["consumer", "rewind", CONSUMER, "--to-seq", "3", "--yes"],
+    )
+    .await;
+    assert!(
+        past_end.stderr.contains("ends at sequence 2"),
+        "{past_end:?}"
+    );
     assert!(!info(&client).await.paused);
 }
 
@@ -367,9 +461,17 @@ async fn a_rewind_to_the_start_rebuilds_the_same_projection_in_a_fresh_store() {
     let built = first.snapshot();
     assert_eq!(built.len(), 5);
 
-    let run_cli = cli(&url, &["consumer", "rewind", CONSUMER, "--to-seq", "1", "--yes"]).await;
+    let run_cli = cli(
+        &url,
+        &["consumer", "rewind", CONSUMER, "--to-seq", "1", "--yes"],
+    )
+    .await;
     assert_eq!(run_cli.code, 0, "{run_cli:?}");
-    assert!(run_cli.stdout.contains("events delivered again: 20"), "{}", run_cli.stdout);
+    assert!(
+        run_cli.stdout.contains("events delivered again: 20"),
+        "{}",
+        run_cli.stdout
+    );
 
     let rebuilt = Arc::new(Summary::default());
     let handle = subscribe(&client, rebuilt.clone()).await;

@@ -80,7 +80,11 @@ async fn position(client: &StreamingClient, durable: &str) -> (u64, u64, u64, u6
 }
 
 async fn consumer_count(client: &StreamingClient) -> usize {
-    let mut s = client.jetstream().get_stream("PERSON_EVENTS").await.unwrap();
+    let mut s = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
     s.info().await.unwrap().state.consumer_count
 }
 
@@ -139,7 +143,10 @@ async fn a_pause_until_a_time_ends_by_itself() {
     let state = client.pause_consumer(SUMMARY, until).await.unwrap();
     assert!(state.paused);
     let reported = state.until.unwrap();
-    assert!((reported - until).num_milliseconds().abs() < 1000, "{reported} vs {until}");
+    assert!(
+        (reported - until).num_milliseconds().abs() < 1000,
+        "{reported} vs {until}"
+    );
     let status = client.consumer_status(SUMMARY).await.unwrap();
     assert!(status.paused && !status.is_paused_indefinitely());
 
@@ -216,7 +223,10 @@ async fn a_rewind_forward_reports_what_it_skips_and_a_rewind_keeps_a_pause() {
         .plan_rewind(SUMMARY, Rewind::ToSequence(5))
         .await
         .unwrap();
-    assert_eq!((plan.ack_floor, plan.skipped, plan.delivered_again), (0, 4, 0));
+    assert_eq!(
+        (plan.ack_floor, plan.skipped, plan.delivered_again),
+        (0, 4, 0)
+    );
     assert_eq!(plan.pending_after, 2);
 
     client
@@ -243,7 +253,11 @@ async fn a_rewind_to_a_time_starts_at_the_first_message_stored_then() {
     publish(&client, person, 4..=6).await;
     let c = pull(&client, SUMMARY).await;
     assert_eq!(fetch_n(&c, 6).await, vec![1, 2, 3, 4, 5, 6]);
-    let stream = client.jetstream().get_stream("PERSON_EVENTS").await.unwrap();
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
     let stored = |seq| {
         let stream = stream.clone();
         async move {
@@ -265,7 +279,10 @@ async fn a_rewind_to_a_time_starts_at_the_first_message_stored_then() {
     }
     // Before the first message: from the start.
     let plan = client
-        .plan_rewind(SUMMARY, Rewind::ToTime(stored(1).await - chrono::Duration::hours(1)))
+        .plan_rewind(
+            SUMMARY,
+            Rewind::ToTime(stored(1).await - chrono::Duration::hours(1)),
+        )
         .await
         .unwrap();
     assert_eq!(plan.target_sequence, 1);
@@ -306,7 +323,9 @@ async fn bad_requests_are_typed_errors_and_touch_nothing() {
     let before = position(&client, SUMMARY).await;
     let consumers = consumer_count(&client).await;
 
-    fn kind<T: std::fmt::Debug>(r: Result<T, person_streaming::StreamingError>) -> StreamingErrorKind {
+    fn kind<T: std::fmt::Debug>(
+        r: Result<T, person_streaming::StreamingError>,
+    ) -> StreamingErrorKind {
         r.unwrap_err().kind()
     }
     let missing = "no-such-consumer";
@@ -314,7 +333,10 @@ async fn bad_requests_are_typed_errors_and_touch_nothing() {
         kind(client.pause_consumer(missing, indefinite_pause()).await),
         StreamingErrorKind::NotFound
     );
-    assert_eq!(kind(client.resume_consumer(missing).await), StreamingErrorKind::NotFound);
+    assert_eq!(
+        kind(client.resume_consumer(missing).await),
+        StreamingErrorKind::NotFound
+    );
     assert_eq!(
         kind(client.plan_rewind(missing, Rewind::ToSequence(1)).await),
         StreamingErrorKind::NotFound
@@ -332,7 +354,11 @@ async fn bad_requests_are_typed_errors_and_touch_nothing() {
         Rewind::ToTime(Utc::now() + chrono::Duration::minutes(5)),
     ] {
         let e = client.rewind_consumer(SUMMARY, rewind).await.unwrap_err();
-        assert_eq!(e.kind(), StreamingErrorKind::InvalidInput, "{rewind:?}: {e}");
+        assert_eq!(
+            e.kind(),
+            StreamingErrorKind::InvalidInput,
+            "{rewind:?}: {e}"
+        );
     }
     let e = client
         .rewind_consumer(SUMMARY, Rewind::ToSequence(4))
@@ -346,7 +372,11 @@ async fn bad_requests_are_typed_errors_and_touch_nothing() {
     assert_eq!(e.kind(), StreamingErrorKind::InvalidInput);
     assert!(e.to_string().contains("`new`"), "{e}");
     assert_eq!(
-        kind(client.pause_consumer(SUMMARY, Utc::now() - chrono::Duration::seconds(1)).await),
+        kind(
+            client
+                .pause_consumer(SUMMARY, Utc::now() - chrono::Duration::seconds(1))
+                .await
+        ),
         StreamingErrorKind::InvalidInput
     );
     assert_eq!(
@@ -367,8 +397,41 @@ async fn rewinding_needs_messages_in_the_stream() {
         .unwrap_err();
     assert_eq!(e.kind(), StreamingErrorKind::InvalidInput);
     let e = client
-        .plan_rewind(SUMMARY, Rewind::ToTime(Utc::now() - chrono::Duration::hours(1)))
+        .plan_rewind(
+            SUMMARY,
+            Rewind::ToTime(Utc::now() - chrono::Duration::hours(1)),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), StreamingErrorKind::InvalidInput);
+}
+
+#[tokio::test]
+async fn acknowledgements_of_messages_held_across_a_rewind_do_not_count() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    publish(&client, PersonId::new(), 1..=3).await;
+    let c = pull(&client, SUMMARY).await;
+    let mut batch = c
+        .fetch()
+        .max_messages(3)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    while let Some(msg) = batch.next().await {
+        held.push(msg.unwrap());
+    }
+    assert_eq!(held.len(), 3);
+    let receipt = client
+        .rewind_consumer(SUMMARY, Rewind::ToSequence(1))
+        .await
+        .unwrap();
+    assert_eq!(receipt.plan.ack_pending, 3);
+    assert_eq!(receipt.pending, 3);
+    for msg in held {
+        msg.ack().await.unwrap();
+    }
+    client.client().flush().await.unwrap();
+    assert_eq!(fetch_n(&c, 3).await, vec![1, 2, 3]);
 }
