@@ -12,6 +12,9 @@
 //!   multi-event append, pipelined `publish_all`, transient retries without duplicates.
 //! - [`AggregateReader`]: a person's history, in order, legacy events upcast.
 //! - [`DeadLetterQueue`]: stores, lists, replays and purges dead letters.
+//! - [`StreamingClient::pause_consumer`], [`StreamingClient::resume_consumer`],
+//!   [`StreamingClient::plan_rewind`] and [`StreamingClient::rewind_consumer`]: hold a
+//!   consumer's deliveries, or move it back to a sequence or time to rebuild from there.
 //! - [`RetryHandler`]: the week-1 `RetryHandler::new(client, jetstream, policy, dlq)`.
 //!
 //! The wire format is in `docs/wire-format.md`.
@@ -53,6 +56,7 @@
 
 mod client;
 mod config;
+mod consumer_ops;
 mod dlq;
 mod error;
 mod metrics;
@@ -68,6 +72,7 @@ pub use config::{
     AckPolicy, ConfigError, ConfigErrorKind, ConsumerSettings, DeliverPolicy, PublisherSettings,
     Retention, Storage, StreamSettings, StreamingConfig,
 };
+pub use consumer_ops::{PauseState, Rewind, RewindPlan, RewindReceipt, indefinite_pause};
 pub use dlq::{
     BLOCKED_BY_PREFIX, BODY_DIGEST_HEADER, BODY_OBJECT_HEADER, BodyObject, DeadLetterCount,
     DeadLetterFilter, DeadLetterQueue, PARKED_REASON, REPLAY_OF_HEADER, REPLAYED_AT_HEADER,

@@ -52,6 +52,21 @@ pub struct ConsumerStatus {
     pub ack_floor_stream_sequence: u64,
     /// The last delivery or acknowledgement, whichever is later.
     pub last_active: Option<DateTime<Utc>>,
+    /// Whether the server holds the consumer's deliveries (see
+    /// [`StreamingClient::pause_consumer`]).
+    pub paused: bool,
+    /// Until when, while paused: the server resumes it by itself then.
+    pub paused_until: Option<DateTime<Utc>>,
+}
+
+impl ConsumerStatus {
+    /// `true` when paused until further notice ([`crate::indefinite_pause`] or later).
+    pub fn is_paused_indefinitely(&self) -> bool {
+        self.paused
+            && self
+                .paused_until
+                .is_some_and(|t| t >= crate::indefinite_pause())
+    }
 }
 
 impl StreamingClient {
@@ -129,6 +144,8 @@ fn missing_consumer(name: &str) -> ConsumerStatus {
         delivered_stream_sequence: 0,
         ack_floor_stream_sequence: 0,
         last_active: None,
+        paused: false,
+        paused_until: None,
     }
 }
 
@@ -136,7 +153,20 @@ fn consumer_row(c: jetstream::consumer::Info) -> ConsumerStatus {
     // async-nats reports times as `time::OffsetDateTime`; the API speaks chrono.
     let [delivered, acked] = [c.delivered.last_active, c.ack_floor.last_active]
         .map(|t| t.and_then(|t| DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond())));
+    // The pause time is in the configuration; the remaining time is the fallback.
+    let paused_until = c.paused.then(|| {
+        c.config
+            .pause_until
+            .map(crate::consumer_ops::to_chrono)
+            .or_else(|| {
+                c.pause_remaining
+                    .and_then(|r| chrono::Duration::from_std(r).ok())
+                    .and_then(|r| Utc::now().checked_add_signed(r))
+            })
+    });
     ConsumerStatus {
+        paused: c.paused,
+        paused_until: paused_until.flatten(),
         exists: true,
         durable: c.config.durable_name.is_some(),
         name: c.name,

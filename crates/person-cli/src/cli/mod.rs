@@ -1,6 +1,7 @@
 //! Argument parsing, connecting, and dispatch to the commands.
 
 mod bench;
+mod consumer;
 mod dlq;
 mod publish;
 mod setup;
@@ -18,7 +19,7 @@ use person_cli::error::{CliError, EXIT_CODES_HELP};
 use person_streaming::{StreamingClient, StreamingConfig};
 
 const ABOUT: &str = "Operator CLI for the Person event stream on NATS JetStream: set up streams \
-and consumers, watch status, tail events, publish NDJSON, inspect and replay dead letters.";
+and consumers, watch status, tail events, publish NDJSON, inspect and replay dead letters, pause and rewind consumers.";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -28,6 +29,8 @@ Examples:
   person-stream publish events.ndjson
   person-stream dlq list --consumer person-projection-summary
   person-stream dlq replay --consumer person-projection-summary --dry-run
+  person-stream consumer pause person-projection-summary
+  person-stream consumer rewind person-projection-summary --to-seq 1 --dry-run
   person-stream completions bash > /etc/bash_completion.d/person-stream";
 
 /// The command line.
@@ -112,6 +115,9 @@ enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand, after_help = dlq::EXAMPLES)]
     Dlq(dlq::Command),
+    /// Pause, resume and rewind a consumer.
+    #[command(subcommand, after_help = consumer::EXAMPLES)]
+    Consumer(consumer::Command),
     /// A quick publish/consume benchmark against the server (on a throwaway stream).
     #[command(after_help = bench::EXAMPLES)]
     Bench(bench::Args),
@@ -172,6 +178,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Tail(args) => tail::run(g, args).await,
         Command::Publish(args) => publish::run(g, args).await,
         Command::Dlq(command) => dlq::run(g, command).await,
+        Command::Consumer(command) => consumer::run(g, command).await,
         Command::Bench(args) => bench::run(g, args).await,
         Command::Completions { .. } => Ok(()),
     }

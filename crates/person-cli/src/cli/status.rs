@@ -14,7 +14,8 @@ Examples:
 
 For each stream: messages, bytes, first and last sequence. For each consumer: pending
 (not delivered yet), ack pending (delivered, not acknowledged), redelivered, and its last
-activity. Then the dead letters, counted by consumer and reason.";
+activity; a paused consumer is marked, with the time it resumes. Then the dead letters,
+counted by consumer and reason.";
 
 /// `status` options.
 #[derive(Debug, clap::Args)]
@@ -64,6 +65,8 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
                         "delivered_stream_sequence": c.delivered_stream_sequence,
                         "ack_floor_stream_sequence": c.ack_floor_stream_sequence,
                         "last_active": c.last_active.map(time),
+                        "paused": c.paused,
+                        "paused_until": c.paused_until.map(time),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -127,10 +130,12 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
                     }
                     vec![
                         s.name.clone(),
-                        if c.durable {
-                            c.name.clone()
-                        } else {
+                        if !c.durable {
                             format!("{} (ephemeral reader)", c.name)
+                        } else if c.paused {
+                            format!("{} (paused)", c.name)
+                        } else {
+                            c.name.clone()
                         },
                         c.pending.to_string(),
                         c.ack_pending.to_string(),
@@ -157,6 +162,18 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
                 &rows
             )
         );
+    }
+    for s in &streams {
+        for c in s.consumers.iter().filter(|c| c.paused) {
+            match c.paused_until {
+                Some(_) if c.is_paused_indefinitely() => println!(
+                    "paused: {} until resumed (`person-stream consumer resume {}`)",
+                    c.name, c.name
+                ),
+                Some(t) => println!("paused: {} until {} (resumes by itself)", c.name, time(t)),
+                None => println!("paused: {}", c.name),
+            }
+        }
     }
     if hidden > 0 && !args.all_consumers {
         println!("({hidden} ephemeral reader(s) not shown; --all-consumers lists them)");

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `person-stream` binary against real nats-server processes
 //! started by the harness. Each test owns its server, so tests run in parallel.
 
+mod consumer;
 mod dlq;
 mod errors;
 mod publish;

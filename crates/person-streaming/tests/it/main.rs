@@ -2,6 +2,7 @@
 //! the harness. Each test owns its server, so tests run in parallel.
 
 mod atomic;
+mod consumer_ops;
 mod dlq;
 mod errors;
 mod publish;

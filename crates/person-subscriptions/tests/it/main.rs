@@ -5,4 +5,5 @@ mod delivery;
 mod edges;
 mod faults;
 mod namespaces;
+mod retention;
 mod support;
