@@ -72,6 +72,7 @@ fn letter(seq: u64) -> DeadLetter {
         payload_truncated: false,
         original_size: None,
         headers_truncated: false,
+        attempts: Vec::new(),
     }
 }
 

@@ -209,6 +209,7 @@ fn dead_letter_of(env: &StreamingEventEnvelope, seq: u64) -> DeadLetter {
         payload_truncated: false,
         original_size: None,
         headers_truncated: false,
+        attempts: Vec::new(),
     }
 }
 

@@ -337,6 +337,7 @@ async fn bad_identifiers_are_rejected_before_any_publish() {
             payload_truncated: false,
             original_size: None,
             headers_truncated: false,
+            attempts: Vec::new(),
         }
     };
     for bad in BAD_TOKENS {

@@ -73,6 +73,7 @@ pub fn dedup_id(stream: &str, sequence: u64, consumer: &str) -> String {
 ///     payload_truncated: false,
 ///     original_size: None,
 ///     headers_truncated: false,
+///     attempts: vec![],
 /// };
 /// assert_eq!(letter.dedup_id(), "dlq:PERSON_EVENTS:42:projector");
 /// assert!(!letter.is_truncated());
@@ -135,6 +136,37 @@ pub struct DeadLetter {
     /// record fits (the kept ones are untouched and in their original order).
     #[serde(default)]
     pub headers_truncated: bool,
+    /// The failed attempts seen, oldest first, at most [`MAX_ATTEMPTS_KEPT`] (the most
+    /// recent ones). Empty for a record written before attempts were kept, and for a
+    /// letter that never reached the handler (a parked event, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// The most attempts a [`DeadLetter`] keeps: the most recent ones.
+pub const MAX_ATTEMPTS_KEPT: usize = 20;
+
+/// One failed attempt at handling a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it failed.
+    pub at: DateTime<Utc>,
+    /// JetStream's delivery count of the message at that attempt (1-based).
+    pub delivery_count: u64,
+    /// The class of its error.
+    pub class: ErrorClass,
+    /// Its error's message.
+    pub reason: String,
+}
+
+impl Attempt {
+    /// Appends `attempt` to `attempts`, keeping the last [`MAX_ATTEMPTS_KEPT`].
+    pub fn push_bounded(attempts: &mut Vec<Attempt>, attempt: Attempt) {
+        if attempts.len() >= MAX_ATTEMPTS_KEPT {
+            attempts.remove(0);
+        }
+        attempts.push(attempt);
+    }
 }
 
 impl DeadLetter {
@@ -305,7 +337,7 @@ impl<T: DeadLetterSink + ?Sized> DeadLetterSink for &T {
 /// #         error_class: ErrorClass::Transient, delivery_count: 5, first_failure_at: now,
 /// #         last_failure_at: now, consumer: "c".into(), handler: "h".into(), metadata: None,
 /// #         event_id: None, person_id: None, event_type: None, payload_truncated: false,
-/// #         original_size: None, headers_truncated: false }
+/// #         original_size: None, headers_truncated: false, attempts: vec![] }
 /// # }
 ///
 /// # #[tokio::main(flavor = "current_thread")]

@@ -94,7 +94,10 @@ pub use cancel::CancellationToken;
 pub use classify::{AlwaysTransient, ByClassify, Classifier, Classify, ErrorClass};
 #[cfg(feature = "runtime")]
 pub use clock::{Clock, TokioClock};
-pub use dead_letter::{DeadLetter, DeadLetterSink, MemorySink, SinkError, SinkErrorKind, dedup_id};
+pub use dead_letter::{
+    Attempt, DeadLetter, DeadLetterSink, MAX_ATTEMPTS_KEPT, MemorySink, SinkError, SinkErrorKind,
+    dedup_id,
+};
 #[cfg(feature = "runtime")]
 pub use handler::{RetryError, RetryErrorKind, RetryHandler, RetryHandlerBuilder};
 pub use policy::{Backoff, Jitter, PolicyError, PolicyErrorKind, RetryPolicy, RetryPolicyBuilder};

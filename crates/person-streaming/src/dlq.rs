@@ -963,6 +963,7 @@ fn encode_record(letter: &DeadLetter, limit: usize) -> Result<Vec<u8>, Streaming
         headers: Vec::new(),
         payload_truncated: false,
         headers_truncated: false,
+        attempts: Vec::new(),
         original_size: original_size.or(Some(u64::MAX)),
         ..letter.clone()
     };
@@ -1098,6 +1099,7 @@ mod tests {
             payload_truncated: false,
             original_size: None,
             headers_truncated: false,
+            attempts: Vec::new(),
         }
     }
 

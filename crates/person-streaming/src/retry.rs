@@ -110,6 +110,7 @@ impl RetryHandler {
                 payload_truncated: false,
                 original_size: None,
                 headers_truncated: false,
+                attempts: Vec::new(),
             };
             if let Err(dlq_error) = self.dlq.put_unique(&letter).await {
                 tracing::warn!(context, error = %dlq_error, "could not record the failed operation in the DLQ");

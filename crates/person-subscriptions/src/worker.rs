@@ -20,7 +20,7 @@ use person_events::codec::DecodeError;
 use person_events::subject::person_of_subject;
 use person_events::{PersonId, StreamingEventEnvelope};
 use person_legacy_compat::{Origin, RawMessage, decode_message};
-use person_retry::{BreakerState, DeadLetter, DeadLetterSink, ErrorClass};
+use person_retry::{Attempt, BreakerState, DeadLetter, DeadLetterSink, ErrorClass};
 use person_streaming::{ConsumerSettings, DeadLetterQueue};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -431,6 +431,10 @@ impl Worker {
             blockers: HashMap::new(),
             pending_blockers: HashMap::new(),
             metrics: crate::metrics::WorkerMetrics::new(self.consumer_name(), self.handler.name()),
+            attempts: std::collections::BTreeMap::new(),
+            attempts_cap: usize::try_from(self.settings.max_ack_pending)
+                .unwrap_or(0)
+                .max(1024),
             started: HashMap::new(),
         };
         // One timer, moved only when the core's next wake-up changes.
@@ -586,8 +590,22 @@ impl Worker {
             payload_truncated: false,
             original_size: None,
             headers_truncated: false,
+            attempts: Vec::new(),
         }
     }
+}
+
+/// The longest error message kept per attempt, in bytes (the last one is also the
+/// letter's reason, kept whole).
+const ATTEMPT_REASON_KEPT: usize = 1024;
+
+/// `text`, cut to at most `max` bytes at a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// The blocker named when a person was parked by an earlier process.
@@ -616,6 +634,11 @@ struct Driver<'a> {
     /// Dead letters being stored that will park their person: (person, label).
     pending_blockers: HashMap<u64, (PersonId, String)>,
     metrics: crate::metrics::WorkerMetrics,
+    /// The failed attempts of each message not settled for good yet, by stream
+    /// sequence, kept across its redeliveries to this process (at most
+    /// `MAX_ATTEMPTS_KEPT` each, for at most `attempts_cap` messages).
+    attempts: std::collections::BTreeMap<u64, Vec<Attempt>>,
+    attempts_cap: usize,
     /// Running calls: when each started, and its event's timestamp.
     started: HashMap<u64, (Instant, Option<chrono::DateTime<Utc>>)>,
 }
@@ -882,7 +905,20 @@ impl Driver<'_> {
             return;
         };
         let blocker = held.person.and_then(|p| self.blockers.get(&p).cloned());
-        let letter = self.w.dead_letter(held, cause, blocker.as_deref());
+        let mut letter = self.w.dead_letter(held, cause, blocker.as_deref());
+        if let Some(attempts) = self.attempts.remove(&seq) {
+            letter.attempts = attempts;
+        } else if cause == Cause::Rejected {
+            letter.attempts = vec![Attempt {
+                at: letter.last_failure_at,
+                delivery_count: letter.delivery_count,
+                class: letter.error_class,
+                reason: letter.reason.clone(),
+            }];
+        }
+        if let Some(first) = letter.attempts.first() {
+            letter.first_failure_at = first.at;
+        }
         if cause != Cause::Parked
             && let Some(p) = held.person
         {
@@ -957,17 +993,16 @@ impl Driver<'_> {
                     Ok(Err(e)) => {
                         let class = e.class();
                         tracing::debug!(seq, error = %e, "handler failed");
-                        if let Some(h) = self.held.get_mut(&seq) {
-                            h.last_error = Some((e.to_string(), class));
-                        }
+                        self.failed(seq, e.to_string(), class);
                         CallResult::Failed(class)
                     }
                     Err(panic) => {
                         tracing::warn!(seq, panic = %panic, "handler panicked");
-                        if let Some(h) = self.held.get_mut(&seq) {
-                            h.last_error =
-                                Some((format!("handler panicked: {panic}"), ErrorClass::Transient));
-                        }
+                        self.failed(
+                            seq,
+                            format!("handler panicked: {panic}"),
+                            ErrorClass::Transient,
+                        );
                         CallResult::Panicked
                     }
                 };
@@ -998,10 +1033,35 @@ impl Driver<'_> {
         }
     }
 
+    /// Records a failed call of `seq`: its last error, and one more attempt.
+    fn failed(&mut self, seq: u64, reason: String, class: ErrorClass) {
+        let Some(h) = self.held.get_mut(&seq) else {
+            return;
+        };
+        if !self.attempts.contains_key(&seq) && self.attempts.len() >= self.attempts_cap {
+            // The oldest message's history goes first; its letter then starts later.
+            self.attempts.pop_first();
+        }
+        Attempt::push_bounded(
+            self.attempts.entry(seq).or_default(),
+            Attempt {
+                at: Utc::now(),
+                delivery_count: h.delivered,
+                class,
+                reason: cut(&reason, ATTEMPT_REASON_KEPT),
+            },
+        );
+        h.last_error = Some((reason, class));
+    }
+
     async fn settle(&mut self, seq: u64, kind: AckKind) {
         let Some(h) = self.held.remove(&seq) else {
             return;
         };
+        if !matches!(kind, AckKind::Nak(_)) {
+            // Settled for good: acked or terminated (after its dead letter).
+            self.attempts.remove(&seq);
+        }
         // Fire-and-forget, like a raw consumer; the driver flushes the connection at
         // the end, so every ack sent reaches the server before the next start.
         if let Err(e) = h.msg.ack_with(kind).await {

@@ -252,10 +252,30 @@ async fn list(g: &Global, args: ListArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// An error class as the JSON names it (`transient`, `permanent`, `{"retry_after_ms":n}`).
+fn class_name(class: person_retry::ErrorClass) -> String {
+    serde_json::to_value(class)
+        .map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
+}
+
 fn letter_json(s: &StoredDeadLetter) -> serde_json::Value {
     let mut v = serde_json::to_value(&s.letter).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
         obj.insert("id".into(), s.dlq_sequence.into());
+        if let Some(body) = &s.body {
+            obj.insert(
+                "body_object".into(),
+                serde_json::json!({
+                    "name": body.name,
+                    "digest": body.digest,
+                    "loaded": body.loaded,
+                }),
+            );
+        }
     }
     v
 }
@@ -302,12 +322,7 @@ async fn show(g: &Global, args: ShowArgs) -> Result<(), CliError> {
         }));
         return Ok(());
     }
-    let class = serde_json::to_value(l.error_class)
-        .map(|v| match v {
-            serde_json::Value::String(s) => s,
-            other => other.to_string(),
-        })
-        .unwrap_or_default();
+    let class = class_name(l.error_class);
     println!(
         "dead letter {} (consumer {}, handler {})",
         stored.dlq_sequence, l.consumer, l.handler
@@ -325,6 +340,37 @@ async fn show(g: &Global, args: ShowArgs) -> Result<(), CliError> {
     println!("  deliveries:     {}", l.delivery_count);
     println!("  first failure:  {}", time(l.first_failure_at));
     println!("  last failure:   {}", time(l.last_failure_at));
+    if !l.attempts.is_empty() {
+        println!(
+            "attempts ({}, oldest first{}):",
+            l.attempts.len(),
+            if l.attempts.len() >= person_retry::MAX_ATTEMPTS_KEPT {
+                "; only the most recent are kept"
+            } else {
+                ""
+            }
+        );
+        for a in &l.attempts {
+            println!(
+                "  {}  delivery {:<3} {:<10} {}",
+                time(a.at),
+                a.delivery_count,
+                class_name(a.class),
+                a.reason
+            );
+        }
+    }
+    match &stored.body {
+        Some(b) if b.loaded => println!(
+            "body: kept whole in the bodies bucket (object {}, {})",
+            b.name, b.digest
+        ),
+        Some(b) => println!(
+            "body: MISSING from the bodies bucket (object {}, {}): this dead letter cannot be replayed",
+            b.name, b.digest
+        ),
+        None => {}
+    }
     println!("headers:");
     if l.headers.is_empty() {
         println!("  (none)");

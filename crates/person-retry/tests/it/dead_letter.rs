@@ -32,6 +32,7 @@ fn letter(sequence: u64) -> DeadLetter {
         payload_truncated: false,
         original_size: None,
         headers_truncated: false,
+        attempts: Vec::new(),
     }
 }
 
@@ -90,6 +91,7 @@ fn truncation_marks_round_trip_and_old_records_read_as_whole() {
 
     let headers_only = DeadLetter {
         headers_truncated: true,
+        attempts: Vec::new(),
         ..letter(3)
     };
     assert!(headers_only.is_truncated());

@@ -37,6 +37,7 @@ fn letter_for(
         payload_truncated: false,
         original_size: None,
         headers_truncated: false,
+        attempts: Vec::new(),
     }
 }
 

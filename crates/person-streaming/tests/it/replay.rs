@@ -48,6 +48,7 @@ async fn letter_of(client: &StreamingClient, seq: u64, consumer: &str) -> DeadLe
         payload_truncated: false,
         original_size: None,
         headers_truncated: false,
+        attempts: Vec::new(),
     }
 }
 
@@ -401,5 +402,6 @@ fn letter_of_operation() -> DeadLetter {
         payload_truncated: false,
         original_size: None,
         headers_truncated: false,
+        attempts: Vec::new(),
     }
 }

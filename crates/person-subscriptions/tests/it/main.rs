@@ -1,5 +1,6 @@
 //! Integration tests of the subscription runtime against real nats-server processes.
 
+mod attempts;
 mod breaker_wire;
 mod delivery;
 mod edges;
