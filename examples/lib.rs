@@ -138,13 +138,15 @@ impl Scope {
         Ok(())
     }
 
-    /// Deletes this run's streams (with their consumers), if they exist. A no-op on an
+    /// Deletes this run's streams (with their consumers) and bodies bucket, if they exist. A no-op on an
     /// embedded server, which is thrown away anyway.
     pub async fn cleanup(&self, js: &jetstream::Context, config: &StreamingConfig) {
         if self.own.is_none() {
             return;
         }
-        for name in [&config.stream.name, &config.dlq.name] {
+        // The bodies bucket is the stream `OBJ_<bucket>`.
+        let bodies = format!("OBJ_{}", config.bodies_bucket());
+        for name in [&config.stream.name, &config.dlq.name, &bodies] {
             match js.delete_stream(name).await {
                 Ok(_) => println!("deleted this run's stream {name}"),
                 Err(e)

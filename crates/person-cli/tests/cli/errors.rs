@@ -93,5 +93,13 @@ async fn bench_measures_on_a_throwaway_stream_and_removes_it() {
         .collect()
         .await;
     names.sort();
-    assert_eq!(names, vec!["PERSON_EVENTS", "PERSON_EVENTS_DLQ"]);
+    assert_eq!(
+        names,
+        vec![
+            "OBJ_PERSON_EVENTS_DLQ_BODIES",
+            "PERSON_EVENTS",
+            "PERSON_EVENTS_DLQ"
+        ],
+        "only what the configuration ensures is left"
+    );
 }
