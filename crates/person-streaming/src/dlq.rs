@@ -383,7 +383,7 @@ impl DeadLetterQueue {
             .get(&body.name)
             .await
             .map_err(|e| self.fail(format!("cannot read object {}", body.name), e))?;
-        let mut json = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
+        let mut json = Vec::with_capacity(info.size);
         // The object store checks the digest as the last chunk arrives.
         if tokio::io::AsyncReadExt::read_to_end(&mut object, &mut json)
             .await
@@ -1169,7 +1169,7 @@ impl DeadLetterQueue {
                     }
                 }
             }
-            if batch.len() < PURGE_BATCH && !(end && !batch.is_empty()) {
+            if batch.len() < PURGE_BATCH && (!end || batch.is_empty()) {
                 if end {
                     return Ok(purged);
                 }

@@ -319,7 +319,7 @@ async fn a_consumer_from_before_replay_subjects_is_refused_until_setup_adds_them
         })
         .await
         .unwrap();
-    let client = StreamingClient::builder(&server.url())
+    let client = StreamingClient::builder(server.url())
         .ensure_on_connect(false)
         .connect(StreamingConfig::default())
         .await
