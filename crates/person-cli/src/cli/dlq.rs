@@ -281,7 +281,10 @@ async fn list(g: &Global, args: ListArgs) -> Result<(), CliError> {
     } else {
         // Counted on the server for a consumer or person filter, else read one record
         // at a time: never loaded together.
-        let total = dlq.count(&filter).await.map_err(|e| g.streaming_error(&e))?;
+        let total = dlq
+            .count(&filter)
+            .await
+            .map_err(|e| g.streaming_error(&e))?;
         println!(
             "{} of {total} matching dead letter(s) shown",
             page.letters.len()
@@ -486,8 +489,14 @@ impl Selection {
             return Ok((Self::Ids(ids), n));
         }
         let filter = filter.filter()?;
-        let last = dlq.last_sequence().await.map_err(|e| g.streaming_error(&e))?;
-        let total = dlq.count(&filter).await.map_err(|e| g.streaming_error(&e))?;
+        let last = dlq
+            .last_sequence()
+            .await
+            .map_err(|e| g.streaming_error(&e))?;
+        let total = dlq
+            .count(&filter)
+            .await
+            .map_err(|e| g.streaming_error(&e))?;
         Ok((
             Self::Pages {
                 filter,
@@ -784,7 +793,9 @@ async fn purge(g: &Global, args: PurgeArgs) -> Result<(), CliError> {
     let filter = args.filter.filter()?;
     // How many: the IDs given (each checked to exist), or a count that loads no list.
     let chosen = if ids.is_empty() {
-        dlq.count(&filter).await.map_err(|e| g.streaming_error(&e))?
+        dlq.count(&filter)
+            .await
+            .map_err(|e| g.streaming_error(&e))?
     } else {
         for id in &ids {
             get(g, &dlq, *id).await?;
