@@ -12,7 +12,7 @@ use person_retry::{DeadLetter, DeadLetterSink, SinkError, SinkErrorKind};
 use crate::StreamingConfig;
 use crate::client::Denials;
 use crate::error::{StreamingError, StreamingErrorKind, classify, js_error, stream_api};
-use crate::reader::scan;
+use crate::reader::{OrderedRead, Scanned, count_matching};
 
 /// Header on a replayed event naming the DLQ sequence it was replayed from.
 pub const REPLAY_OF_HEADER: &str = "Person-Replay-Of";
@@ -125,6 +125,12 @@ impl DeadLetterFilter {
             && self.matches_content(letter)
     }
 
+    /// `true` when the filter looks at the record's content (reason or time), which is
+    /// in its body, not only at its subject.
+    fn has_content(&self) -> bool {
+        self.reason_contains.is_some() || self.since.is_some() || self.until.is_some()
+    }
+
     fn matches_content(&self, letter: &DeadLetter) -> bool {
         self.reason_contains
             .as_deref()
@@ -132,6 +138,16 @@ impl DeadLetterFilter {
             && self.since.is_none_or(|t| letter.last_failure_at >= t)
             && self.until.is_none_or(|t| letter.last_failure_at < t)
     }
+}
+
+/// One page of dead letters, from [`DeadLetterQueue::page`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetterPage {
+    /// The letters, oldest first (by DLQ sequence), at most the page's limit.
+    pub letters: Vec<StoredDeadLetter>,
+    /// The `after` to read the next page from (the DLQ sequence of the last letter
+    /// here), `None` when no letter after this page matches.
+    pub next_after: Option<u64>,
 }
 
 /// How many dead letters one consumer holds for one reason.
@@ -387,49 +403,171 @@ impl DeadLetterQueue {
         Ok(())
     }
 
-    /// Dead letters matching `filter`, oldest first. A letter kept whole in the bodies
-    /// bucket comes as its record, without its body ([`BodyObject::loaded`] is
-    /// `false`); [`get`](Self::get) reads it back.
+    /// Every dead letter matching `filter`, oldest first, in one list. A letter kept
+    /// whole in the bodies bucket comes as its record, without its body
+    /// ([`BodyObject::loaded`] is `false`); [`get`](Self::get) reads it back.
+    ///
+    /// This loads everything that matches, so its memory grows with the DLQ: it is read
+    /// [`page`](Self::page) by page, and a large DLQ is better read that way too.
     pub async fn list(
         &self,
         filter: &DeadLetterFilter,
     ) -> Result<Vec<StoredDeadLetter>, StreamingError> {
         let mut out = Vec::new();
-        scan(
-            &self.js,
-            &self.dlq_stream,
-            &filter.subject(&self.subjects)?,
-            |msg| {
-                let letter: DeadLetter = serde_json::from_slice(&msg.payload).map_err(|e| {
-                    StreamingError::with_source(
-                        StreamingErrorKind::Decode,
-                        format!("DLQ message {} is not a dead letter", msg.sequence),
-                        e,
-                    )
-                })?;
-                if filter.matches_content(&letter) {
-                    out.push(StoredDeadLetter {
-                        dlq_sequence: msg.sequence,
-                        body: body_of(msg.headers.as_ref()),
-                        letter,
-                    });
+        let mut after = None;
+        loop {
+            let page = self.page(filter, after, READ_BATCH).await?;
+            out.extend(page.letters);
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// At most `limit` dead letters matching `filter`, oldest first, from the DLQ
+    /// sequence after `after` (exclusive; `None` is the start of the DLQ).
+    ///
+    /// Read through an ordered consumer starting at `after + 1`, on the filter's
+    /// subjects, stopping once `limit` letters matched (and one more was seen, to know
+    /// there is a next page) or at the end: memory is bounded by `limit` whatever the
+    /// DLQ's size. [`DeadLetterPage::next_after`] is the `after` of the next page, `None`
+    /// when nothing else matches. Reading every page in turn gives every matching
+    /// letter exactly once, in DLQ order; letters stored meanwhile come on later pages,
+    /// deleted ones are not seen again. Like [`list`](Self::list), a letter kept whole
+    /// in the bodies bucket comes as its record, without its body.
+    ///
+    /// A `limit` of 0 is [`StreamingErrorKind::InvalidInput`].
+    ///
+    /// ```no_run
+    /// use person_streaming::{DeadLetterFilter, StreamingClient, StreamingConfig};
+    /// # async fn run() -> Result<(), person_streaming::StreamingError> {
+    /// let client = StreamingClient::new("nats://localhost:4222", StreamingConfig::default()).await?;
+    /// let dlq = client.dead_letters();
+    /// let filter = DeadLetterFilter::default();
+    /// let mut after = None;
+    /// loop {
+    ///     let page = dlq.page(&filter, after, 100).await?;
+    ///     for stored in &page.letters {
+    ///         println!("{} {}", stored.dlq_sequence, stored.letter.reason);
+    ///     }
+    ///     match page.next_after {
+    ///         Some(next) => after = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn page(
+        &self,
+        filter: &DeadLetterFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, StreamingError> {
+        if limit == 0 {
+            return Err(StreamingError::new(
+                StreamingErrorKind::InvalidInput,
+                "a page of dead letters needs a limit of at least 1",
+            ));
+        }
+        let subject = filter.subject(&self.subjects)?;
+        let batch = limit.saturating_add(1).min(READ_BATCH);
+        let start = after.map(|a| a.saturating_add(1));
+        self.read_page(filter, &subject, start, limit, batch)
+            .await
+            .map_err(|e| e.denied_on(&self.denials, stream_api(&self.dlq_stream)))
+    }
+
+    async fn read_page(
+        &self,
+        filter: &DeadLetterFilter,
+        subject: &str,
+        start: Option<u64>,
+        limit: usize,
+        batch: usize,
+    ) -> Result<DeadLetterPage, StreamingError> {
+        let mut read =
+            OrderedRead::open(&self.js, &self.dlq_stream, subject, start, false, batch).await?;
+        let mut page = DeadLetterPage::default();
+        while let Some(msg) = read.next().await? {
+            let stored = stored_of(msg)?;
+            if !filter.matches_content(&stored.letter) {
+                continue;
+            }
+            if page.letters.len() == limit {
+                page.next_after = page.letters.last().map(|s| s.dlq_sequence);
+                read.close().await;
+                return Ok(page);
+            }
+            page.letters.push(stored);
+        }
+        Ok(page)
+    }
+
+    /// Calls `each` with every dead letter matching `filter`, one at a time, oldest
+    /// first. The reader holds at most `READ_BATCH` records besides the one handed
+    /// over, so memory is bounded whatever the DLQ's size.
+    pub(crate) async fn for_each(
+        &self,
+        filter: &DeadLetterFilter,
+        mut each: impl FnMut(StoredDeadLetter) -> Result<(), StreamingError>,
+    ) -> Result<(), StreamingError> {
+        let subject = filter.subject(&self.subjects)?;
+        let visit = async {
+            let mut read = OrderedRead::open(
+                &self.js,
+                &self.dlq_stream,
+                &subject,
+                None,
+                false,
+                READ_BATCH,
+            )
+            .await?;
+            while let Some(msg) = read.next().await? {
+                let stored = stored_of(msg)?;
+                if filter.matches_content(&stored.letter) {
+                    each(stored)?;
                 }
-                Ok(())
-            },
-        )
-        .await
-        .map_err(|e| e.denied_on(&self.denials, stream_api(&self.dlq_stream)))?;
-        Ok(out)
+            }
+            Ok(())
+        };
+        visit
+            .await
+            .map_err(|e: StreamingError| e.denied_on(&self.denials, stream_api(&self.dlq_stream)))
+    }
+
+    /// How many dead letters match `filter`. A filter on consumer and person alone is
+    /// answered from the server's count of messages on the filter's subjects, reading
+    /// none; a filter on reason or time reads the records one at a time (memory stays
+    /// bounded, but the time grows with the DLQ).
+    pub async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, StreamingError> {
+        let subject = filter.subject(&self.subjects)?;
+        if !filter.has_content() {
+            return count_matching(&self.js, &self.dlq_stream, &subject)
+                .await
+                .map_err(|e| e.denied_on(&self.denials, stream_api(&self.dlq_stream)));
+        }
+        let mut n = 0u64;
+        self.for_each(filter, |_| {
+            n += 1;
+            Ok(())
+        })
+        .await?;
+        Ok(n)
     }
 
     /// Dead letters matching `filter`, counted by consumer and reason, sorted by
     /// consumer, then by count (largest first), then by reason.
+    ///
+    /// The reason is in each record's body, so every matching record is read, one at a
+    /// time: memory grows with the number of distinct (consumer, reason) pairs, not
+    /// with the DLQ.
     pub async fn counts(
         &self,
         filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetterCount>, StreamingError> {
         let mut counts = std::collections::BTreeMap::<(String, String), usize>::new();
-        for stored in self.list(filter).await? {
+        self.for_each(filter, |stored| {
             let letter = stored.letter;
             let reason = if letter.reason.starts_with(BLOCKED_BY_PREFIX) {
                 PARKED_REASON.to_owned()
@@ -437,7 +575,9 @@ impl DeadLetterQueue {
                 letter.reason
             };
             *counts.entry((letter.consumer, reason)).or_default() += 1;
-        }
+            Ok(())
+        })
+        .await?;
         let mut out: Vec<DeadLetterCount> = counts
             .into_iter()
             .map(|((consumer, reason), count)| DeadLetterCount {
@@ -458,6 +598,9 @@ impl DeadLetterQueue {
     /// The dead letters parked behind `stored`: the same consumer's later events of the
     /// same person, dead-lettered as `blocked by <its event id>` (or `blocked by stream
     /// sequence <n>` when it could not be decoded), oldest first.
+    ///
+    /// Only that consumer's and person's subjects are read, one record at a time: memory
+    /// grows with the letters returned, not with the DLQ.
     pub async fn parked_behind(
         &self,
         stored: &StoredDeadLetter,
@@ -478,8 +621,14 @@ impl DeadLetterQueue {
             ),
             ..DeadLetterFilter::default()
         };
-        let mut out = self.list(&filter).await?;
-        out.retain(|s| s.letter.reason == reason && s.dlq_sequence != stored.dlq_sequence);
+        let mut out = Vec::new();
+        self.for_each(&filter, |s| {
+            if s.letter.reason == reason && s.dlq_sequence != stored.dlq_sequence {
+                out.push(s);
+            }
+            Ok(())
+        })
+        .await?;
         Ok(out)
     }
 
@@ -558,6 +707,19 @@ impl DeadLetterQueue {
             .filter(|(_, count)| *count > 0)
             .map(|(subject, _)| subject)
             .collect())
+    }
+
+    /// The DLQ stream's last sequence (0 when empty): a letter stored from now on comes
+    /// after it, so a run that must not pick up what it causes (a replay that fails
+    /// again is dead-lettered anew) stops there.
+    pub async fn last_sequence(&self) -> Result<u64, StreamingError> {
+        let name = &self.dlq_stream;
+        let stream = self
+            .js
+            .get_stream(name)
+            .await
+            .map_err(|e| self.fail(format!("cannot look up stream {name}"), e))?;
+        Ok(stream.cached_info().state.last_sequence)
     }
 
     /// One dead letter by its DLQ sequence.
@@ -816,17 +978,71 @@ impl DeadLetterQueue {
             Ok(msg) => body_of(Some(&msg.headers)),
             Err(_) => None,
         };
-        stream.delete_message(dlq_sequence).await.map_err(|e| {
-            if classify(&e) == StreamingErrorKind::NotFound {
-                StreamingError::with_source(
-                    StreamingErrorKind::NotFound,
-                    format!("no dead letter at DLQ sequence {dlq_sequence}"),
-                    e,
-                )
-            } else {
-                self.fail(format!("cannot delete dead letter {dlq_sequence}"), e)
-            }
-        })?;
+        self.delete_record(&stream, dlq_sequence, body, true).await
+    }
+
+    /// Deletes the record at `dlq_sequence`, then `body`, the object its headers name.
+    /// `erase` overwrites the record on the server (the default of a delete); without
+    /// it, as in a purge, the record is dropped, much faster on a file store.
+    async fn delete_record(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        dlq_sequence: u64,
+        body: Option<BodyObject>,
+        erase: bool,
+    ) -> Result<(), StreamingError> {
+        if erase {
+            stream.delete_message(dlq_sequence).await.map_err(|e| {
+                if classify(&e) == StreamingErrorKind::NotFound {
+                    StreamingError::with_source(
+                        StreamingErrorKind::NotFound,
+                        format!("no dead letter at DLQ sequence {dlq_sequence}"),
+                        e,
+                    )
+                } else {
+                    self.fail(format!("cannot delete dead letter {dlq_sequence}"), e)
+                }
+            })?;
+        } else {
+            self.drop_record(dlq_sequence).await?;
+        }
+        self.delete_body(body).await;
+        Ok(())
+    }
+
+    /// Deletes the record at `dlq_sequence` without erasing it (`no_erase`).
+    async fn drop_record(&self, dlq_sequence: u64) -> Result<(), StreamingError> {
+        let subject = format!("STREAM.MSG.DELETE.{}", self.dlq_stream);
+        let request = serde_json::json!({ "seq": dlq_sequence, "no_erase": true });
+        let response: serde_json::Value = self
+            .js
+            .request(subject, &request)
+            .await
+            .map_err(|e| self.fail(format!("cannot delete dead letter {dlq_sequence}"), e))?;
+        let Some(error) = response.get("error") else {
+            return Ok(());
+        };
+        // 10037: no message found.
+        let kind = if error.get("err_code").and_then(|c| c.as_u64()) == Some(10037) {
+            StreamingErrorKind::NotFound
+        } else {
+            StreamingErrorKind::JetStream
+        };
+        Err(StreamingError::new(
+            kind,
+            format!(
+                "cannot delete dead letter {dlq_sequence}: {}",
+                error
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("refused")
+            ),
+        ))
+    }
+
+    /// Deletes a record's body object, if it names one. A failure is logged: the object
+    /// expires with the bucket's max age.
+    async fn delete_body(&self, body: Option<BodyObject>) {
         // The record first: a record is never left without its body. An object left
         // behind by a failure here expires with the bucket's max age.
         if let Some(body) = body
@@ -835,18 +1051,191 @@ impl DeadLetterQueue {
         {
             tracing::warn!(object = %body.name, bucket = %self.bodies, error = %e, "cannot delete a dead letter's body object");
         }
-        Ok(())
     }
 
-    /// Deletes every dead letter matching `filter`; returns how many.
-    pub async fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, StreamingError> {
-        let matching = self.list(filter).await?;
-        for stored in &matching {
-            self.delete(stored.dlq_sequence).await?;
+    /// Removes a batch read in order from `subject` with one purge request (every
+    /// message on `subject` below the batch's last sequence + 1, which are those of
+    /// the batch), then their body objects. Each sequence is reported done; a failed
+    /// request is reported for each.
+    async fn purge_batch(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        subject: &str,
+        batch: &mut Vec<(u64, Option<BodyObject>)>,
+    ) -> Result<Vec<(u64, Result<(), StreamingError>)>, StreamingError> {
+        use futures::StreamExt;
+        let Some(last) = batch.last().map(|(seq, _)| *seq) else {
+            return Ok(Vec::new());
+        };
+        let purged = stream
+            .purge()
+            .filter(subject)
+            .sequence(last.saturating_add(1))
+            .await;
+        if let Err(e) = purged {
+            let text = e.to_string();
+            return Ok(batch
+                .drain(..)
+                .map(|(seq, _)| {
+                    (
+                        seq,
+                        Err(StreamingError::new(
+                            StreamingErrorKind::JetStream,
+                            format!("cannot purge dead letter {seq}: {text}"),
+                        )),
+                    )
+                })
+                .collect());
         }
-        Ok(matching.len())
+        let mut done = Vec::with_capacity(batch.len());
+        let mut bodies = Vec::new();
+        for (seq, body) in batch.drain(..) {
+            done.push((seq, Ok(())));
+            bodies.extend(body);
+        }
+        futures::stream::iter(bodies)
+            .for_each_concurrent(DELETES_IN_FLIGHT, |body| self.delete_body(Some(body)))
+            .await;
+        Ok(done)
+    }
+
+    /// Deletes every dead letter matching `filter`, and their body objects; returns how
+    /// many. Stops at the first failure, returning it (the letters deleted until then
+    /// stay deleted). See [`purge_with`](Self::purge_with).
+    pub async fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, StreamingError> {
+        let mut failed = None;
+        let purged = self
+            .purge_with(filter, |_, result| match result {
+                Ok(()) => true,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    false
+                }
+            })
+            .await?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(purged),
+        }
+    }
+
+    /// Deletes the dead letters matching `filter` as they are read, oldest first, and
+    /// their body objects; returns how many were deleted.
+    ///
+    /// Letters are read through an ordered consumer and deleted in batches of at most
+    /// 256 (several deletes in flight), so memory is bounded whatever the
+    /// DLQ's size and no list of sequences is built first. A filter on consumer and
+    /// person alone reads headers only (the body object is named there); one on reason
+    /// or time reads each record. `each` is called with every sequence deleted or that
+    /// could not be, after its batch; returning `false` stops after that batch. A letter
+    /// deleted by someone else meanwhile is skipped. A failure to read the DLQ is the
+    /// error returned; failures to delete go to `each`.
+    pub async fn purge_with(
+        &self,
+        filter: &DeadLetterFilter,
+        mut each: impl FnMut(u64, Result<(), StreamingError>) -> bool,
+    ) -> Result<usize, StreamingError> {
+        use futures::StreamExt;
+        let subject = filter.subject(&self.subjects)?;
+        let headers_only = !filter.has_content();
+        let denied = |e: StreamingError| e.denied_on(&self.denials, stream_api(&self.dlq_stream));
+        let stream = self
+            .js
+            .get_stream_no_info(&self.dlq_stream)
+            .await
+            .map_err(|e| self.fail(format!("cannot open stream {}", self.dlq_stream), e))?;
+        let mut read = OrderedRead::open(
+            &self.js,
+            &self.dlq_stream,
+            &subject,
+            None,
+            headers_only,
+            READ_BATCH,
+        )
+        .await
+        .map_err(denied)?;
+        let mut batch: Vec<(u64, Option<BodyObject>)> = Vec::with_capacity(PURGE_BATCH);
+        let mut purged = 0;
+        loop {
+            let msg = read.next().await.map_err(denied)?;
+            let end = msg.is_none();
+            if let Some(msg) = msg {
+                if headers_only {
+                    batch.push((msg.sequence, body_of(msg.headers.as_ref())));
+                } else {
+                    let stored = stored_of(msg)?;
+                    if filter.matches_content(&stored.letter) {
+                        batch.push((stored.dlq_sequence, stored.body));
+                    }
+                }
+            }
+            if batch.len() < PURGE_BATCH && (!end || batch.is_empty()) {
+                if end {
+                    return Ok(purged);
+                }
+                continue;
+            }
+            let mut results: Vec<(u64, Result<(), StreamingError>)> = if headers_only {
+                // Every message on the filter's subjects up to the batch's last one is
+                // in the batch (they are read in order): one purge request removes
+                // them, then their bodies go.
+                self.purge_batch(&stream, &subject, &mut batch).await?
+            } else {
+                futures::stream::iter(batch.drain(..))
+                    .map(|(seq, body)| {
+                        let stream = &stream;
+                        async move { (seq, self.delete_record(stream, seq, body, false).await) }
+                    })
+                    .buffer_unordered(DELETES_IN_FLIGHT)
+                    .collect()
+                    .await
+            };
+            results.sort_by_key(|(seq, _)| *seq);
+            let mut go_on = true;
+            for (seq, result) in results {
+                match result {
+                    Err(e) if e.kind() == StreamingErrorKind::NotFound => continue,
+                    Ok(()) => purged += 1,
+                    Err(_) => {}
+                }
+                go_on &= each(seq, result);
+            }
+            if !go_on {
+                read.close().await;
+                return Ok(purged);
+            }
+            if end {
+                return Ok(purged);
+            }
+        }
     }
 }
+
+/// A DLQ record as read, decoded.
+fn stored_of(msg: Scanned) -> Result<StoredDeadLetter, StreamingError> {
+    let letter: DeadLetter = serde_json::from_slice(&msg.payload).map_err(|e| {
+        StreamingError::with_source(
+            StreamingErrorKind::Decode,
+            format!("DLQ message {} is not a dead letter", msg.sequence),
+            e,
+        )
+    })?;
+    Ok(StoredDeadLetter {
+        dlq_sequence: msg.sequence,
+        body: body_of(msg.headers.as_ref()),
+        letter,
+    })
+}
+
+/// How many records a DLQ read asks the server for at a time (at most this many are
+/// buffered), and the page size [`DeadLetterQueue::list`] reads with.
+pub(crate) const READ_BATCH: usize = 256;
+
+/// How many dead letters [`DeadLetterQueue::purge_with`] deletes per batch.
+pub(crate) const PURGE_BATCH: usize = 256;
+
+/// Deletes in flight at a time within a purge batch.
+const DELETES_IN_FLIGHT: usize = 32;
 
 /// `true` when the bucket does not exist (rather than could not be reached).
 pub(crate) fn bucket_missing(e: &jetstream::context::ObjectStoreError) -> bool {

@@ -75,8 +75,8 @@ pub use config::{
 pub use consumer_ops::{PauseState, Rewind, RewindPlan, RewindReceipt, indefinite_pause};
 pub use dlq::{
     BLOCKED_BY_PREFIX, BODY_DIGEST_HEADER, BODY_OBJECT_HEADER, BodyObject, DeadLetterCount,
-    DeadLetterFilter, DeadLetterQueue, PARKED_REASON, REPLAY_OF_HEADER, REPLAYED_AT_HEADER,
-    ReplayReceipt, StoredDeadLetter, UNKNOWN_TOKEN,
+    DeadLetterFilter, DeadLetterPage, DeadLetterQueue, PARKED_REASON, REPLAY_OF_HEADER,
+    REPLAYED_AT_HEADER, ReplayReceipt, StoredDeadLetter, UNKNOWN_TOKEN,
 };
 pub use error::{StreamingError, StreamingErrorKind};
 pub use person_retry::RetryPolicy;

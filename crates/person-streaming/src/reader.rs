@@ -206,3 +206,145 @@ pub(crate) async fn last_version_in(
         )),
     }
 }
+
+/// An ordered ephemeral consumer read one message at a time, from a start sequence,
+/// ending when nothing matching is left. At most `batch` messages are buffered by the
+/// client at a time, so memory is bounded whatever the stream holds.
+pub(crate) struct OrderedRead {
+    messages: Option<consumer::pull::Ordered>,
+    stream: jetstream::stream::Stream<()>,
+    consumer: String,
+    label: String,
+}
+
+impl OrderedRead {
+    /// Opens a read of `filter` in `stream` from `start` (a sequence, inclusive; `None`
+    /// is the first message). `headers_only` delivers headers without payloads.
+    pub(crate) async fn open(
+        js: &jetstream::Context,
+        stream: &str,
+        filter: &str,
+        start: Option<u64>,
+        headers_only: bool,
+        batch: usize,
+    ) -> Result<Self, StreamingError> {
+        let label = format!("{filter} from {stream}");
+        let stream_handle = js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| js_error(format!("cannot open stream {stream}"), e))?;
+        let deliver_policy = match start {
+            Some(start_sequence) if start_sequence > 1 => {
+                consumer::DeliverPolicy::ByStartSequence { start_sequence }
+            }
+            _ => consumer::DeliverPolicy::All,
+        };
+        let mut consumer = stream_handle
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy,
+                headers_only,
+                max_batch: i64::try_from(batch.max(1)).unwrap_or(i64::MAX),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_error(format!("cannot read {label}"), e))?;
+        // Nothing stored for the filter: the ordered consumer would just wait.
+        let pending = consumer
+            .info()
+            .await
+            .map_err(|e| js_error(format!("cannot read {label}"), e))?
+            .num_pending;
+        let name = consumer.cached_info().name.clone();
+        let messages = if pending == 0 {
+            None
+        } else {
+            Some(
+                consumer
+                    .messages()
+                    .await
+                    .map_err(|e| js_error(format!("cannot read {label}"), e))?,
+            )
+        };
+        Ok(Self {
+            messages,
+            stream: stream_handle,
+            consumer: name,
+            label,
+        })
+    }
+
+    /// Ends the read early and deletes its consumer rather than leave it to expire
+    /// (best effort: the server removes an idle one by itself).
+    pub(crate) async fn close(mut self) {
+        self.messages = None;
+        let _ = self.stream.delete_consumer(&self.consumer).await;
+    }
+
+    /// The next message, `None` at the end.
+    pub(crate) async fn next(&mut self) -> Result<Option<Scanned>, StreamingError> {
+        let Some(messages) = self.messages.as_mut() else {
+            return Ok(None);
+        };
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .map_err(|_| {
+                StreamingError::new(
+                    StreamingErrorKind::TimedOut,
+                    format!("reading {} stalled", self.label),
+                )
+            })?;
+        let Some(msg) = next else {
+            self.messages = None;
+            return Ok(None);
+        };
+        let msg = msg.map_err(|e| js_error(format!("reading {} failed", self.label), e))?;
+        let info = msg.info().map_err(|e| {
+            StreamingError::new(
+                StreamingErrorKind::JetStream,
+                format!("message without JetStream info: {e}"),
+            )
+        })?;
+        let sequence = info.stream_sequence;
+        if info.pending == 0 {
+            // The last one matching: stop here rather than wait for more.
+            self.messages = None;
+        }
+        let inner = msg.split().0;
+        Ok(Some(Scanned {
+            subject: inner.subject,
+            sequence,
+            headers: inner.headers,
+            payload: inner.payload,
+        }))
+    }
+}
+
+/// How many messages of `stream` match `filter`, from an ordered consumer's pending
+/// count: no message is read, whatever their number.
+pub(crate) async fn count_matching(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Result<u64, StreamingError> {
+    let label = format!("{filter} from {stream}");
+    let stream_handle = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| js_error(format!("cannot open stream {stream}"), e))?;
+    let mut consumer = stream_handle
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            headers_only: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_error(format!("cannot count {label}"), e))?;
+    let info = consumer
+        .info()
+        .await
+        .map_err(|e| js_error(format!("cannot count {label}"), e))?;
+    let (pending, name) = (info.num_pending, info.name.clone());
+    let _ = stream_handle.delete_consumer(&name).await;
+    Ok(pending)
+}

@@ -17,6 +17,7 @@ use super::{Global, Interrupt, print_json};
 pub(crate) const EXAMPLES: &str = "\
 Examples:
   person-stream dlq list --consumer person-projection-summary
+  person-stream dlq list --limit 20 --after 1234
   person-stream dlq show 42
   person-stream dlq replay --consumer person-projection-summary --dry-run
   person-stream dlq replay --consumer person-projection-summary
@@ -31,9 +32,14 @@ Examples:
   person-stream dlq list --consumer person-projection-summary --since 2h
   person-stream dlq list --person 0f8fad5b-d9cb-469f-a165-70867728950e --json
   person-stream dlq list --reason timeout --until 2025-07-15T12:00:00Z
+  person-stream dlq list --limit 20
+  person-stream dlq list --limit 20 --after 1234
 
 ID is the dead letter's sequence in the DLQ stream: give it to `dlq show`, `dlq replay`
-and `dlq purge`.";
+and `dlq purge`. Dead letters are listed oldest first, a page of --limit (100) at a time:
+when more match, the last line gives the --after that shows the next page (with --json,
+a last document {\"next_after\": ID}). Memory stays bounded by the page whatever the
+DLQ's size.";
 
 const SHOW_EXAMPLES: &str = "\
 Examples:
@@ -59,7 +65,9 @@ order (so each person's events stay in order), and a dead letter is deleted only
 the server acknowledged its replay. A replay is idempotent: run again after a timeout or
 a failed delete, it stores nothing new and says \"already replayed\". If a replay fails,
 the later dead letters of that person and consumer are left in place. Ctrl-C stops after
-the current entry: nothing is half-replayed, and the rest stays in the DLQ.";
+the current entry: nothing is half-replayed, and the rest stays in the DLQ. The DLQ is read
+500 dead letters at a time (each batch replayed in original stream order), up to the last
+one stored when the replay started, so memory stays bounded whatever its size.";
 
 const PURGE_EXAMPLES: &str = "\
 Examples:
@@ -68,7 +76,8 @@ Examples:
   person-stream dlq purge --all --yes
 
 Asks for confirmation unless --yes is given; without a terminal to ask on, --yes is
-required.";
+required. Dead letters are deleted as they are read, in batches (with their body objects),
+so memory stays bounded whatever the DLQ's size; Ctrl-C stops after the current batch.";
 
 /// `dlq` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -138,9 +147,16 @@ impl FilterArgs {
 pub(crate) struct ListArgs {
     #[command(flatten)]
     filter: FilterArgs,
-    /// One JSON document per dead letter (the stored record plus `id`).
+    /// One JSON document per dead letter (the stored record plus `id`), then
+    /// `{"next_after": ID}` when more match.
     #[arg(long)]
     json: bool,
+    /// Show at most this many dead letters (a page).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    limit: usize,
+    /// Start after this ID (the `--after` printed under the previous page).
+    #[arg(long, value_name = "ID")]
+    after: Option<u64>,
 }
 
 /// `dlq show` options.
@@ -202,23 +218,35 @@ pub(crate) async fn run(g: &Global, command: Command) -> Result<(), CliError> {
 
 async fn list(g: &Global, args: ListArgs) -> Result<(), CliError> {
     let filter = args.filter.filter()?;
+    if args.limit == 0 {
+        return Err(CliError::usage("--limit must be at least 1"));
+    }
     let client = g.connect().await?;
-    let letters = client
-        .dead_letters()
-        .list(&filter)
+    let dlq = client.dead_letters();
+    let page = dlq
+        .page(&filter, args.after, args.limit)
         .await
         .map_err(|e| g.streaming_error(&e))?;
     if args.json {
-        for s in &letters {
+        for s in &page.letters {
             print_json(&letter_json(s));
+        }
+        if let Some(next) = page.next_after {
+            print_json(&serde_json::json!({ "next_after": next }));
         }
         return Ok(());
     }
-    if letters.is_empty() {
-        println!("no dead letters match");
+    let whole = args.after.is_none() && page.next_after.is_none();
+    if page.letters.is_empty() {
+        if whole {
+            println!("no dead letters match");
+        } else {
+            println!("no more dead letters match");
+        }
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = letters
+    let rows: Vec<Vec<String>> = page
+        .letters
         .iter()
         .map(|s| {
             let l = &s.letter;
@@ -248,7 +276,23 @@ async fn list(g: &Global, args: ListArgs) -> Result<(), CliError> {
             &rows
         )
     );
-    println!("{} dead letter(s)", letters.len());
+    if whole {
+        println!("{} dead letter(s)", page.letters.len());
+    } else {
+        // Counted on the server for a consumer or person filter, else read one record
+        // at a time: never loaded together.
+        let total = dlq
+            .count(&filter)
+            .await
+            .map_err(|e| g.streaming_error(&e))?;
+        println!(
+            "{} of {total} matching dead letter(s) shown",
+            page.letters.len()
+        );
+    }
+    if let Some(next) = page.next_after {
+        println!("more match: add --after {next} for the next page");
+    }
     Ok(())
 }
 
@@ -442,26 +486,11 @@ fn check_selection(ids: &[u64], filter: &FilterArgs, all: bool) -> Result<(), Cl
     }
 }
 
-/// The dead letters chosen by IDs, a filter or `--all`, oldest original event first.
-async fn select(
-    g: &Global,
-    dlq: &DeadLetterQueue,
-    ids: &[u64],
-    filter: &FilterArgs,
-    all: bool,
-) -> Result<Vec<StoredDeadLetter>, CliError> {
-    check_selection(ids, filter, all)?;
-    let mut chosen = if !ids.is_empty() {
-        let mut out = Vec::new();
-        for id in ids {
-            out.push(get(g, dlq, *id).await?);
-        }
-        out
-    } else {
-        dlq.list(&filter.filter()?)
-            .await
-            .map_err(|e| g.streaming_error(&e))?
-    };
+/// How many dead letters `dlq replay` reads from the DLQ at a time.
+const REPLAY_PAGE: usize = 500;
+
+/// Sorts dead letters by original event (oldest first), each once.
+fn in_stream_order(mut chosen: Vec<StoredDeadLetter>) -> Vec<StoredDeadLetter> {
     chosen.sort_by(|a, b| {
         (
             a.letter.stream.as_str(),
@@ -475,7 +504,97 @@ async fn select(
             ))
     });
     chosen.dedup_by_key(|s| s.dlq_sequence);
-    Ok(chosen)
+    chosen
+}
+
+/// The dead letters a replay goes through, a batch at a time: the given IDs at once,
+/// else the DLQ read page by page in DLQ order, up to the last letter stored when the
+/// replay started (a replay that fails again is not picked up by the same run).
+enum Selection {
+    Ids(Vec<u64>),
+    Pages {
+        filter: DeadLetterFilter,
+        after: Option<u64>,
+        last: u64,
+        done: bool,
+    },
+}
+
+impl Selection {
+    async fn new(
+        g: &Global,
+        dlq: &DeadLetterQueue,
+        ids: &[u64],
+        filter: &FilterArgs,
+    ) -> Result<(Self, u64), CliError> {
+        if !ids.is_empty() {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            let n = ids.len() as u64;
+            return Ok((Self::Ids(ids), n));
+        }
+        let filter = filter.filter()?;
+        let last = dlq
+            .last_sequence()
+            .await
+            .map_err(|e| g.streaming_error(&e))?;
+        let total = dlq
+            .count(&filter)
+            .await
+            .map_err(|e| g.streaming_error(&e))?;
+        Ok((
+            Self::Pages {
+                filter,
+                after: None,
+                last,
+                done: false,
+            },
+            total,
+        ))
+    }
+
+    /// The next batch, sorted by original event; `None` when all were given.
+    async fn next(
+        &mut self,
+        g: &Global,
+        dlq: &DeadLetterQueue,
+    ) -> Result<Option<Vec<StoredDeadLetter>>, CliError> {
+        match self {
+            Self::Ids(ids) => {
+                if ids.is_empty() {
+                    return Ok(None);
+                }
+                let mut out = Vec::new();
+                for id in std::mem::take(ids) {
+                    out.push(get(g, dlq, id).await?);
+                }
+                Ok(Some(in_stream_order(out)))
+            }
+            Self::Pages {
+                filter,
+                after,
+                last,
+                done,
+            } => {
+                if *done || *last == 0 {
+                    return Ok(None);
+                }
+                let mut page = dlq
+                    .page(filter, *after, REPLAY_PAGE)
+                    .await
+                    .map_err(|e| g.streaming_error(&e))?;
+                let before = page.letters.len();
+                page.letters.retain(|s| s.dlq_sequence <= *last);
+                *after = page.next_after;
+                *done = page.next_after.is_none_or(|n| n >= *last) || page.letters.len() < before;
+                if page.letters.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(in_stream_order(page.letters)))
+            }
+        }
+    }
 }
 
 /// Dead letters of the same original message (several consumers gave up on it).
@@ -505,20 +624,26 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
     check_selection(&args.ids, &args.filter, args.all)?;
     let client = g.connect().await?;
     let dlq = client.dead_letters();
-    let chosen = select(g, &dlq, &args.ids, &args.filter, args.all).await?;
-    let letters = chosen.len();
-    let groups = groups(chosen);
+    let (mut selection, total) = Selection::new(g, &dlq, &args.ids, &args.filter).await?;
     if args.dry_run {
-        if args.json {
-            for group in &groups {
-                print_json(&serde_json::json!({
-                    "would_replay": group[0].dlq_sequence,
-                    "subject": group[0].letter.subject,
-                    "original_stream_sequence": group[0].letter.stream_sequence,
-                    "also_removes": group[1..].iter().map(|s| s.dlq_sequence).collect::<Vec<_>>(),
-                }));
+        let mut letters = 0usize;
+        let mut events = 0usize;
+        let mut header = true;
+        while let Some(batch) = selection.next(g, &dlq).await? {
+            letters += batch.len();
+            let groups = groups(batch);
+            events += groups.len();
+            if args.json {
+                for group in &groups {
+                    print_json(&serde_json::json!({
+                        "would_replay": group[0].dlq_sequence,
+                        "subject": group[0].letter.subject,
+                        "original_stream_sequence": group[0].letter.stream_sequence,
+                        "also_removes": group[1..].iter().map(|s| s.dlq_sequence).collect::<Vec<_>>(),
+                    }));
+                }
+                continue;
             }
-        } else {
             let rows: Vec<Vec<String>> = groups
                 .iter()
                 .map(|group| {
@@ -536,22 +661,26 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
                     ]
                 })
                 .collect();
-            if !rows.is_empty() {
-                print!(
-                    "{}",
-                    table(&["ID", "ORIGINAL SEQ", "PERSON", "TYPE", "SUBJECT"], &rows)
-                );
+            let text = table(&["ID", "ORIGINAL SEQ", "PERSON", "TYPE", "SUBJECT"], &rows);
+            // One table per page read; the header once.
+            let skip = usize::from(!header);
+            for line in text.lines().skip(skip) {
+                println!("{line}");
             }
+            header = false;
+        }
+        if !args.json {
             println!(
-                "dry run: would replay {} event(s) from {letters} dead letter(s), in this order; nothing was changed",
-                groups.len()
+                "dry run: would replay {events} event(s) from {letters} dead letter(s), in this order; nothing was changed"
             );
         }
         return Ok(());
     }
     let interrupt = Interrupt::listen();
-    let mut progress = Progress::new("replay", Some(letters as u64));
+    let mut progress = Progress::new("replay", Some(total));
     let started = tokio::time::Instant::now();
+    let mut seen = 0usize;
+    let mut index = 0usize;
     let mut replayed = 0usize;
     let mut removed = 0usize;
     let mut failures: Vec<String> = Vec::new();
@@ -559,85 +688,95 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
     let mut skipped = 0usize;
     let mut already = 0usize;
     let mut interrupted = false;
-    for (i, group) in groups.iter().enumerate() {
-        if interrupt.is_set() {
-            interrupted = true;
+    'pages: while !interrupt.is_set() {
+        let Some(batch) = selection.next(g, &dlq).await? else {
             break;
-        }
-        if let Some(rate) = args.rate {
-            let due = started + Duration::from_secs_f64(i as f64 / rate);
-            while tokio::time::Instant::now() < due && !interrupt.is_set() {
-                tokio::time::sleep_until(
-                    due.min(tokio::time::Instant::now() + Duration::from_millis(50)),
-                )
-                .await;
-            }
+        };
+        seen += batch.len();
+        for group in groups(batch) {
             if interrupt.is_set() {
                 interrupted = true;
-                break;
+                break 'pages;
             }
-        }
-        let first = &group[0];
-        let person = first
-            .letter
-            .person_id
-            .as_ref()
-            .map(|p| format!("{}/{p}", first.letter.consumer));
-        if person.as_ref().is_some_and(|p| failed_people.contains(p)) {
-            skipped += group.len();
-            progress.advance(group.len() as u64);
-            continue;
-        }
-        match dlq.replay(first.dlq_sequence).await {
-            Ok(receipt) => {
-                replayed += 1;
-                removed += 1;
-                if receipt.already_replayed {
-                    already += 1;
-                    if !args.json {
-                        progress.note(format!(
-                            "dead letter {}: already replayed (stream sequence {}); removed",
-                            first.dlq_sequence, receipt.stream_sequence
-                        ));
-                    }
+            if let Some(rate) = args.rate {
+                let due = started + Duration::from_secs_f64(index as f64 / rate);
+                while tokio::time::Instant::now() < due && !interrupt.is_set() {
+                    tokio::time::sleep_until(
+                        due.min(tokio::time::Instant::now() + Duration::from_millis(50)),
+                    )
+                    .await;
                 }
-                let mut also = Vec::new();
-                for other in &group[1..] {
-                    match dlq.delete(other.dlq_sequence).await {
-                        Ok(()) => {
-                            removed += 1;
-                            also.push(other.dlq_sequence);
+                if interrupt.is_set() {
+                    interrupted = true;
+                    break 'pages;
+                }
+            }
+            index += 1;
+            let first = &group[0];
+            let person = first
+                .letter
+                .person_id
+                .as_ref()
+                .map(|p| format!("{}/{p}", first.letter.consumer));
+            if person.as_ref().is_some_and(|p| failed_people.contains(p)) {
+                skipped += group.len();
+                progress.advance(group.len() as u64);
+                continue;
+            }
+            match dlq.replay(first.dlq_sequence).await {
+                Ok(receipt) => {
+                    replayed += 1;
+                    removed += 1;
+                    if receipt.already_replayed {
+                        already += 1;
+                        if !args.json {
+                            progress.note(format!(
+                                "dead letter {}: already replayed (stream sequence {}); removed",
+                                first.dlq_sequence, receipt.stream_sequence
+                            ));
                         }
-                        Err(e) => failures.push(format!(
-                            "dead letter {} (same event as {}): replayed, but cannot delete it: {e}",
-                            other.dlq_sequence, first.dlq_sequence
-                        )),
+                    }
+                    let mut also = Vec::new();
+                    for other in &group[1..] {
+                        match dlq.delete(other.dlq_sequence).await {
+                            Ok(()) => {
+                                removed += 1;
+                                also.push(other.dlq_sequence);
+                            }
+                            Err(e) => failures.push(format!(
+                                "dead letter {} (same event as {}): replayed, but cannot delete it: {e}",
+                                other.dlq_sequence, first.dlq_sequence
+                            )),
+                        }
+                    }
+                    if args.json {
+                        print_json(&serde_json::json!({
+                            "replayed": first.dlq_sequence,
+                            "consumer": first.letter.consumer,
+                            "already_replayed": receipt.already_replayed,
+                            "stream_sequence": receipt.stream_sequence,
+                            "original_stream_sequence": first.letter.stream_sequence,
+                            "person_id": first.letter.person_id,
+                            "event_type": first.letter.event_type,
+                            "also_removed": also,
+                        }));
+                        let _ = std::io::stdout().flush();
                     }
                 }
-                if args.json {
-                    print_json(&serde_json::json!({
-                        "replayed": first.dlq_sequence,
-                        "consumer": first.letter.consumer,
-                        "already_replayed": receipt.already_replayed,
-                        "stream_sequence": receipt.stream_sequence,
-                        "original_stream_sequence": first.letter.stream_sequence,
-                        "person_id": first.letter.person_id,
-                        "event_type": first.letter.event_type,
-                        "also_removed": also,
-                    }));
-                    let _ = std::io::stdout().flush();
+                Err(e) => {
+                    failures.push(format!("dead letter {}: {e}", first.dlq_sequence));
+                    if let Some(p) = person {
+                        failed_people.insert(p);
+                    }
                 }
             }
-            Err(e) => {
-                failures.push(format!("dead letter {}: {e}", first.dlq_sequence));
-                if let Some(p) = person {
-                    failed_people.insert(p);
-                }
-            }
+            progress.advance(group.len() as u64);
         }
-        progress.advance(group.len() as u64);
     }
+    interrupted |= interrupt.is_set() && !selection_done(&selection);
     progress.finish();
+    // The letters chosen: counted at the start, or all those read if more came.
+    let letters = (total as usize).max(seen);
     let left = letters - removed;
     if args.json {
         print_json(&serde_json::json!({
@@ -682,27 +821,45 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `true` once a selection has given every batch.
+fn selection_done(selection: &Selection) -> bool {
+    match selection {
+        Selection::Ids(ids) => ids.is_empty(),
+        Selection::Pages { done, last, .. } => *done || *last == 0,
+    }
+}
+
 async fn purge(g: &Global, args: PurgeArgs) -> Result<(), CliError> {
     check_selection(&args.ids, &args.filter, args.all)?;
     let client = g.connect().await?;
     let dlq = client.dead_letters();
-    let chosen = select(g, &dlq, &args.ids, &args.filter, args.all).await?;
-    if chosen.is_empty() {
+    let mut ids = args.ids.clone();
+    ids.sort_unstable();
+    ids.dedup();
+    let filter = args.filter.filter()?;
+    // How many: the IDs given (each checked to exist), or a count that loads no list.
+    let chosen = if ids.is_empty() {
+        dlq.count(&filter)
+            .await
+            .map_err(|e| g.streaming_error(&e))?
+    } else {
+        for id in &ids {
+            get(g, &dlq, *id).await?;
+        }
+        ids.len() as u64
+    };
+    if chosen == 0 {
         println!("no dead letters match; nothing to purge");
         return Ok(());
     }
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             return Err(CliError::usage(format!(
-                "refusing to purge {} dead letter(s) without confirmation",
-                chosen.len()
+                "refusing to purge {chosen} dead letter(s) without confirmation"
             ))
             .with_hint("pass --yes, or run it in a terminal to be asked"));
         }
-        eprint!(
-            "purge {} dead letter(s)? this cannot be undone [y/N] ",
-            chosen.len()
-        );
+        eprint!("purge {chosen} dead letter(s)? this cannot be undone [y/N] ");
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
@@ -712,31 +869,47 @@ async fn purge(g: &Global, args: PurgeArgs) -> Result<(), CliError> {
         }
     }
     let interrupt = Interrupt::listen();
-    let mut progress = Progress::new("purge", Some(chosen.len() as u64));
+    let mut progress = Progress::new("purge", Some(chosen));
     let mut purged = 0usize;
     let mut failures = Vec::new();
-    for s in &chosen {
-        if interrupt.is_set() {
-            break;
+    let mut stopped = false;
+    if ids.is_empty() {
+        // Read and deleted in bounded batches, as they come.
+        purged = dlq
+            .purge_with(&filter, |seq, result| {
+                if let Err(e) = result {
+                    failures.push(format!("dead letter {seq}: {e}"));
+                }
+                progress.advance(1);
+                stopped = interrupt.is_set();
+                !stopped
+            })
+            .await
+            .map_err(|e| g.streaming_error(&e))?;
+    } else {
+        for id in &ids {
+            if interrupt.is_set() {
+                stopped = true;
+                break;
+            }
+            match dlq.delete(*id).await {
+                Ok(()) => purged += 1,
+                Err(e) => failures.push(format!("dead letter {id}: {e}")),
+            }
+            progress.advance(1);
         }
-        match dlq.delete(s.dlq_sequence).await {
-            Ok(()) => purged += 1,
-            Err(e) => failures.push(format!("dead letter {}: {e}", s.dlq_sequence)),
-        }
-        progress.advance(1);
     }
     progress.finish();
-    println!("purged {purged} of {} dead letter(s)", chosen.len());
+    // More may have come while purging: never report fewer chosen than purged.
+    let chosen = (chosen as usize).max(purged + failures.len());
+    println!("purged {purged} of {chosen} dead letter(s)");
     for f in &failures {
         println!("  failed: {f}");
     }
-    if interrupt.is_set() && purged + failures.len() < chosen.len() {
+    if stopped && purged + failures.len() < chosen {
         return Err(CliError::new(
             CliErrorKind::Interrupted,
-            format!(
-                "interrupted: {} dead letter(s) not purged",
-                chosen.len() - purged
-            ),
+            format!("interrupted: {} dead letter(s) not purged", chosen - purged),
         ));
     }
     if !failures.is_empty() {

@@ -3,6 +3,7 @@
 
 mod consumer;
 mod dlq;
+mod dlq_memory;
 mod errors;
 mod publish;
 mod setup;

@@ -10,7 +10,7 @@ use person_streaming::{
 
 use crate::support::{created, start, stream_messages};
 
-fn letter_for(
+pub(crate) fn letter_for(
     subject: &str,
     sequence: u64,
     payload: Bytes,

@@ -4,6 +4,7 @@
 mod atomic;
 mod consumer_ops;
 mod dlq;
+mod dlq_paging;
 mod errors;
 mod publish;
 mod replay;
