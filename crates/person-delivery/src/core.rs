@@ -1406,6 +1406,129 @@ mod tests {
     }
 
     #[test]
+    fn the_counts_tell_each_way_a_message_ended() {
+        let mut c = config(8);
+        c.in_process_attempts = 2;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        // 1: fails twice in process, then is NAKed: two retries.
+        core.on_message(MS, event(1, 1));
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        assert_eq!(core.in_flight(), 1);
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        assert_eq!(core.in_flight(), 0);
+        assert!(drain(&mut core).is_empty());
+        core.on_timeout(MS * 102);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 2 }]);
+        core.on_call_done(MS * 103, 1, CallResult::Panicked);
+        assert_eq!(
+            drain(&mut core),
+            [Action::Nak {
+                seq: 1,
+                delay: MS * 100
+            }]
+        );
+        // 2: processed; its redelivery while it runs is a duplicate.
+        core.on_message(MS * 104, event(2, 2));
+        assert_eq!(drain(&mut core), [Action::Run { seq: 2, attempt: 1 }]);
+        core.on_message(MS * 105, event(2, 2));
+        assert!(drain(&mut core).is_empty());
+        core.on_call_done(MS * 106, 2, CallResult::Ok);
+        assert_eq!(drain(&mut core), [Action::Ack { seq: 2 }]);
+        // 3: dead-lettered (permanent); 4, of the same person, parked behind it.
+        core.on_message(MS * 107, event(3, 3));
+        core.on_message(MS * 107, event(4, 3));
+        assert_eq!(drain(&mut core), [Action::Run { seq: 3, attempt: 1 }]);
+        core.on_call_done(MS * 108, 3, CallResult::Failed(ErrorClass::Permanent));
+        assert_eq!(
+            drain(&mut core),
+            [Action::DeadLetter {
+                seq: 3,
+                cause: Cause::Permanent
+            }]
+        );
+        core.on_dead_letter_done(MS * 109, 3, true);
+        assert_eq!(
+            drain(&mut core),
+            [Action::Term { seq: 3 }, Action::CheckParked { person: 3 }]
+        );
+        core.on_parked_checked(MS * 110, 3, true);
+        core.on_dead_letter_done(MS * 111, 4, true);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::DeadLetter {
+                    seq: 4,
+                    cause: Cause::Parked
+                },
+                Action::Term { seq: 4 }
+            ]
+        );
+        assert_eq!(
+            core.counts(),
+            Counts {
+                processed: 1,
+                retried: 2,
+                dead_lettered: 2,
+                parked: 1,
+                duplicates: 1,
+                ..Counts::default()
+            }
+        );
+    }
+
+    #[test]
+    fn the_next_wake_up_is_the_earliest_time_still_ahead() {
+        let mut c = config(2);
+        c.pull_batch = 2;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 2 }]);
+        assert_eq!((core.in_hand(), core.reserved()), (0, 2));
+        assert_eq!(core.poll_timeout(), None, "nothing held, nothing due");
+        core.on_message(MS, event(1, 1));
+        core.on_pull_done(MS);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        assert_eq!((core.in_hand(), core.reserved()), (1, 0));
+        assert_eq!(core.waiting_lanes(), 0);
+        // Room for 1 of a batch of 2 while a call runs: the pull lingers 2 ms.
+        assert_eq!(core.poll_timeout(), Some(MS * 3));
+        // An arrival without a pull fills the hand at the linger's end: nothing can be
+        // pulled, and the next wake-up is the progress ack of the held messages.
+        core.on_message(MS * 3, event(2, 1));
+        assert!(drain(&mut core).is_empty());
+        assert_eq!(core.in_hand(), 2);
+        assert_eq!(core.poll_timeout(), Some(MS * 1001));
+    }
+
+    #[test]
+    fn shutdown_with_nothing_running_needs_no_wake_up_for_its_deadline() {
+        let mut core = Core::new(config(4), [], Recovery::default(), Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 4 }]);
+        core.on_shutdown(MS, Duration::from_secs(5));
+        assert_eq!(core.poll_timeout(), None);
+        assert!(!core.is_stopped(), "the pull is still open");
+        core.on_pull_done(MS * 2);
+        assert!(core.is_stopped());
+    }
+
+    #[test]
+    fn a_nak_delay_is_capped_at_half_the_ack_wait() {
+        let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(1, 1));
+        drain(&mut core);
+        let asked = Duration::from_secs(10);
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::RetryAfter(asked)));
+        assert_eq!(
+            drain(&mut core),
+            [Action::Nak {
+                seq: 1,
+                delay: MS * 1500
+            }]
+        );
+    }
+
+    #[test]
     fn a_parked_persons_event_is_checked_and_dead_lettered_as_parked() {
         let mut core = Core::new(config(8), [5], Recovery::default(), Duration::ZERO);
         drain(&mut core);
@@ -1419,6 +1542,7 @@ mod tests {
                 cause: Cause::Parked
             }]
         );
+        assert_eq!(core.parked_people(), 1);
         core.on_dead_letter_done(MS * 3, 1, true);
         assert_eq!(drain(&mut core), [Action::Term { seq: 1 }]);
         core.on_message(MS * 4, event(2, 5));
