@@ -1293,6 +1293,7 @@ mod tests {
         );
         core.on_message(MS * 103, event(1, 7));
         assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        assert_eq!(core.counts().evicted, 1);
     }
 
     #[test]
@@ -1324,6 +1325,7 @@ mod tests {
         core.on_timeout(MS * 1002);
         assert_eq!(core.breaker_state(), BreakerState::HalfOpen);
         assert_eq!(drain(&mut core), [Action::Pull { max: 4 }]);
+        assert_eq!(core.counts().breaker_transitions, 2);
     }
 
     #[test]
@@ -1509,6 +1511,218 @@ mod tests {
         assert!(!core.is_stopped(), "the pull is still open");
         core.on_pull_done(MS * 2);
         assert!(core.is_stopped());
+    }
+
+    fn notices(core: &mut Core<u32>) -> Vec<Notice<u32>> {
+        std::iter::from_fn(|| core.poll_action())
+            .filter_map(|a| match a {
+                Action::Notice(n) => Some(n),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_redelivery_that_never_comes_is_warned_about_then_given_up_by_the_pull_clock() {
+        let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
+        // The pull stays open throughout, so the pull clock runs with time.
+        assert_eq!(drain(&mut core), [Action::Pull { max: 8 }]);
+        core.on_message(MS, event(1, 1));
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        assert!(drain(&mut core).contains(&Action::Nak {
+            seq: 1,
+            delay: MS * 100
+        }));
+        // Due at 102 ms; overdue 1 s later; given up once pulls were open for the
+        // ack wait plus that second.
+        core.on_timeout(MS * 102);
+        assert!(notices(&mut core).is_empty());
+        assert_eq!(core.poll_timeout(), Some(MS * 1102));
+        core.on_timeout(MS * 1102);
+        assert_eq!(notices(&mut core), [Notice::Overdue { person: 1, seq: 1 }]);
+        assert_eq!(core.poll_timeout(), Some(MS * 4102));
+        core.on_timeout(MS * 4101);
+        assert!(notices(&mut core).is_empty());
+        assert_eq!(core.waiting_lanes(), 1);
+        core.on_timeout(MS * 4102);
+        assert_eq!(
+            notices(&mut core),
+            [Notice::StoppedWaiting { person: 1, seq: 1 }]
+        );
+        assert_eq!(core.waiting_lanes(), 0);
+        assert_eq!(core.counts().stopped_waiting, 1);
+    }
+
+    #[test]
+    fn held_messages_get_a_progress_ack_every_period_in_stream_order() {
+        let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(2, 2));
+        core.on_message(MS, event(1, 1));
+        let progress = |core: &mut Core<u32>| -> Vec<u64> {
+            std::iter::from_fn(|| core.poll_action())
+                .filter_map(|a| match a {
+                    Action::Progress { seq } => Some(seq),
+                    _ => None,
+                })
+                .collect()
+        };
+        // The period (a third of the 3 s ack wait) starts at the first arrival.
+        assert_eq!(progress(&mut core), [0u64; 0]);
+        assert_eq!(core.poll_timeout(), Some(MS * 1001));
+        core.on_timeout(MS * 1000);
+        assert_eq!(progress(&mut core), [0u64; 0]);
+        core.on_timeout(MS * 1001);
+        assert_eq!(progress(&mut core), [1, 2]);
+        assert_eq!(core.poll_timeout(), Some(MS * 2001));
+        core.on_call_done(MS * 1500, 1, CallResult::Ok);
+        core.on_timeout(MS * 2001);
+        assert_eq!(progress(&mut core), [2]);
+        core.on_call_done(MS * 2100, 2, CallResult::Ok);
+        assert_eq!(core.poll_timeout(), None, "nothing held");
+    }
+
+    #[test]
+    fn no_more_calls_or_stores_run_than_the_concurrency() {
+        let mut c = config(8);
+        c.concurrency = 1;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        for seq in [1, 2] {
+            let loose = Arrival {
+                seq,
+                delivered: 1,
+                person: None,
+                kind: Kind::Rejected,
+            };
+            core.on_message(MS, loose);
+        }
+        core.on_message(MS, event(3, 3));
+        assert_eq!(
+            drain(&mut core),
+            [Action::DeadLetter {
+                seq: 1,
+                cause: Cause::Rejected
+            }]
+        );
+        core.on_dead_letter_done(MS * 2, 1, true);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Term { seq: 1 },
+                Action::DeadLetter {
+                    seq: 2,
+                    cause: Cause::Rejected
+                }
+            ]
+        );
+        core.on_dead_letter_done(MS * 3, 2, true);
+        core.on_message(MS * 3, event(4, 4));
+        assert_eq!(
+            drain(&mut core),
+            [Action::Term { seq: 2 }, Action::Run { seq: 3, attempt: 1 }]
+        );
+        core.on_call_done(MS * 4, 3, CallResult::Ok);
+        assert_eq!(
+            drain(&mut core),
+            [Action::Ack { seq: 3 }, Action::Run { seq: 4, attempt: 1 }]
+        );
+    }
+
+    #[test]
+    fn a_later_event_does_not_cut_short_the_wait_before_an_in_process_retry() {
+        let mut c = config(8);
+        c.in_process_attempts = 2;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(1, 1));
+        drain(&mut core);
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        core.on_message(MS * 50, event(2, 1));
+        assert!(
+            drain(&mut core).is_empty(),
+            "1 waits until 102 ms, 2 behind it"
+        );
+        core.on_timeout(MS * 102);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 2 }]);
+    }
+
+    #[test]
+    fn a_small_pull_waits_for_the_linger_unless_nothing_runs() {
+        let mut c = config(8);
+        c.pull_batch = 4;
+        c.in_process_attempts = 2;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 8 }]);
+        for seq in 1..=6 {
+            core.on_message(MS, event(seq, 1));
+        }
+        core.on_pull_done(MS);
+        // Room for 2 of a batch of 4 while 1 runs: wait 2 ms for more room.
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        core.on_timeout(MS * 2);
+        assert!(drain(&mut core).is_empty());
+        core.on_timeout(MS * 3);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 2 }]);
+        core.on_pull_done(MS * 4);
+        assert!(drain(&mut core).is_empty(), "lingering again");
+        // Nothing runs (1 waits to retry): no reason to wait for room.
+        core.on_call_done(MS * 5, 1, CallResult::Failed(ErrorClass::Transient));
+        assert_eq!(drain(&mut core), [Action::Pull { max: 2 }]);
+    }
+
+    #[test]
+    fn a_restart_with_a_full_hand_gives_back_its_latest_queued_event_once_per_delay() {
+        let recovery = Recovery {
+            delivered_up_to: 10,
+            outstanding: 1,
+        };
+        let mut c = config(3);
+        c.concurrency = 1;
+        let mut core = Core::new(c, [], recovery, Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 3 }]);
+        let loose = |seq| Arrival {
+            seq,
+            delivered: 1,
+            person: None,
+            kind: Kind::Rejected,
+        };
+        core.on_message(MS, event(11, 1));
+        core.on_message(MS, loose(12));
+        core.on_message(MS, loose(13));
+        core.on_pull_done(MS);
+        // 12's dead letter is being stored, 13's waits for the slot: only 11 is an
+        // event that could be given back.
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::DeadLetter {
+                    seq: 12,
+                    cause: Cause::Rejected
+                },
+                Action::Nak {
+                    seq: 11,
+                    delay: MS * 500
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+        assert_eq!(core.counts().evicted, 1);
+        core.on_message(MS * 2, event(14, 2));
+        core.on_pull_done(MS * 2);
+        assert!(drain(&mut core).is_empty(), "room was made 1 ms ago");
+        core.on_timeout(MS * 501);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 14,
+                    delay: MS * 500
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+        assert_eq!(core.counts().evicted, 2);
     }
 
     #[test]
