@@ -1726,6 +1726,103 @@ mod tests {
     }
 
     #[test]
+    fn at_the_shutdown_deadline_a_running_call_is_aborted_and_its_lane_given_back() {
+        let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(1, 1));
+        core.on_message(MS, event(2, 1));
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        core.on_shutdown(MS * 2, Duration::from_secs(1));
+        core.on_pull_done(MS * 3);
+        assert!(drain(&mut core).is_empty(), "1 may still finish");
+        core.on_timeout(MS * 1001);
+        assert!(drain(&mut core).is_empty());
+        assert_eq!(core.in_flight(), 1);
+        core.on_timeout(MS * 1002);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Abort { seq: 1 },
+                Action::Nak {
+                    seq: 1,
+                    delay: Duration::ZERO
+                },
+                Action::Nak {
+                    seq: 2,
+                    delay: Duration::ZERO
+                }
+            ]
+        );
+        assert_eq!(core.in_flight(), 0);
+        assert!(core.is_stopped());
+        core.on_call_done(MS * 1003, 1, CallResult::Ok);
+        assert!(
+            drain(&mut core).is_empty(),
+            "an aborted call's result is ignored"
+        );
+    }
+
+    #[test]
+    fn a_restart_with_a_full_hand_wakes_up_when_room_may_be_made_again() {
+        let recovery = Recovery {
+            delivered_up_to: 10,
+            outstanding: 1,
+        };
+        let mut c = config(2);
+        // Longer than the longest NAK delay (1.5 s), so the given-back event is due
+        // before room may be made again.
+        c.evict_delay = MS * 1999;
+        let mut core = Core::new(c, [], recovery, Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(11, 1));
+        core.on_message(MS, event(12, 2));
+        core.on_pull_done(MS);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 12,
+                    delay: MS * 1500
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+        core.on_message(MS * 2, event(13, 3));
+        core.on_pull_done(MS * 2);
+        assert_eq!(core.poll_timeout(), Some(MS * 1001), "progress");
+        core.on_timeout(MS * 1001);
+        assert_eq!(core.poll_timeout(), Some(MS * 1501), "12 is due");
+        core.on_timeout(MS * 1501);
+        assert!(drain(&mut core).is_empty());
+        assert_eq!(core.poll_timeout(), Some(MS * 2000), "room may be made");
+        core.on_timeout(MS * 2000);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 13,
+                    delay: MS * 1500
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+    }
+
+    #[test]
+    fn lanes_with_nothing_left_are_dropped() {
+        let mut core = Core::new(config(256), [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        for person in 0..100 {
+            core.on_message(MS, event(u64::from(person) + 1, person));
+        }
+        for seq in 1..=100 {
+            core.on_call_done(MS * 2, seq, CallResult::Ok);
+        }
+        assert_eq!(core.counts().processed, 100);
+        assert!(core.lanes.len() <= 64, "{} lanes kept", core.lanes.len());
+    }
+
+    #[test]
     fn a_nak_delay_is_capped_at_half_the_ack_wait() {
         let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
         drain(&mut core);
