@@ -1809,17 +1809,71 @@ mod tests {
     }
 
     #[test]
-    fn lanes_with_nothing_left_are_dropped() {
+    fn empty_lanes_are_dropped_once_they_outnumber_twice_the_held_messages_plus_64() {
         let mut core = Core::new(config(256), [], Recovery::default(), Duration::ZERO);
         drain(&mut core);
-        for person in 0..100 {
+        for person in 0..64 {
             core.on_message(MS, event(u64::from(person) + 1, person));
         }
-        for seq in 1..=100 {
+        for seq in 1..=64 {
             core.on_call_done(MS * 2, seq, CallResult::Ok);
         }
-        assert_eq!(core.counts().processed, 100);
-        assert!(core.lanes.len() <= 64, "{} lanes kept", core.lanes.len());
+        assert_eq!(core.counts().processed, 64);
+        assert_eq!(core.lanes.len(), 64, "64 empty lanes are kept");
+        core.on_message(MS * 3, event(65, 64));
+        core.on_call_done(MS * 4, 65, CallResult::Ok);
+        assert_eq!(core.lanes.len(), 0, "65 are dropped");
+    }
+
+    #[test]
+    fn room_made_for_a_redelivery_is_made_again_after_the_evict_delay() {
+        let mut c = config(3);
+        // Longer than the longest NAK delay (1.5 s), so a given-back event is due
+        // before room may be made again.
+        c.evict_delay = MS * 1600;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        for seq in 1..=3 {
+            core.on_message(MS, event(seq, 7));
+        }
+        core.on_pull_done(MS);
+        drain(&mut core);
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 1,
+                    delay: MS * 100
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+        // 1 is due at 102 ms; the hand fills only at 802 ms: room is made then.
+        core.on_timeout(MS * 102);
+        core.on_message(MS * 802, event(4, 7));
+        core.on_pull_done(MS * 802);
+        let nak = |seq| Action::Nak {
+            seq,
+            delay: MS * 1500,
+        };
+        assert_eq!(drain(&mut core), [nak(4), Action::Pull { max: 1 }]);
+        // The pull brings another person's event instead; the hand is full again.
+        core.on_message(MS * 803, event(5, 8));
+        core.on_pull_done(MS * 803);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 5, attempt: 1 }]);
+        core.on_timeout(MS * 1102);
+        assert!(drain(&mut core).is_empty(), "1 is overdue");
+        // 4 is due: room for it, and the hand fills again.
+        core.on_timeout(MS * 2302);
+        assert_eq!(drain(&mut core), [nak(3), Action::Pull { max: 1 }]);
+        core.on_message(MS * 2302, event(6, 9));
+        core.on_pull_done(MS * 2302);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 6, attempt: 1 }]);
+        // Room for 1 again, 1.6 s after it was last made for it.
+        assert_eq!(core.poll_timeout(), Some(MS * 2402));
+        core.on_timeout(MS * 2402);
+        assert_eq!(drain(&mut core), [nak(2), Action::Pull { max: 1 }]);
     }
 
     #[test]
