@@ -924,6 +924,40 @@ mod tests {
     }
 
     #[test]
+    fn the_failure_ratio_window_slides_over_the_latest_calls() {
+        let config = CircuitBreakerConfig::builder()
+            .failure_threshold(100)
+            .failure_ratio(FailureRatio {
+                ratio: 0.5,
+                window: 4,
+                min_calls: 4,
+            })
+            .build()
+            .unwrap();
+        let breaker = CircuitBreaker::new(config);
+        // Two failures among too few calls; then two successes push each out of the
+        // window, so two more failures are needed.
+        for (i, fails) in [true, true, false, false, false, false, true]
+            .into_iter()
+            .enumerate()
+        {
+            let p = breaker.try_acquire().unwrap();
+            if fails {
+                p.failure()
+            } else {
+                p.success()
+            }
+            assert_eq!(breaker.state(), BreakerState::Closed, "call {}", i + 1);
+        }
+        breaker.try_acquire().unwrap().failure();
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open,
+            "2 of the last 4 failed"
+        );
+    }
+
+    #[test]
     fn stale_permits_are_ignored() {
         let config = CircuitBreakerConfig::builder()
             .failure_threshold(1)
