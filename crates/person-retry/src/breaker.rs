@@ -958,6 +958,62 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_probe_dropped_late_frees_no_slot_of_a_later_half_open() {
+        let config = CircuitBreakerConfig::builder()
+            .failure_threshold(1)
+            .half_open_max_probes(2)
+            .open_timeout(Duration::ZERO)
+            .build()
+            .unwrap();
+        let breaker = CircuitBreaker::new(config);
+        breaker.try_acquire().unwrap().failure();
+        let stale = breaker.try_acquire().unwrap();
+        breaker.try_acquire().unwrap().failure(); // a probe fails: Open again
+        let first = breaker.try_acquire().unwrap(); // HalfOpen again: 1 of 2 slots
+        assert!(stale.is_probe() && first.is_probe());
+        drop(stale);
+        let second = breaker.try_acquire().unwrap();
+        assert_eq!(
+            breaker.try_acquire().unwrap_err(),
+            BreakerOpen::ProbesBusy { max_probes: 2 }
+        );
+        drop((first, second));
+        breaker.try_acquire().unwrap().success();
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn the_slow_path_treats_a_breaker_closed_meanwhile_as_closed() {
+        let breaker = CircuitBreaker::new(CircuitBreakerConfig::default());
+        // As if the breaker closed between `try_acquire`'s load and the slow path's.
+        let word = breaker.inner.word.load(Ordering::Acquire);
+        let permit = breaker.acquire_slow(word).unwrap();
+        assert!(!permit.is_probe());
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn debug_output_names_the_breaker_and_its_state() {
+        let config = CircuitBreakerConfig::builder()
+            .failure_threshold(9)
+            .build()
+            .unwrap();
+        let builder = CircuitBreaker::builder(config.clone()).name("person-store");
+        assert!(format!("{builder:?}").contains("person-store"));
+        let breaker = builder.build();
+        assert_eq!(breaker.config(), &config);
+        let text = format!("{breaker:?}");
+        assert!(
+            text.contains("person-store") && text.contains("Closed") && text.contains("9"),
+            "{text}"
+        );
+        let permit = breaker.try_acquire().unwrap();
+        assert!(!permit.is_probe());
+        assert!(format!("{permit:?}").contains("probe: false"));
+        permit.success();
+    }
+
+    #[test]
     fn stale_permits_are_ignored() {
         let config = CircuitBreakerConfig::builder()
             .failure_threshold(1)
