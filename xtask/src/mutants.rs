@@ -85,12 +85,13 @@ const TARGETS: &[Target] = &[
 fn usage() -> String {
     let names: Vec<&str> = TARGETS.iter().map(|t| t.package).collect();
     format!(
-        "usage: cargo xtask mutants [--crate NAME]... [--list] [--jobs N] [-- CARGO_MUTANTS_ARGS]\n\n\
+        "usage: cargo xtask mutants [--crate NAME]... [--list] [--iterate] [--jobs N] [-- CARGO_MUTANTS_ARGS]\n\n\
          Runs cargo-mutants {VERSION} (installed if missing) on each crate, or on those named\n\
          with --crate, and prints the kill rate per crate.\n\n\
          options:\n  \
          --crate NAME  one of: {}\n  \
          --list        only count the mutants of each crate (nothing is built)\n  \
+         --iterate     test again only what the last run did not catch (after adding tests)\n  \
          --jobs N      cargo-mutants build directories at once (default 1)\n  \
          -- ARGS       passed to cargo-mutants, e.g. `-- -F 'Core::step'`",
         names.join(", ")
@@ -100,6 +101,7 @@ fn usage() -> String {
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut chosen: Vec<&Target> = Vec::new();
     let mut list = false;
+    let mut iterate = false;
     let mut jobs: u32 = 1;
     let mut extra: Vec<String> = Vec::new();
     let mut it = args.iter();
@@ -113,6 +115,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 chosen.push(t);
             }
             "--list" => list = true,
+            "--iterate" => iterate = true,
             "--jobs" | "-j" => {
                 jobs = it
                     .next()
@@ -150,7 +153,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     for t in chosen {
         let (_, equivalent) = counts(t, &extra)?;
         let took = Instant::now();
-        let ok = run_target(t, jobs, &extra)?;
+        let ok = run_target(t, jobs, iterate, &extra)?;
         let out = output_dir(t).join("mutants.out");
         let row = Row::read(t, &out, equivalent, took.elapsed().as_secs())
             .with_context(|| format!("no results for {}", t.package))?;
@@ -269,15 +272,19 @@ fn counts(t: &Target, extra: &[String]) -> Result<(usize, usize)> {
 }
 
 /// Runs cargo-mutants on one target; false if it reported anything but all caught.
-fn run_target(t: &Target, jobs: u32, extra: &[String]) -> Result<bool> {
+fn run_target(t: &Target, jobs: u32, iterate: bool, extra: &[String]) -> Result<bool> {
     let out = output_dir(t);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut cmd = cargo_mutants();
     cmd.args(filter_args(t, extra))
         .args(["--jobs", &jobs.to_string()])
         .arg("--output")
-        .arg(&out)
-        .arg("--")
+        .arg(&out);
+    if iterate {
+        // Skips what earlier runs caught or found unviable, and carries them over.
+        cmd.arg("--iterate");
+    }
+    cmd.arg("--")
         .args(t.test_args)
         .envs(t.env.iter().copied());
     if jobs == 1 {
@@ -318,10 +325,14 @@ impl Row {
         if n("success") == 0 && n("caught") + n("missed") == 0 {
             bail!("the baseline test run of {} did not pass", t.package);
         }
+        // After `--iterate`, what earlier runs caught is listed apart.
+        let earlier = std::fs::read_to_string(out.join("previously_caught.txt"))
+            .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+            .unwrap_or(0);
         Ok(Row {
             package: t.package.to_owned(),
             scope: t.scope.to_owned(),
-            caught: n("caught"),
+            caught: n("caught") + earlier,
             missed: n("missed"),
             unviable: n("unviable"),
             timeouts: n("timeout"),
