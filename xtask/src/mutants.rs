@@ -10,7 +10,8 @@
 //! Results go to `target/mutants/<crate>/mutants.out/` (cargo-mutants' own layout:
 //! `outcomes.json`, `missed.txt`, `caught.txt`, `timeout.txt`, `unviable.txt`, logs);
 //! the summary table is printed and written into RELIABILITY.md between the
-//! `mutants:begin` and `mutants:end` markers (the row of each crate run is replaced).
+//! `mutants:begin` and `mutants:end` markers (the row of each crate run is replaced;
+//! not after a run narrowed by extra cargo-mutants arguments).
 //! The task fails if a mutant is missed or a baseline test run fails.
 
 use std::collections::BTreeMap;
@@ -85,13 +86,14 @@ const TARGETS: &[Target] = &[
 fn usage() -> String {
     let names: Vec<&str> = TARGETS.iter().map(|t| t.package).collect();
     format!(
-        "usage: cargo xtask mutants [--crate NAME]... [--list] [--iterate] [--jobs N] [-- CARGO_MUTANTS_ARGS]\n\n\
+        "usage: cargo xtask mutants [--crate NAME]... [--list] [--iterate] [--report] [--jobs N] [-- CARGO_MUTANTS_ARGS]\n\n\
          Runs cargo-mutants {VERSION} (installed if missing) on each crate, or on those named\n\
          with --crate, and prints the kill rate per crate.\n\n\
          options:\n  \
          --crate NAME  one of: {}\n  \
          --list        only count the mutants of each crate (nothing is built)\n  \
          --iterate     test again only what the last run did not catch (after adding tests)\n  \
+         --report      run nothing: summarise the last results again\n  \
          --jobs N      cargo-mutants build directories at once (default 1)\n  \
          -- ARGS       passed to cargo-mutants, e.g. `-- -F 'Core::step'`",
         names.join(", ")
@@ -102,6 +104,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut chosen: Vec<&Target> = Vec::new();
     let mut list = false;
     let mut iterate = false;
+    let mut report = false;
     let mut jobs: u32 = 1;
     let mut extra: Vec<String> = Vec::new();
     let mut it = args.iter();
@@ -116,6 +119,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             }
             "--list" => list = true,
             "--iterate" => iterate = true,
+            "--report" => report = true,
             "--jobs" | "-j" => {
                 jobs = it
                     .next()
@@ -152,10 +156,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut failed = Vec::new();
     for t in chosen {
         let (_, equivalent) = counts(t, &extra)?;
-        let took = Instant::now();
-        let ok = run_target(t, jobs, iterate, &extra)?;
         let out = output_dir(t).join("mutants.out");
-        let row = Row::read(t, &out, equivalent, took.elapsed().as_secs())
+        let ok = if report {
+            true
+        } else {
+            run_target(t, jobs, iterate, &extra)?
+        };
+        let row = Row::read(t, &out, equivalent)
             .with_context(|| format!("no results for {}", t.package))?;
         if !ok && row.missed == 0 && row.timeouts == 0 {
             failed.push(format!(
@@ -175,9 +182,16 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     let table = render(&rows);
     eprintln!("\n{table}");
-    update_reliability(&rows)?;
+    // A run narrowed by extra cargo-mutants arguments (`-F`, `--shard`...) is not the
+    // crate's figure: it is printed, not recorded.
+    let recorded = if extra.is_empty() {
+        update_reliability(&rows)?;
+        "RELIABILITY.md updated"
+    } else {
+        "narrowed run: RELIABILITY.md left as it was"
+    };
     eprintln!(
-        "mutants: {} crate(s) in {:.0?}; RELIABILITY.md updated",
+        "mutants: {} crate(s) in {:.0?}; {recorded}",
         rows.len(),
         started.elapsed()
     );
@@ -275,6 +289,16 @@ fn counts(t: &Target, extra: &[String]) -> Result<(usize, usize)> {
 fn run_target(t: &Target, jobs: u32, iterate: bool, extra: &[String]) -> Result<bool> {
     let out = output_dir(t);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    // cargo-mutants' `--iterate` lists what earlier runs caught and found unviable
+    // together (`previously_caught.txt`); keep the unviable apart to count them.
+    let results = out.join("mutants.out");
+    let unviable_before: Vec<String> = if iterate {
+        let mut names = lines(&results.join("unviable.txt"));
+        names.extend(lines(&results.join(PREVIOUSLY_UNVIABLE)));
+        names
+    } else {
+        Vec::new()
+    };
     let mut cmd = cargo_mutants();
     cmd.args(filter_args(t, extra))
         .args(["--jobs", &jobs.to_string()])
@@ -284,9 +308,7 @@ fn run_target(t: &Target, jobs: u32, iterate: bool, extra: &[String]) -> Result<
         // Skips what earlier runs caught or found unviable, and carries them over.
         cmd.arg("--iterate");
     }
-    cmd.arg("--")
-        .args(t.test_args)
-        .envs(t.env.iter().copied());
+    cmd.arg("--").args(t.test_args).envs(t.env.iter().copied());
     if jobs == 1 {
         // One build directory at a time: it can share one target directory across
         // runs, so dependencies are built once, not once per run.
@@ -297,9 +319,30 @@ fn run_target(t: &Target, jobs: u32, iterate: bool, extra: &[String]) -> Result<
     }
     eprintln!("\n==> mutants {}: {cmd:?}", t.package);
     let status = cmd.status().context("cannot run cargo-mutants")?;
+    if results.is_dir() {
+        let mut text = unviable_before.join("\n");
+        text.push('\n');
+        std::fs::write(results.join(PREVIOUSLY_UNVIABLE), text.trim_start())
+            .context("cannot record the unviable mutants of earlier runs")?;
+    }
     // cargo-mutants exits 2 for missed mutants and 3 for timeouts; the summary says
     // which. Anything else (a failing baseline, a bad argument) has no outcomes.
     Ok(status.success())
+}
+
+/// Beside cargo-mutants' files: the unviable mutants of runs before an `--iterate`.
+const PREVIOUSLY_UNVIABLE: &str = "previously_unviable.txt";
+
+/// The non-empty lines of a file; none if it does not exist.
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|t| {
+            t.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// One crate's line of the table.
@@ -311,11 +354,10 @@ struct Row {
     unviable: u64,
     timeouts: u64,
     equivalent: usize,
-    seconds: u64,
 }
 
 impl Row {
-    fn read(t: &Target, out: &Path, equivalent: usize, seconds: u64) -> Result<Row> {
+    fn read(t: &Target, out: &Path, equivalent: usize) -> Result<Row> {
         let path = out.join("outcomes.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -325,19 +367,20 @@ impl Row {
         if n("success") == 0 && n("caught") + n("missed") == 0 {
             bail!("the baseline test run of {} did not pass", t.package);
         }
-        // After `--iterate`, what earlier runs caught is listed apart.
-        let earlier = std::fs::read_to_string(out.join("previously_caught.txt"))
-            .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64)
-            .unwrap_or(0);
+        // After `--iterate`, what earlier runs caught or found unviable is listed apart.
+        let unviable_before = lines(&out.join(PREVIOUSLY_UNVIABLE));
+        let caught_before = lines(&out.join("previously_caught.txt"))
+            .into_iter()
+            .filter(|name| !unviable_before.contains(name))
+            .count() as u64;
         Ok(Row {
             package: t.package.to_owned(),
             scope: t.scope.to_owned(),
-            caught: n("caught") + earlier,
+            caught: n("caught") + caught_before,
             missed: n("missed"),
-            unviable: n("unviable"),
+            unviable: n("unviable") + unviable_before.len() as u64,
             timeouts: n("timeout"),
             equivalent,
-            seconds,
         })
     }
 
@@ -351,7 +394,7 @@ impl Row {
 
     fn line(&self) -> String {
         format!(
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} s |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
             self.package,
             self.scope,
             self.caught,
@@ -360,13 +403,12 @@ impl Row {
             self.timeouts,
             self.equivalent,
             self.kill_rate(),
-            self.seconds,
         )
     }
 }
 
-const HEADER: &str = "| crate | mutated | caught | missed | unviable | timeouts | equivalent (excluded) | kill rate | run time |\n\
-                      |---|---|---:|---:|---:|---:|---:|---:|---:|";
+const HEADER: &str = "| crate | mutated | caught | missed | unviable | timeouts | equivalent (excluded) | kill rate |\n\
+                      |---|---|---:|---:|---:|---:|---:|---:|";
 
 fn render(rows: &[Row]) -> String {
     let mut out = String::from(HEADER);

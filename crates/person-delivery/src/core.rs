@@ -1454,6 +1454,8 @@ mod tests {
             drain(&mut core),
             [Action::Term { seq: 3 }, Action::CheckParked { person: 3 }]
         );
+        let c = core.counts();
+        assert_eq!((c.dead_lettered, c.parked), (1, 0), "3 was not parked");
         core.on_parked_checked(MS * 110, 3, true);
         core.on_dead_letter_done(MS * 111, 4, true);
         assert_eq!(
