@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use chrono::Utc;
 use person_events::PersonId;
-use person_retry::{DeadLetter, DeadLetterSink, ErrorClass};
+use person_retry::{DeadLetter, ErrorClass};
 use person_streaming::{BLOCKED_BY_PREFIX, StreamingConfig};
 
 use crate::support::start;
