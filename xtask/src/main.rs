@@ -7,10 +7,12 @@
 //! - `cargo xtask reliability`: run the reliability suite and regenerate RELIABILITY.md.
 //! - `cargo xtask soak --minutes N`: the soak case alone, for N minutes.
 //! - `cargo xtask sim --seeds N`: the delivery core's simulation over N schedules.
+//! - `cargo xtask mutants [--crate NAME]`: mutation testing of the contract's crates.
 
 mod bench;
 mod ci;
 mod layering;
+mod mutants;
 mod nats;
 mod reliability;
 mod sim;
@@ -32,6 +34,7 @@ fn main() -> Result<()> {
         "reliability" => reliability::run(&rest),
         "soak" => reliability::soak(&rest),
         "sim" => sim::run(&rest),
+        "mutants" => mutants::run(&rest),
         "" | "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -53,7 +56,8 @@ fn print_help() {
          bench      product vs raw async-nats benchmarks (--quick for a short run)\n  \
          reliability  run the reliability suite and regenerate RELIABILITY.md\n  \
          soak       the soak case alone: --minutes N (default 1)\n  \
-         sim        the delivery simulation: --seeds N (default 1,000,000), --first S"
+         sim        the delivery simulation: --seeds N (default 1,000,000), --first S\n  \
+         mutants    mutation testing (cargo-mutants) of the contract's crates: --crate NAME, --list"
     );
 }
 

@@ -238,6 +238,36 @@ mod tests {
     }
 
     #[test]
+    fn the_failure_ratio_is_judged_over_a_sliding_window_of_at_least_min_calls() {
+        use person_retry::FailureRatio;
+        let mut g = Gate::new(
+            CircuitBreakerConfig::builder()
+                .failure_threshold(100)
+                .failure_ratio(FailureRatio {
+                    ratio: 0.5,
+                    window: 4,
+                    min_calls: 4,
+                })
+                .build()
+                .unwrap(),
+        );
+        let (f, s) = (Verdict::Failure, Verdict::Success);
+        // Two failures among the first two calls: too few calls to judge. The window
+        // then slides past them (two successes push each out), so two more failures
+        // are needed before half of the last four failed.
+        for (i, verdict) in [f, f, s, s, s, s, f].into_iter().enumerate() {
+            let p = g.try_acquire().unwrap();
+            assert_eq!(g.record(Duration::ZERO, p, verdict), None, "call {}", i + 1);
+        }
+        let p = g.try_acquire().unwrap();
+        assert_eq!(
+            g.record(Duration::ZERO, p, f),
+            Some((BreakerState::Closed, BreakerState::Open)),
+            "call 8: 2 of the last 4 failed"
+        );
+    }
+
+    #[test]
     fn outcomes_of_calls_permitted_before_a_transition_are_ignored() {
         let mut g = gate(1);
         let old = g.try_acquire().unwrap();
@@ -245,5 +275,21 @@ mod tests {
         g.record(Duration::ZERO, p, Verdict::Failure);
         assert_eq!(g.record(Duration::ZERO, old, Verdict::Success), None);
         assert_eq!(g.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_failure_permitted_before_the_breaker_reopened_and_closed_is_ignored() {
+        let mut g = gate(1);
+        let old = g.try_acquire().unwrap();
+        let p = g.try_acquire().unwrap();
+        g.record(Duration::ZERO, p, Verdict::Failure);
+        g.tick(Duration::from_secs(1));
+        let probe = g.try_acquire().unwrap();
+        assert_eq!(
+            g.record(Duration::ZERO, probe, Verdict::Success),
+            Some((BreakerState::HalfOpen, BreakerState::Closed))
+        );
+        assert_eq!(g.record(Duration::ZERO, old, Verdict::Failure), None);
+        assert_eq!(g.state(), BreakerState::Closed);
     }
 }

@@ -91,3 +91,32 @@ impl Config {
 pub fn progress_every(ack_wait: Duration) -> Duration {
     (ack_wait / 3).max(Duration::from_millis(200))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_derived_periods_follow_the_ack_wait() {
+        assert_eq!(
+            progress_every(Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(progress_every(MS * 300), MS * 200, "at least 200 ms");
+        let c = Config::new(RetryPolicy::default(), Duration::from_secs(3));
+        assert_eq!(c.progress_every, Duration::from_secs(1));
+        assert_eq!(c.max_nak_delay(), MS * 1500);
+        assert_eq!(c.overdue_after(), Duration::from_secs(1));
+        assert_eq!(c.give_up_after(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_lane_waits_at_least_100_ms_past_a_redelivery_before_it_warns() {
+        let mut c = Config::new(RetryPolicy::default(), Duration::from_secs(3));
+        c.progress_every = MS * 10;
+        assert_eq!(c.overdue_after(), MS * 100);
+        assert_eq!(c.give_up_after(), MS * 3100);
+    }
+}

@@ -1293,6 +1293,7 @@ mod tests {
         );
         core.on_message(MS * 103, event(1, 7));
         assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        assert_eq!(core.counts().evicted, 1);
     }
 
     #[test]
@@ -1324,6 +1325,7 @@ mod tests {
         core.on_timeout(MS * 1002);
         assert_eq!(core.breaker_state(), BreakerState::HalfOpen);
         assert_eq!(drain(&mut core), [Action::Pull { max: 4 }]);
+        assert_eq!(core.counts().breaker_transitions, 2);
     }
 
     #[test]
@@ -1406,6 +1408,494 @@ mod tests {
     }
 
     #[test]
+    fn the_counts_tell_each_way_a_message_ended() {
+        let mut c = config(8);
+        c.in_process_attempts = 2;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        // 1: fails twice in process, then is NAKed: two retries.
+        core.on_message(MS, event(1, 1));
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        assert_eq!(core.in_flight(), 1);
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        assert_eq!(core.in_flight(), 0);
+        assert!(drain(&mut core).is_empty());
+        core.on_timeout(MS * 102);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 2 }]);
+        core.on_call_done(MS * 103, 1, CallResult::Panicked);
+        assert_eq!(
+            drain(&mut core),
+            [Action::Nak {
+                seq: 1,
+                delay: MS * 100
+            }]
+        );
+        // 2: processed; its redelivery while it runs is a duplicate.
+        core.on_message(MS * 104, event(2, 2));
+        assert_eq!(drain(&mut core), [Action::Run { seq: 2, attempt: 1 }]);
+        core.on_message(MS * 105, event(2, 2));
+        assert!(drain(&mut core).is_empty());
+        core.on_call_done(MS * 106, 2, CallResult::Ok);
+        assert_eq!(drain(&mut core), [Action::Ack { seq: 2 }]);
+        // 3: dead-lettered (permanent); 4, of the same person, parked behind it.
+        core.on_message(MS * 107, event(3, 3));
+        core.on_message(MS * 107, event(4, 3));
+        assert_eq!(drain(&mut core), [Action::Run { seq: 3, attempt: 1 }]);
+        core.on_call_done(MS * 108, 3, CallResult::Failed(ErrorClass::Permanent));
+        assert_eq!(
+            drain(&mut core),
+            [Action::DeadLetter {
+                seq: 3,
+                cause: Cause::Permanent
+            }]
+        );
+        core.on_dead_letter_done(MS * 109, 3, true);
+        assert_eq!(
+            drain(&mut core),
+            [Action::Term { seq: 3 }, Action::CheckParked { person: 3 }]
+        );
+        let c = core.counts();
+        assert_eq!((c.dead_lettered, c.parked), (1, 0), "3 was not parked");
+        core.on_parked_checked(MS * 110, 3, true);
+        core.on_dead_letter_done(MS * 111, 4, true);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::DeadLetter {
+                    seq: 4,
+                    cause: Cause::Parked
+                },
+                Action::Term { seq: 4 }
+            ]
+        );
+        assert_eq!(
+            core.counts(),
+            Counts {
+                processed: 1,
+                retried: 2,
+                dead_lettered: 2,
+                parked: 1,
+                duplicates: 1,
+                ..Counts::default()
+            }
+        );
+    }
+
+    #[test]
+    fn the_next_wake_up_is_the_earliest_time_still_ahead() {
+        let mut c = config(2);
+        c.pull_batch = 2;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 2 }]);
+        assert_eq!((core.in_hand(), core.reserved()), (0, 2));
+        assert_eq!(core.poll_timeout(), None, "nothing held, nothing due");
+        core.on_message(MS, event(1, 1));
+        core.on_pull_done(MS);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        assert_eq!((core.in_hand(), core.reserved()), (1, 0));
+        assert_eq!(core.waiting_lanes(), 0);
+        // Room for 1 of a batch of 2 while a call runs: the pull lingers 2 ms.
+        assert_eq!(core.poll_timeout(), Some(MS * 3));
+        // An arrival without a pull fills the hand at the linger's end: nothing can be
+        // pulled, and the next wake-up is the progress ack of the held messages.
+        core.on_message(MS * 3, event(2, 1));
+        assert!(drain(&mut core).is_empty());
+        assert_eq!(core.in_hand(), 2);
+        assert_eq!(core.poll_timeout(), Some(MS * 1001));
+    }
+
+    #[test]
+    fn shutdown_with_nothing_running_needs_no_wake_up_for_its_deadline() {
+        let mut core = Core::new(config(4), [], Recovery::default(), Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 4 }]);
+        core.on_shutdown(MS, Duration::from_secs(5));
+        assert_eq!(core.poll_timeout(), None);
+        assert!(!core.is_stopped(), "the pull is still open");
+        core.on_pull_done(MS * 2);
+        assert!(core.is_stopped());
+    }
+
+    fn notices(core: &mut Core<u32>) -> Vec<Notice<u32>> {
+        std::iter::from_fn(|| core.poll_action())
+            .filter_map(|a| match a {
+                Action::Notice(n) => Some(n),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_redelivery_that_never_comes_is_warned_about_then_given_up_by_the_pull_clock() {
+        let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
+        // The pull stays open throughout, so the pull clock runs with time.
+        assert_eq!(drain(&mut core), [Action::Pull { max: 8 }]);
+        core.on_message(MS, event(1, 1));
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        assert!(drain(&mut core).contains(&Action::Nak {
+            seq: 1,
+            delay: MS * 100
+        }));
+        // Due at 102 ms; overdue 1 s later; given up once pulls were open for the
+        // ack wait plus that second.
+        core.on_timeout(MS * 102);
+        assert!(notices(&mut core).is_empty());
+        assert_eq!(core.poll_timeout(), Some(MS * 1102));
+        core.on_timeout(MS * 1102);
+        assert_eq!(notices(&mut core), [Notice::Overdue { person: 1, seq: 1 }]);
+        assert_eq!(core.poll_timeout(), Some(MS * 4102));
+        core.on_timeout(MS * 4101);
+        assert!(notices(&mut core).is_empty());
+        assert_eq!(core.waiting_lanes(), 1);
+        core.on_timeout(MS * 4102);
+        assert_eq!(
+            notices(&mut core),
+            [Notice::StoppedWaiting { person: 1, seq: 1 }]
+        );
+        assert_eq!(core.waiting_lanes(), 0);
+        assert_eq!(core.counts().stopped_waiting, 1);
+    }
+
+    #[test]
+    fn held_messages_get_a_progress_ack_every_period_in_stream_order() {
+        let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(2, 2));
+        core.on_message(MS, event(1, 1));
+        let progress = |core: &mut Core<u32>| -> Vec<u64> {
+            std::iter::from_fn(|| core.poll_action())
+                .filter_map(|a| match a {
+                    Action::Progress { seq } => Some(seq),
+                    _ => None,
+                })
+                .collect()
+        };
+        // The period (a third of the 3 s ack wait) starts at the first arrival.
+        assert_eq!(progress(&mut core), [0u64; 0]);
+        assert_eq!(core.poll_timeout(), Some(MS * 1001));
+        core.on_timeout(MS * 1000);
+        assert_eq!(progress(&mut core), [0u64; 0]);
+        core.on_timeout(MS * 1001);
+        assert_eq!(progress(&mut core), [1, 2]);
+        assert_eq!(core.poll_timeout(), Some(MS * 2001));
+        core.on_call_done(MS * 1500, 1, CallResult::Ok);
+        core.on_timeout(MS * 2001);
+        assert_eq!(progress(&mut core), [2]);
+        core.on_call_done(MS * 2100, 2, CallResult::Ok);
+        assert_eq!(core.poll_timeout(), None, "nothing held");
+    }
+
+    #[test]
+    fn no_more_calls_or_stores_run_than_the_concurrency() {
+        let mut c = config(8);
+        c.concurrency = 1;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        for seq in [1, 2] {
+            let loose = Arrival {
+                seq,
+                delivered: 1,
+                person: None,
+                kind: Kind::Rejected,
+            };
+            core.on_message(MS, loose);
+        }
+        core.on_message(MS, event(3, 3));
+        assert_eq!(
+            drain(&mut core),
+            [Action::DeadLetter {
+                seq: 1,
+                cause: Cause::Rejected
+            }]
+        );
+        core.on_dead_letter_done(MS * 2, 1, true);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Term { seq: 1 },
+                Action::DeadLetter {
+                    seq: 2,
+                    cause: Cause::Rejected
+                }
+            ]
+        );
+        core.on_dead_letter_done(MS * 3, 2, true);
+        core.on_message(MS * 3, event(4, 4));
+        assert_eq!(
+            drain(&mut core),
+            [Action::Term { seq: 2 }, Action::Run { seq: 3, attempt: 1 }]
+        );
+        core.on_call_done(MS * 4, 3, CallResult::Ok);
+        assert_eq!(
+            drain(&mut core),
+            [Action::Ack { seq: 3 }, Action::Run { seq: 4, attempt: 1 }]
+        );
+    }
+
+    #[test]
+    fn a_later_event_does_not_cut_short_the_wait_before_an_in_process_retry() {
+        let mut c = config(8);
+        c.in_process_attempts = 2;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(1, 1));
+        drain(&mut core);
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        core.on_message(MS * 50, event(2, 1));
+        assert!(
+            drain(&mut core).is_empty(),
+            "1 waits until 102 ms, 2 behind it"
+        );
+        core.on_timeout(MS * 102);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 2 }]);
+    }
+
+    #[test]
+    fn a_small_pull_waits_for_the_linger_unless_nothing_runs() {
+        let mut c = config(8);
+        c.pull_batch = 4;
+        c.in_process_attempts = 2;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 8 }]);
+        for seq in 1..=6 {
+            core.on_message(MS, event(seq, 1));
+        }
+        core.on_pull_done(MS);
+        // Room for 2 of a batch of 4 while 1 runs: wait 2 ms for more room.
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        core.on_timeout(MS * 2);
+        assert!(drain(&mut core).is_empty());
+        core.on_timeout(MS * 3);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 2 }]);
+        core.on_pull_done(MS * 4);
+        assert!(drain(&mut core).is_empty(), "lingering again");
+        // Nothing runs (1 waits to retry): no reason to wait for room.
+        core.on_call_done(MS * 5, 1, CallResult::Failed(ErrorClass::Transient));
+        assert_eq!(drain(&mut core), [Action::Pull { max: 2 }]);
+    }
+
+    #[test]
+    fn a_restart_with_a_full_hand_gives_back_its_latest_queued_event_once_per_delay() {
+        let recovery = Recovery {
+            delivered_up_to: 10,
+            outstanding: 1,
+        };
+        let mut c = config(3);
+        c.concurrency = 1;
+        let mut core = Core::new(c, [], recovery, Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 3 }]);
+        let loose = |seq| Arrival {
+            seq,
+            delivered: 1,
+            person: None,
+            kind: Kind::Rejected,
+        };
+        core.on_message(MS, event(11, 1));
+        core.on_message(MS, loose(12));
+        core.on_message(MS, loose(13));
+        core.on_pull_done(MS);
+        // 12's dead letter is being stored, 13's waits for the slot: only 11 is an
+        // event that could be given back.
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::DeadLetter {
+                    seq: 12,
+                    cause: Cause::Rejected
+                },
+                Action::Nak {
+                    seq: 11,
+                    delay: MS * 500
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+        assert_eq!(core.counts().evicted, 1);
+        core.on_message(MS * 2, event(14, 2));
+        core.on_pull_done(MS * 2);
+        assert!(drain(&mut core).is_empty(), "room was made 1 ms ago");
+        core.on_timeout(MS * 501);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 14,
+                    delay: MS * 500
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+        assert_eq!(core.counts().evicted, 2);
+    }
+
+    #[test]
+    fn at_the_shutdown_deadline_a_running_call_is_aborted_and_its_lane_given_back() {
+        let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(1, 1));
+        core.on_message(MS, event(2, 1));
+        assert_eq!(drain(&mut core), [Action::Run { seq: 1, attempt: 1 }]);
+        core.on_shutdown(MS * 2, Duration::from_secs(1));
+        core.on_pull_done(MS * 3);
+        assert!(drain(&mut core).is_empty(), "1 may still finish");
+        core.on_timeout(MS * 1001);
+        assert!(drain(&mut core).is_empty());
+        assert_eq!(core.in_flight(), 1);
+        core.on_timeout(MS * 1002);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Abort { seq: 1 },
+                Action::Nak {
+                    seq: 1,
+                    delay: Duration::ZERO
+                },
+                Action::Nak {
+                    seq: 2,
+                    delay: Duration::ZERO
+                }
+            ]
+        );
+        assert_eq!(core.in_flight(), 0);
+        assert!(core.is_stopped());
+        core.on_call_done(MS * 1003, 1, CallResult::Ok);
+        assert!(
+            drain(&mut core).is_empty(),
+            "an aborted call's result is ignored"
+        );
+    }
+
+    #[test]
+    fn a_restart_with_a_full_hand_wakes_up_when_room_may_be_made_again() {
+        let recovery = Recovery {
+            delivered_up_to: 10,
+            outstanding: 1,
+        };
+        let mut c = config(2);
+        // Longer than the longest NAK delay (1.5 s), so the given-back event is due
+        // before room may be made again.
+        c.evict_delay = MS * 1999;
+        let mut core = Core::new(c, [], recovery, Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(11, 1));
+        core.on_message(MS, event(12, 2));
+        core.on_pull_done(MS);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 12,
+                    delay: MS * 1500
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+        core.on_message(MS * 2, event(13, 3));
+        core.on_pull_done(MS * 2);
+        assert_eq!(core.poll_timeout(), Some(MS * 1001), "progress");
+        core.on_timeout(MS * 1001);
+        assert_eq!(core.poll_timeout(), Some(MS * 1501), "12 is due");
+        core.on_timeout(MS * 1501);
+        assert!(drain(&mut core).is_empty());
+        assert_eq!(core.poll_timeout(), Some(MS * 2000), "room may be made");
+        core.on_timeout(MS * 2000);
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 13,
+                    delay: MS * 1500
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_lanes_are_dropped_once_they_outnumber_twice_the_held_messages_plus_64() {
+        let mut core = Core::new(config(256), [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        for person in 0..64 {
+            core.on_message(MS, event(u64::from(person) + 1, person));
+        }
+        for seq in 1..=64 {
+            core.on_call_done(MS * 2, seq, CallResult::Ok);
+        }
+        assert_eq!(core.counts().processed, 64);
+        assert_eq!(core.lanes.len(), 64, "64 empty lanes are kept");
+        core.on_message(MS * 3, event(65, 64));
+        core.on_call_done(MS * 4, 65, CallResult::Ok);
+        assert_eq!(core.lanes.len(), 0, "65 are dropped");
+    }
+
+    #[test]
+    fn room_made_for_a_redelivery_is_made_again_after_the_evict_delay() {
+        let mut c = config(3);
+        // Longer than the longest NAK delay (1.5 s), so a given-back event is due
+        // before room may be made again.
+        c.evict_delay = MS * 1600;
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        for seq in 1..=3 {
+            core.on_message(MS, event(seq, 7));
+        }
+        core.on_pull_done(MS);
+        drain(&mut core);
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        assert_eq!(
+            drain(&mut core),
+            [
+                Action::Nak {
+                    seq: 1,
+                    delay: MS * 100
+                },
+                Action::Pull { max: 1 }
+            ]
+        );
+        // 1 is due at 102 ms; the hand fills only at 802 ms: room is made then.
+        core.on_timeout(MS * 102);
+        core.on_message(MS * 802, event(4, 7));
+        core.on_pull_done(MS * 802);
+        let nak = |seq| Action::Nak {
+            seq,
+            delay: MS * 1500,
+        };
+        assert_eq!(drain(&mut core), [nak(4), Action::Pull { max: 1 }]);
+        // The pull brings another person's event instead; the hand is full again.
+        core.on_message(MS * 803, event(5, 8));
+        core.on_pull_done(MS * 803);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 5, attempt: 1 }]);
+        core.on_timeout(MS * 1102);
+        assert!(drain(&mut core).is_empty(), "1 is overdue");
+        // 4 is due: room for it, and the hand fills again.
+        core.on_timeout(MS * 2302);
+        assert_eq!(drain(&mut core), [nak(3), Action::Pull { max: 1 }]);
+        core.on_message(MS * 2302, event(6, 9));
+        core.on_pull_done(MS * 2302);
+        assert_eq!(drain(&mut core), [Action::Run { seq: 6, attempt: 1 }]);
+        // Room for 1 again, 1.6 s after it was last made for it.
+        assert_eq!(core.poll_timeout(), Some(MS * 2402));
+        core.on_timeout(MS * 2402);
+        assert_eq!(drain(&mut core), [nak(2), Action::Pull { max: 1 }]);
+    }
+
+    #[test]
+    fn a_nak_delay_is_capped_at_half_the_ack_wait() {
+        let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(1, 1));
+        drain(&mut core);
+        let asked = Duration::from_secs(10);
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::RetryAfter(asked)));
+        assert_eq!(
+            drain(&mut core),
+            [Action::Nak {
+                seq: 1,
+                delay: MS * 1500
+            }]
+        );
+    }
+
+    #[test]
     fn a_parked_persons_event_is_checked_and_dead_lettered_as_parked() {
         let mut core = Core::new(config(8), [5], Recovery::default(), Duration::ZERO);
         drain(&mut core);
@@ -1419,6 +1909,7 @@ mod tests {
                 cause: Cause::Parked
             }]
         );
+        assert_eq!(core.parked_people(), 1);
         core.on_dead_letter_done(MS * 3, 1, true);
         assert_eq!(drain(&mut core), [Action::Term { seq: 1 }]);
         core.on_message(MS * 4, event(2, 5));

@@ -163,3 +163,46 @@ impl Default for UpcasterChain {
         chain
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A chain to version 3 whose steps leave a trace in the event.
+    fn chain() -> UpcasterChain {
+        let mut chain = UpcasterChain::new(3);
+        for from in [1, 2] {
+            chain.register("Created", from, move |event| {
+                let trail = event["trail"].as_array_mut().ok_or("no trail")?;
+                trail.push(json!(from));
+                Ok(())
+            });
+        }
+        chain
+    }
+
+    #[test]
+    fn each_step_from_the_stored_version_up_to_the_target_runs_once_in_order() {
+        let chain = chain();
+        for (from, trail) in [(1, json!([1, 2])), (2, json!([2])), (3, json!([]))] {
+            let mut event = json!({"event_type": "Created", "trail": []});
+            chain.upcast(&mut event, from).unwrap();
+            assert_eq!(event["trail"], trail, "from version {from}");
+        }
+        for from in [0, 4] {
+            let mut event = json!({"event_type": "Created", "trail": []});
+            let err = chain.upcast(&mut event, from).unwrap_err();
+            assert_eq!(err.kind(), DecodeErrorKind::UnsupportedSchemaVersion);
+        }
+    }
+
+    #[test]
+    fn debug_output_lists_the_target_and_the_registered_steps_in_order() {
+        assert_eq!(
+            format!("{:?}", chain()),
+            r#"UpcasterChain { target: 3, steps: [("Created", 1), ("Created", 2)] }"#
+        );
+    }
+}

@@ -257,3 +257,80 @@ fn check_subject(subject: &str, envelope: &StreamingEventEnvelope) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use person_events::codec::{self, SCHEMA_VERSION};
+
+    use super::*;
+
+    /// The payload of the first week-1 envelope of the fixtures (a `Created`), as text.
+    fn week1() -> String {
+        let line = include_str!("../tests/fixtures/week1/week1-v2-envelopes.ndjson")
+            .lines()
+            .next()
+            .expect("a fixture line");
+        let value: Value = serde_json::from_str(line).expect("fixture JSON");
+        assert_eq!(value["payload"]["event"]["event_type"], "Created");
+        value["payload"].to_string()
+    }
+
+    /// The same envelope with `schema_version` as its first key.
+    fn versioned(version: u32) -> String {
+        format!("{{\"schema_version\":{version},{}", &week1()[1..])
+    }
+
+    #[test]
+    fn only_a_current_envelope_is_not_upcast() {
+        assert!(!Origin::Current.is_upcast());
+        assert!(Origin::LegacyV1.is_upcast());
+        assert!(Origin::OlderEnvelope { schema_version: 1 }.is_upcast());
+    }
+
+    #[test]
+    fn an_envelope_declaring_an_older_version_is_upcast_through_the_chain() {
+        let plain = decode_message(&RawMessage::from_payload(week1().as_bytes())).unwrap();
+        let declared = versioned(1);
+        let decoded = decode_message(&RawMessage::from_payload(declared.as_bytes())).unwrap();
+        assert_eq!(decoded.origin, Origin::OlderEnvelope { schema_version: 1 });
+        assert_eq!(decoded.envelope, plain.envelope);
+        // Encoded now, it is current, and decodes to itself.
+        let current = codec::encode(&plain.envelope).unwrap();
+        assert!(current.starts_with(format!("{{\"schema_version\":{SCHEMA_VERSION}").as_bytes()));
+        let again = decode_message(&RawMessage::from_payload(&current)).unwrap();
+        assert_eq!(again.origin, Origin::Current);
+        assert_eq!(again.envelope, plain.envelope);
+    }
+
+    #[test]
+    fn a_decoder_uses_the_chain_it_is_given() {
+        let mut chain = UpcasterChain::new(SCHEMA_VERSION);
+        chain.register("Created", 1, |_| Err("refused".into()));
+        let decoder = Decoder::with_chain(chain);
+        let err = decoder
+            .decode(&RawMessage::from_payload(week1().as_bytes()))
+            .unwrap_err();
+        assert_eq!(err.kind(), DecodeErrorKind::InvalidField);
+        assert!(err.detail().contains("refused"), "{}", err.detail());
+    }
+
+    #[test]
+    fn errors_in_current_envelopes_and_v1_events_give_their_position() {
+        let current = codec::encode(
+            &decode_message(&RawMessage::from_payload(week1().as_bytes()))
+                .unwrap()
+                .envelope,
+        )
+        .unwrap();
+        let bad = String::from_utf8(current).unwrap().replacen(
+            "\"sequence\":1",
+            "\"sequence\":\"one\"",
+            1,
+        );
+        let v1 = r#"{"PersonCreated": {"person_id": 5}}"#;
+        for payload in [bad.as_str(), v1] {
+            let err = decode_message(&RawMessage::from_payload(payload.as_bytes())).unwrap_err();
+            assert!(err.detail().contains("line 1 column"), "{}", err.detail());
+        }
+    }
+}

@@ -326,4 +326,19 @@ mod tests {
             "a5ee8ade-203c-5b2b-8abb-464f9a06a879"
         );
     }
+
+    #[test]
+    fn a_v2_only_event_names_its_type_when_it_cannot_be_downcast() {
+        let archived = PersonEventV2::Archived {
+            person_id: person_events::PersonId::new(),
+            reason: "gdpr".into(),
+            metadata: Default::default(),
+        };
+        let err = PersonEvent::try_from(archived).unwrap_err();
+        assert_eq!(err.event_type(), "archived");
+        assert!(
+            err.to_string()
+                .starts_with("V2 event `archived` has no V1 form")
+        );
+    }
 }

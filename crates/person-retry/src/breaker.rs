@@ -730,6 +730,102 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rejections_and_errors_say_what_they_are() {
+        let open = BreakerOpen::Open {
+            retry_in: Duration::from_millis(1500),
+        };
+        let busy = BreakerOpen::ProbesBusy { max_probes: 2 };
+        assert_eq!(
+            (open.kind(), open.retry_in(), open.is_transient()),
+            (
+                BreakerOpenKind::Open,
+                Some(Duration::from_millis(1500)),
+                true
+            )
+        );
+        assert_eq!(
+            (busy.kind(), busy.retry_in(), busy.is_transient()),
+            (BreakerOpenKind::ProbesBusy, None, true)
+        );
+        assert_eq!(
+            busy.to_string(),
+            "circuit breaker is half-open and all 2 probe slot(s) are in use"
+        );
+        let rejected: BreakerError<&str> = BreakerError::Rejected(busy);
+        let failed: BreakerError<&str> = BreakerError::Operation("boom");
+        assert_eq!(
+            (rejected.kind(), rejected.is_rejected()),
+            (BreakerErrorKind::Rejected, true)
+        );
+        assert_eq!(
+            (failed.kind(), failed.is_rejected()),
+            (BreakerErrorKind::Operation, false)
+        );
+        assert_eq!(rejected.into_operation(), None);
+        assert_eq!(failed.into_operation(), Some("boom"));
+    }
+
+    #[test]
+    fn only_a_newer_epoch_is_published_and_half_the_epoch_space_ahead_is_behind() {
+        let breaker = CircuitBreaker::new(CircuitBreakerConfig::default());
+        let mut rx = breaker.subscribe();
+        let inner = &breaker.inner;
+        inner.publish(CLOSED, OPEN, 2);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), BreakerState::Open);
+        // The same epoch again, or an older one (a slower thread's transition): the
+        // latest state stays.
+        inner.publish(CLOSED, OPEN, 2);
+        inner.publish(CLOSED, HALF_OPEN, 1);
+        assert!(!rx.has_changed().unwrap());
+        inner.publish(OPEN, HALF_OPEN, 2 + (1 << 29));
+        assert!(!rx.has_changed().unwrap(), "2^29 ahead counts as behind");
+        inner.publish(OPEN, HALF_OPEN, 1 + (1 << 29));
+        assert_eq!(*rx.borrow_and_update(), BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn opening_is_logged_as_a_warning_other_transitions_as_information() {
+        use tracing::span::{Attributes, Id, Record};
+        use tracing::{Event, Level, Metadata};
+
+        #[derive(Default)]
+        struct Levels(Mutex<Vec<Level>>);
+        impl tracing::Subscriber for Levels {
+            fn enabled(&self, _: &Metadata<'_>) -> bool {
+                true
+            }
+            fn new_span(&self, _: &Attributes<'_>) -> Id {
+                Id::from_u64(1)
+            }
+            fn record(&self, _: &Id, _: &Record<'_>) {}
+            fn record_follows_from(&self, _: &Id, _: &Id) {}
+            fn event(&self, event: &Event<'_>) {
+                self.0.lock().unwrap().push(*event.metadata().level());
+            }
+            fn enter(&self, _: &Id) {}
+            fn exit(&self, _: &Id) {}
+        }
+
+        let levels = Arc::new(Levels::default());
+        let config = CircuitBreakerConfig::builder()
+            .failure_threshold(1)
+            .open_timeout(Duration::ZERO)
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(Arc::clone(&levels), || {
+            let breaker = CircuitBreaker::new(config);
+            breaker.try_acquire().unwrap().failure();
+            breaker.try_acquire().unwrap().success();
+        });
+        assert_eq!(
+            *levels.0.lock().unwrap(),
+            [Level::WARN, Level::INFO, Level::INFO],
+            "opened; half-opened; closed"
+        );
+    }
+
+    #[test]
     fn word_packing_round_trips() {
         let w = pack(HALF_OPEN, 3, 65_535, EPOCH_MASK);
         assert_eq!(
@@ -825,6 +921,96 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Closed);
         breaker.try_acquire().unwrap().failure(); // 8 calls, 4 failures: 0.5
         assert_eq!(breaker.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn the_failure_ratio_window_slides_over_the_latest_calls() {
+        let config = CircuitBreakerConfig::builder()
+            .failure_threshold(100)
+            .failure_ratio(FailureRatio {
+                ratio: 0.5,
+                window: 4,
+                min_calls: 4,
+            })
+            .build()
+            .unwrap();
+        let breaker = CircuitBreaker::new(config);
+        // Two failures among too few calls; then two successes push each out of the
+        // window, so two more failures are needed.
+        for (i, fails) in [true, true, false, false, false, false, true]
+            .into_iter()
+            .enumerate()
+        {
+            let p = breaker.try_acquire().unwrap();
+            if fails {
+                p.failure()
+            } else {
+                p.success()
+            }
+            assert_eq!(breaker.state(), BreakerState::Closed, "call {}", i + 1);
+        }
+        breaker.try_acquire().unwrap().failure();
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open,
+            "2 of the last 4 failed"
+        );
+    }
+
+    #[test]
+    fn a_stale_probe_dropped_late_frees_no_slot_of_a_later_half_open() {
+        let config = CircuitBreakerConfig::builder()
+            .failure_threshold(1)
+            .half_open_max_probes(2)
+            .open_timeout(Duration::ZERO)
+            .build()
+            .unwrap();
+        let breaker = CircuitBreaker::new(config);
+        breaker.try_acquire().unwrap().failure();
+        let stale = breaker.try_acquire().unwrap();
+        breaker.try_acquire().unwrap().failure(); // a probe fails: Open again
+        let first = breaker.try_acquire().unwrap(); // HalfOpen again: 1 of 2 slots
+        assert!(stale.is_probe() && first.is_probe());
+        drop(stale);
+        let second = breaker.try_acquire().unwrap();
+        assert_eq!(
+            breaker.try_acquire().unwrap_err(),
+            BreakerOpen::ProbesBusy { max_probes: 2 }
+        );
+        drop((first, second));
+        breaker.try_acquire().unwrap().success();
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn the_slow_path_treats_a_breaker_closed_meanwhile_as_closed() {
+        let breaker = CircuitBreaker::new(CircuitBreakerConfig::default());
+        // As if the breaker closed between `try_acquire`'s load and the slow path's.
+        let word = breaker.inner.word.load(Ordering::Acquire);
+        let permit = breaker.acquire_slow(word).unwrap();
+        assert!(!permit.is_probe());
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn debug_output_names_the_breaker_and_its_state() {
+        let config = CircuitBreakerConfig::builder()
+            .failure_threshold(9)
+            .build()
+            .unwrap();
+        let builder = CircuitBreaker::builder(config.clone()).name("person-store");
+        assert!(format!("{builder:?}").contains("person-store"));
+        let breaker = builder.build();
+        assert_eq!(breaker.config(), &config);
+        let text = format!("{breaker:?}");
+        assert!(
+            text.contains("person-store") && text.contains("Closed") && text.contains("9"),
+            "{text}"
+        );
+        let permit = breaker.try_acquire().unwrap();
+        assert!(!permit.is_probe());
+        assert!(format!("{permit:?}").contains("probe: false"));
+        permit.success();
     }
 
     #[test]

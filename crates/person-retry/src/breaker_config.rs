@@ -330,3 +330,140 @@ impl TryFrom<ConfigRepr> for CircuitBreakerConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ratio(ratio: f64, window: u32, min_calls: u32) -> Result<CircuitBreakerConfig, PolicyError> {
+        CircuitBreakerConfig::builder()
+            .failure_ratio(FailureRatio {
+                ratio,
+                window,
+                min_calls,
+            })
+            .build()
+    }
+
+    fn rejected(r: Result<CircuitBreakerConfig, PolicyError>) -> (PolicyErrorKind, &'static str) {
+        let err = r.unwrap_err();
+        (err.kind(), err.field())
+    }
+
+    #[test]
+    fn only_closed_allows_calls_and_states_print_their_names() {
+        assert!(BreakerState::Closed.allows_calls());
+        assert!(!BreakerState::Open.allows_calls());
+        assert!(!BreakerState::HalfOpen.allows_calls());
+        let names = [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ]
+        .map(|s| s.to_string());
+        assert_eq!(names, ["closed", "open", "half-open"]);
+        let t = Transition {
+            from: BreakerState::HalfOpen,
+            to: BreakerState::Open,
+        };
+        assert_eq!(t.to_string(), "half-open -> open");
+    }
+
+    #[test]
+    fn every_count_is_at_least_1_and_at_most_the_maximum() {
+        type Set = fn(CircuitBreakerConfigBuilder, u32) -> CircuitBreakerConfigBuilder;
+        let fields: [(&str, Set); 3] = [
+            ("failure_threshold", |b, n| b.failure_threshold(n)),
+            ("half_open_max_probes", |b, n| b.half_open_max_probes(n)),
+            ("success_threshold", |b, n| b.success_threshold(n)),
+        ];
+        for (field, set) in fields {
+            let build = |n| set(CircuitBreakerConfig::builder(), n).build();
+            assert_eq!(rejected(build(0)), (PolicyErrorKind::Zero, field));
+            assert!(build(1).is_ok(), "{field} = 1");
+            assert!(build(MAX_BREAKER_COUNT).is_ok(), "{field} = max");
+            assert_eq!(
+                rejected(build(MAX_BREAKER_COUNT + 1)),
+                (PolicyErrorKind::TooLarge, field)
+            );
+        }
+        let max = MAX_BREAKER_COUNT;
+        assert!(ratio(0.5, max, max).is_ok());
+        assert_eq!(
+            rejected(ratio(0.5, 0, 1)),
+            (PolicyErrorKind::Zero, "failure_ratio.window")
+        );
+        assert_eq!(
+            rejected(ratio(0.5, max + 1, 1)),
+            (PolicyErrorKind::TooLarge, "failure_ratio.window")
+        );
+        assert_eq!(
+            rejected(ratio(0.5, 10, 0)),
+            (PolicyErrorKind::Zero, "failure_ratio.min_calls")
+        );
+    }
+
+    #[test]
+    fn the_ratio_is_above_0_at_most_1_and_min_calls_fit_the_window() {
+        assert!(ratio(1.0, 10, 10).is_ok(), "min_calls may equal window");
+        assert!(ratio(f64::MIN_POSITIVE, 10, 1).is_ok());
+        for bad in [0.0, -0.5, 1.0 + f64::EPSILON, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                rejected(ratio(bad, 10, 5)),
+                (PolicyErrorKind::RatioOutOfRange, "failure_ratio.ratio"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            rejected(ratio(0.5, 10, 11)),
+            (PolicyErrorKind::Inconsistent, "failure_ratio.min_calls")
+        );
+    }
+
+    #[test]
+    fn the_builder_sets_every_field_and_serde_round_trips_them() {
+        let rule = FailureRatio {
+            ratio: 0.25,
+            window: 40,
+            min_calls: 8,
+        };
+        let config = CircuitBreakerConfig::builder()
+            .failure_threshold(7)
+            .open_timeout(Duration::from_millis(2500))
+            .half_open_max_probes(3)
+            .success_threshold(2)
+            .failure_ratio(rule)
+            .build()
+            .unwrap();
+        assert_eq!(config.failure_threshold(), 7);
+        assert_eq!(config.open_timeout(), Duration::from_millis(2500));
+        assert_eq!(config.half_open_max_probes(), 3);
+        assert_eq!(config.success_threshold(), 2);
+        assert_eq!(config.failure_ratio(), Some(rule));
+        assert_eq!(config.validate(), Ok(()));
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "failure_threshold": 7,
+                "open_timeout_ms": 2500,
+                "half_open_max_probes": 3,
+                "success_threshold": 2,
+                "failure_ratio": {"ratio": 0.25, "window": 40, "min_calls": 8},
+            })
+        );
+        assert_eq!(
+            serde_json::from_value::<CircuitBreakerConfig>(json).unwrap(),
+            config
+        );
+        assert_eq!(
+            serde_json::from_str::<CircuitBreakerConfig>("{}").unwrap(),
+            CircuitBreakerConfig::default()
+        );
+        let err = serde_json::from_str::<CircuitBreakerConfig>(
+            r#"{"failure_ratio": {"ratio": 0.5, "window": 4, "min_calls": 5}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("failure_ratio.min_calls"), "{err}");
+    }
+}

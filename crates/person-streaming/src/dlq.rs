@@ -1496,6 +1496,48 @@ mod tests {
         serde_json::from_slice(body).unwrap()
     }
 
+    #[test]
+    fn a_filter_checks_every_field_and_knows_an_unknown_person_by_its_token() {
+        let l = letter(0, small_headers());
+        let t = l.last_failure_at;
+        let ms = chrono::TimeDelta::milliseconds(1);
+        let matches = |f: DeadLetterFilter| f.matches(&l);
+        let by_consumer = |c: &str| DeadLetterFilter {
+            consumer: Some(c.into()),
+            ..Default::default()
+        };
+        let by_person = |p: &str| DeadLetterFilter {
+            person_id: Some(p.into()),
+            ..Default::default()
+        };
+        assert!(matches(DeadLetterFilter::default()));
+        assert!(matches(by_consumer("projector")));
+        assert!(!matches(by_consumer("other")));
+        assert!(matches(by_person("0190")));
+        assert!(!matches(by_person("0191")));
+        let unknown = DeadLetter {
+            person_id: None,
+            ..l.clone()
+        };
+        assert!(by_person(UNKNOWN_TOKEN).matches(&unknown));
+        assert!(!by_person("0190").matches(&unknown));
+        let by_reason = |r: &str| DeadLetterFilter {
+            reason_contains: Some(r.into()),
+            ..Default::default()
+        };
+        assert!(matches(by_reason("rejected")));
+        assert!(!matches(by_reason("timed out")));
+        let between = |since, until| DeadLetterFilter {
+            since,
+            until,
+            ..Default::default()
+        };
+        assert!(matches(between(Some(t), None)), "since is inclusive");
+        assert!(!matches(between(Some(t + ms), None)));
+        assert!(!matches(between(None, Some(t))), "until is exclusive");
+        assert!(matches(between(None, Some(t + ms))));
+    }
+
     fn small_headers() -> Vec<(String, String)> {
         vec![
             ("ce-id".into(), "e-1".into()),

@@ -3,6 +3,7 @@
 
 mod atomic;
 mod consumer_ops;
+mod contract;
 mod dlq;
 mod dlq_paging;
 mod errors;

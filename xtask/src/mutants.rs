@@ -1,0 +1,452 @@
+//! `cargo xtask mutants [--crate NAME]... [--list] [-- CARGO_MUTANTS_ARGS]`: mutation
+//! testing of the crates that carry the delivery contract, with cargo-mutants.
+//!
+//! Each target is a crate (or some of its files) with the tests that defend it. A
+//! mutant is *caught* when a test fails, *missed* when every test still passes. Missed
+//! mutants are triaged: a test is added that kills it, or it is listed as equivalent
+//! (no test can tell it from the code) in `.cargo/mutants.toml`'s `exclude_re`, one
+//! entry per mutant with its reason, so it is not generated at all.
+//!
+//! Results go to `target/mutants/<crate>/mutants.out/` (cargo-mutants' own layout:
+//! `outcomes.json`, `missed.txt`, `caught.txt`, `timeout.txt`, `unviable.txt`, logs);
+//! the summary table is printed and written into RELIABILITY.md between the
+//! `mutants:begin` and `mutants:end` markers (the row of each crate run is replaced;
+//! not after a run narrowed by extra cargo-mutants arguments).
+//! The task fails if a mutant is missed or a baseline test run fails.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::root;
+
+/// The cargo-mutants release the project runs; installed if another (or none) is found.
+const VERSION: &str = "27.1.0";
+
+const BEGIN: &str = "<!-- mutants:begin -->";
+const END: &str = "<!-- mutants:end -->";
+
+/// A crate, or some of its files, and the tests run against each of its mutants.
+struct Target {
+    package: &'static str,
+    /// Files to mutate, relative to the workspace root; empty for the whole crate.
+    files: &'static [&'static str],
+    /// What the row of the table calls the scope.
+    scope: &'static str,
+    /// Arguments to `cargo test` (after cargo-mutants' `--`).
+    test_args: &'static [&'static str],
+    /// Environment for the test runs.
+    env: &'static [(&'static str, &'static str)],
+}
+
+const TARGETS: &[Target] = &[
+    Target {
+        package: "person-delivery",
+        files: &[],
+        scope: "whole crate (core, config, breaker gate)",
+        // Unit tests, and the simulation over 5,000 schedules (about a second) plus
+        // its regression seeds; doc-tests add build time and no checks the unit tests lack.
+        test_args: &["--lib", "--tests"],
+        env: &[("SIM_SEEDS", "5000")],
+    },
+    Target {
+        package: "person-retry",
+        files: &[
+            "crates/person-retry/src/breaker_config.rs",
+            "crates/person-retry/src/breaker.rs",
+        ],
+        scope: "`breaker_config.rs`, `breaker.rs`",
+        test_args: &["--lib", "--tests"],
+        env: &[("PROPTEST_CASES", "64")],
+    },
+    Target {
+        package: "person-legacy-compat",
+        files: &[],
+        scope: "whole crate (V1 model, upcaster, decoder, chain)",
+        test_args: &["--lib", "--tests"],
+        env: &[("PROPTEST_CASES", "256")],
+    },
+    Target {
+        package: "person-streaming",
+        files: &[
+            "crates/person-streaming/src/publisher.rs",
+            "crates/person-streaming/src/dlq.rs",
+        ],
+        scope: "`publisher.rs`, `dlq.rs`",
+        // Unit tests and the integration tests against real nats-server processes.
+        test_args: &["--lib", "--test", "it"],
+        env: &[],
+    },
+];
+
+fn usage() -> String {
+    let names: Vec<&str> = TARGETS.iter().map(|t| t.package).collect();
+    format!(
+        "usage: cargo xtask mutants [--crate NAME]... [--list] [--iterate] [--report] [--jobs N] [-- CARGO_MUTANTS_ARGS]\n\n\
+         Runs cargo-mutants {VERSION} (installed if missing) on each crate, or on those named\n\
+         with --crate, and prints the kill rate per crate.\n\n\
+         options:\n  \
+         --crate NAME  one of: {}\n  \
+         --list        only count the mutants of each crate (nothing is built)\n  \
+         --iterate     test again only what the last run did not catch (after adding tests)\n  \
+         --report      run nothing: summarise the last results again\n  \
+         --jobs N      cargo-mutants build directories at once (default 1)\n  \
+         -- ARGS       passed to cargo-mutants, e.g. `-- -F 'Core::step'`",
+        names.join(", ")
+    )
+}
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let mut chosen: Vec<&Target> = Vec::new();
+    let mut list = false;
+    let mut iterate = false;
+    let mut report = false;
+    let mut jobs: u32 = 1;
+    let mut extra: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--crate" | "-p" => {
+                let name = it.next().context("--crate needs a crate name")?;
+                let Some(t) = TARGETS.iter().find(|t| t.package == name) else {
+                    bail!("no mutation target `{name}`\n\n{}", usage());
+                };
+                chosen.push(t);
+            }
+            "--list" => list = true,
+            "--iterate" => iterate = true,
+            "--report" => report = true,
+            "--jobs" | "-j" => {
+                jobs = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|j| *j > 0)
+                    .context("--jobs needs a whole number above 0")?;
+            }
+            "--" => extra.extend(it.by_ref().cloned()),
+            "-h" | "--help" => {
+                eprintln!("{}", usage());
+                return Ok(());
+            }
+            other => bail!("unknown argument `{other}`\n\n{}", usage()),
+        }
+    }
+    if chosen.is_empty() {
+        chosen = TARGETS.iter().collect();
+    }
+    ensure_installed()?;
+
+    if list {
+        for t in &chosen {
+            let (generated, equivalent) = counts(t, &extra)?;
+            eprintln!(
+                "{}: {generated} mutants ({equivalent} more listed as equivalent)",
+                t.package
+            );
+        }
+        return Ok(());
+    }
+
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for t in chosen {
+        let (_, equivalent) = counts(t, &extra)?;
+        let out = output_dir(t).join("mutants.out");
+        let ok = if report {
+            true
+        } else {
+            run_target(t, jobs, iterate, &extra)?
+        };
+        let row = Row::read(t, &out, equivalent)
+            .with_context(|| format!("no results for {}", t.package))?;
+        if !ok && row.missed == 0 && row.timeouts == 0 {
+            failed.push(format!(
+                "{}: cargo-mutants failed (see its output)",
+                t.package
+            ));
+        }
+        if row.missed > 0 {
+            failed.push(format!(
+                "{}: {} missed, listed in {}",
+                t.package,
+                row.missed,
+                out.join("missed.txt").display()
+            ));
+        }
+        rows.push(row);
+    }
+    let table = render(&rows);
+    eprintln!("\n{table}");
+    // A run narrowed by extra cargo-mutants arguments (`-F`, `--shard`...) is not the
+    // crate's figure: it is printed, not recorded.
+    let recorded = if extra.is_empty() {
+        update_reliability(&rows)?;
+        "RELIABILITY.md updated"
+    } else {
+        "narrowed run: RELIABILITY.md left as it was"
+    };
+    eprintln!(
+        "mutants: {} crate(s) in {:.0?}; {recorded}",
+        rows.len(),
+        started.elapsed()
+    );
+    if !failed.is_empty() {
+        bail!(
+            "surviving mutants: kill each with a test, or list it as equivalent (with its \
+             reason) in .cargo/mutants.toml\n  {}",
+            failed.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn output_dir(t: &Target) -> PathBuf {
+    target_dir().join("mutants").join(t.package)
+}
+
+/// `cargo mutants` from the workspace root. `cargo` itself is the one that ran the
+/// xtask (the pinned toolchain).
+fn cargo_mutants() -> Command {
+    let mut cmd = crate::cargo();
+    cmd.arg("mutants");
+    cmd
+}
+
+fn installed_version() -> Option<String> {
+    let out = cargo_mutants().arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn ensure_installed() -> Result<()> {
+    let want = format!("cargo-mutants {VERSION}");
+    if installed_version().as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    crate::step(
+        "install cargo-mutants",
+        crate::cargo().args(["install", "--locked", "cargo-mutants", "--version", VERSION]),
+    )?;
+    match installed_version() {
+        Some(v) if v == want => Ok(()),
+        other => {
+            bail!("installed cargo-mutants {VERSION}, but `cargo mutants --version` says {other:?}")
+        }
+    }
+}
+
+/// The arguments that choose a target's mutants.
+fn filter_args(t: &Target, extra: &[String]) -> Vec<String> {
+    let mut args = vec!["--package".to_owned(), t.package.to_owned()];
+    for f in t.files {
+        args.push("--file".into());
+        args.push((*f).into());
+    }
+    args.extend(extra.iter().cloned());
+    args
+}
+
+fn list_count(t: &Target, extra: &[String], config: bool) -> Result<usize> {
+    let mut cmd = cargo_mutants();
+    cmd.arg("--list").args(filter_args(t, extra));
+    if !config {
+        cmd.arg("--no-config");
+    }
+    let out = cmd.output().context("cannot run `cargo mutants --list`")?;
+    if !out.status.success() {
+        bail!(
+            "`cargo mutants --list` failed for {}:\n{}",
+            t.package,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count())
+}
+
+/// Mutants generated, and those `.cargo/mutants.toml` leaves out as equivalent.
+fn counts(t: &Target, extra: &[String]) -> Result<(usize, usize)> {
+    let generated = list_count(t, extra, true)?;
+    let all = list_count(t, extra, false)?;
+    Ok((generated, all.saturating_sub(generated)))
+}
+
+/// Runs cargo-mutants on one target; false if it reported anything but all caught.
+fn run_target(t: &Target, jobs: u32, iterate: bool, extra: &[String]) -> Result<bool> {
+    let out = output_dir(t);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    // cargo-mutants' `--iterate` lists what earlier runs caught and found unviable
+    // together (`previously_caught.txt`); keep the unviable apart to count them.
+    let results = out.join("mutants.out");
+    let unviable_before: Vec<String> = if iterate {
+        let mut names = lines(&results.join("unviable.txt"));
+        names.extend(lines(&results.join(PREVIOUSLY_UNVIABLE)));
+        names
+    } else {
+        Vec::new()
+    };
+    let mut cmd = cargo_mutants();
+    cmd.args(filter_args(t, extra))
+        .args(["--jobs", &jobs.to_string()])
+        .arg("--output")
+        .arg(&out);
+    if iterate {
+        // Skips what earlier runs caught or found unviable, and carries them over.
+        cmd.arg("--iterate");
+    }
+    cmd.arg("--").args(t.test_args).envs(t.env.iter().copied());
+    if jobs == 1 {
+        // One build directory at a time: it can share one target directory across
+        // runs, so dependencies are built once, not once per run.
+        cmd.env(
+            "CARGO_TARGET_DIR",
+            target_dir().join("mutants").join("build"),
+        );
+    }
+    eprintln!("\n==> mutants {}: {cmd:?}", t.package);
+    let status = cmd.status().context("cannot run cargo-mutants")?;
+    if results.is_dir() {
+        let mut text = unviable_before.join("\n");
+        text.push('\n');
+        std::fs::write(results.join(PREVIOUSLY_UNVIABLE), text.trim_start())
+            .context("cannot record the unviable mutants of earlier runs")?;
+    }
+    // cargo-mutants exits 2 for missed mutants and 3 for timeouts; the summary says
+    // which. Anything else (a failing baseline, a bad argument) has no outcomes.
+    Ok(status.success())
+}
+
+/// Beside cargo-mutants' files: the unviable mutants of runs before an `--iterate`.
+const PREVIOUSLY_UNVIABLE: &str = "previously_unviable.txt";
+
+/// The non-empty lines of a file; none if it does not exist.
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|t| {
+            t.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One crate's line of the table.
+struct Row {
+    package: String,
+    scope: String,
+    caught: u64,
+    missed: u64,
+    unviable: u64,
+    timeouts: u64,
+    equivalent: usize,
+}
+
+impl Row {
+    fn read(t: &Target, out: &Path, equivalent: usize) -> Result<Row> {
+        let path = out.join("outcomes.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("bad {}", path.display()))?;
+        let n = |key: &str| json.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+        if n("success") == 0 && n("caught") + n("missed") == 0 {
+            bail!("the baseline test run of {} did not pass", t.package);
+        }
+        // After `--iterate`, what earlier runs caught or found unviable is listed apart.
+        let unviable_before = lines(&out.join(PREVIOUSLY_UNVIABLE));
+        let caught_before = lines(&out.join("previously_caught.txt"))
+            .into_iter()
+            .filter(|name| !unviable_before.contains(name))
+            .count() as u64;
+        Ok(Row {
+            package: t.package.to_owned(),
+            scope: t.scope.to_owned(),
+            caught: n("caught") + caught_before,
+            missed: n("missed"),
+            unviable: n("unviable") + unviable_before.len() as u64,
+            timeouts: n("timeout"),
+            equivalent,
+        })
+    }
+
+    fn kill_rate(&self) -> String {
+        let tested = self.caught + self.missed;
+        if tested == 0 {
+            return "n/a".into();
+        }
+        format!("{:.1}%", self.caught as f64 * 100.0 / tested as f64)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
+            self.package,
+            self.scope,
+            self.caught,
+            self.missed,
+            self.unviable,
+            self.timeouts,
+            self.equivalent,
+            self.kill_rate(),
+        )
+    }
+}
+
+const HEADER: &str = "| crate | mutated | caught | missed | unviable | timeouts | equivalent (excluded) | kill rate |\n\
+                      |---|---|---:|---:|---:|---:|---:|---:|";
+
+fn render(rows: &[Row]) -> String {
+    let mut out = String::from(HEADER);
+    out.push('\n');
+    for r in rows {
+        let _ = writeln!(out, "{}", r.line());
+    }
+    out
+}
+
+/// Replaces the rows of the crates just run in RELIABILITY.md's table, keeping the
+/// others, in the order of [`TARGETS`].
+fn update_reliability(rows: &[Row]) -> Result<()> {
+    let path = root().join("RELIABILITY.md");
+    let text = std::fs::read_to_string(&path).context("cannot read RELIABILITY.md")?;
+    let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
+        bail!("RELIABILITY.md has no `{BEGIN}` ... `{END}` markers");
+    };
+    let mut lines: BTreeMap<usize, String> = BTreeMap::new();
+    for old in text[b + BEGIN.len()..e].lines() {
+        if let Some(i) = TARGETS
+            .iter()
+            .position(|t| old.starts_with(&format!("| `{}` |", t.package)))
+        {
+            lines.insert(i, old.to_owned());
+        }
+    }
+    for r in rows {
+        if let Some(i) = TARGETS.iter().position(|t| t.package == r.package) {
+            lines.insert(i, r.line());
+        }
+    }
+    let mut table = String::from(HEADER);
+    table.push('\n');
+    for l in lines.values() {
+        table.push_str(l);
+        table.push('\n');
+    }
+    let updated = format!("{}{BEGIN}\n{table}{}", &text[..b], &text[e..]);
+    std::fs::write(&path, updated).context("cannot write RELIABILITY.md")
+}
