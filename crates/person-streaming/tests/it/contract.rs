@@ -29,6 +29,7 @@ fn letter(person: &PersonId, consumer: &str, sequence: u64, reason: String) -> D
         payload_truncated: false,
         original_size: None,
         headers_truncated: false,
+        attempts: Vec::new(),
     }
 }
 
