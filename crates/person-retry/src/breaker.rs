@@ -814,6 +814,9 @@ mod tests {
             .build()
             .unwrap();
         tracing::subscriber::with_default(Arc::clone(&levels), || {
+            // Other tests hit these call sites under other subscribers at the same
+            // time; make sure each one's cached interest includes this subscriber.
+            tracing::callsite::rebuild_interest_cache();
             let breaker = CircuitBreaker::new(config);
             breaker.try_acquire().unwrap().failure();
             breaker.try_acquire().unwrap().success();
