@@ -119,70 +119,26 @@ pub(crate) struct Scanned {
 }
 
 /// Reads every message matching `filter`, in order, through an ephemeral ordered
-/// consumer, stopping when none is pending.
+/// consumer ([`OrderedRead`]), stopping when none is pending. An error from `each`
+/// ends the read.
 pub(crate) async fn scan(
     js: &jetstream::Context,
     stream: &str,
     filter: &str,
     mut each: impl FnMut(Scanned) -> Result<(), StreamingError>,
 ) -> Result<(), StreamingError> {
-    let stream_handle = js
-        .get_stream_no_info(stream)
-        .await
-        .map_err(|e| js_error(format!("cannot open stream {stream}"), e))?;
-    let mut consumer = stream_handle
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| js_error(format!("cannot read {filter} from {stream}"), e))?;
-    // Nothing stored for the filter: the ordered consumer would just wait.
-    let pending = consumer
-        .info()
-        .await
-        .map_err(|e| js_error(format!("cannot read {filter} from {stream}"), e))?
-        .num_pending;
-    if pending == 0 {
-        return Ok(());
-    }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| js_error(format!("cannot read {filter} from {stream}"), e))?;
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .map_err(|_| {
-                StreamingError::new(
-                    StreamingErrorKind::TimedOut,
-                    format!("reading {filter} from {stream} stalled"),
-                )
-            })?;
-        let Some(msg) = next else { break };
-        let msg = msg.map_err(|e| js_error(format!("reading {filter} from {stream} failed"), e))?;
-        let info = msg.info().map_err(|e| {
-            StreamingError::new(
-                StreamingErrorKind::JetStream,
-                format!("message without JetStream info: {e}"),
-            )
-        })?;
-        let sequence = info.stream_sequence;
-        let remaining = info.pending;
-        let inner = msg.split().0;
-        each(Scanned {
-            subject: inner.subject,
-            sequence,
-            headers: inner.headers,
-            payload: inner.payload,
-        })?;
-        if remaining == 0 {
-            break;
+    let mut read = OrderedRead::open(js, stream, filter, None, false, SCAN_BATCH).await?;
+    while let Some(msg) = read.next().await? {
+        if let Err(e) = each(msg) {
+            read.close().await;
+            return Err(e);
         }
     }
     Ok(())
 }
+
+/// Messages a [`scan`] lets the client buffer.
+const SCAN_BATCH: usize = 256;
 
 pub(crate) async fn last_version_in(
     js: &jetstream::Context,
