@@ -397,6 +397,10 @@ async fn a_configured_stream_that_does_not_answer_is_a_transient_failure() {
     assert_eq!(err.kind(), PublishErrorKind::Unavailable, "{err}");
     assert!(err.is_transient(), "{err}");
     assert!(
+        std::error::Error::source(&err).is_some(),
+        "keeps the client's error as its source: {err}"
+    );
+    assert!(
         err.to_string().contains("publishing again is safe"),
         "{err}"
     );
@@ -721,6 +725,10 @@ async fn an_append_that_times_out_says_how_many_attempts_it_made() {
             .unwrap_err();
         assert_eq!(err.kind(), PublishErrorKind::TimedOut, "{err}");
         assert!(err.is_transient());
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "keeps the client's error as its source: {err}"
+        );
         let text = err.to_string();
         assert!(text.contains("after 3 attempts"), "{text}");
         assert!(!text.contains("30 attempts"), "{text}");
