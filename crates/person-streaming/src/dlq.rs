@@ -833,7 +833,7 @@ impl DeadLetterQueue {
         self.check_reads_replays(&events, consumer, &target).await?;
         let replay_id = format!("replay:{}:{dlq_sequence}:{consumer}", self.dlq_stream);
         if let Some(seq) = self.replayed_at(&events, &target, &replay_id).await? {
-            self.delete_if_present(dlq_sequence).await?;
+            self.delete_if_present(&stored).await?;
             return Ok(ReplayReceipt {
                 dlq_sequence,
                 stream_sequence: seq,
@@ -887,7 +887,7 @@ impl DeadLetterQueue {
                 )
                 .denied_on(&self.denials, [&target])
             })?;
-        self.delete_if_present(dlq_sequence).await?;
+        self.delete_if_present(&stored).await?;
         Ok(ReplayReceipt {
             dlq_sequence,
             stream_sequence: ack.sequence,
@@ -959,9 +959,18 @@ impl DeadLetterQueue {
         }
     }
 
-    /// Deletes a dead letter; one already gone (another replay or purge) is fine.
-    async fn delete_if_present(&self, dlq_sequence: u64) -> Result<(), StreamingError> {
-        match self.delete(dlq_sequence).await {
+    /// Deletes a dead letter just read, with its body object; one already gone
+    /// (another replay or purge) is fine. The record is not read again.
+    async fn delete_if_present(&self, stored: &StoredDeadLetter) -> Result<(), StreamingError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.dlq_stream)
+            .await
+            .map_err(|e| self.fail(format!("cannot open stream {}", self.dlq_stream), e))?;
+        match self
+            .delete_record(&stream, stored.dlq_sequence, stored.body.clone(), true)
+            .await
+        {
             Err(e) if e.kind() == StreamingErrorKind::NotFound => Ok(()),
             other => other,
         }
