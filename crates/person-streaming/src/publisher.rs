@@ -603,12 +603,12 @@ impl Publisher {
                 let reply = match reply {
                     Ok(Ok(reply)) => reply,
                     Ok(Err(e)) => return Err(self.batch_request_failure(e, &subject, n)),
-                    Err(_) => {
+                    Err(elapsed) => {
                         return Err(self.batch_failure(
                             &subject,
                             PublishErrorKind::TimedOut,
                             format!("atomic append of {n} events: no reply from the server"),
-                            None,
+                            Some(Box::new(elapsed)),
                         ));
                     }
                 };
