@@ -69,17 +69,40 @@ pub enum GroupAction {
     /// Write this instance as the slot's owner: create the key when `expect` is None
     /// (it is absent or deleted), else update it expecting that revision. Report with
     /// [`Group::on_acquired`].
-    Acquire { slot: u32, expect: Option<u64> },
+    Acquire {
+        /// The slot.
+        slot: u32,
+        /// The revision to replace; None to create.
+        expect: Option<u64>,
+    },
     /// Write this instance as the owner again, expecting `revision`. Report with
     /// [`Group::on_renewed`].
-    Renew { slot: u32, revision: u64 },
+    Renew {
+        /// The slot.
+        slot: u32,
+        /// The revision this instance wrote last.
+        revision: u64,
+    },
     /// Delete the slot's key, expecting `revision`. Nothing to report.
-    Release { slot: u32, revision: u64 },
+    Release {
+        /// The slot.
+        slot: u32,
+        /// The revision this instance wrote last.
+        revision: u64,
+    },
     /// Start the slot's workers.
-    Start { slot: u32 },
+    Start {
+        /// The slot.
+        slot: u32,
+    },
     /// Stop the slot's workers: with `fence`, at once (the lease may be gone), else
     /// draining (finish, ack, give back the rest). Report with [`Group::on_stopped`].
-    Stop { slot: u32, fence: bool },
+    Stop {
+        /// The slot.
+        slot: u32,
+        /// At once, without draining.
+        fence: bool,
+    },
     /// Delete this instance's heartbeat: it has left the group.
     Leave,
 }
@@ -170,7 +193,10 @@ impl Group {
     /// Instance `me` (unique in the group) joining at `now`.
     pub fn new(me: impl Into<String>, config: GroupConfig, now: Duration) -> Self {
         let mut config = config;
-        config.tick = config.tick.min(config.lease / 3).max(Duration::from_millis(1));
+        config.tick = config
+            .tick
+            .min(config.lease / 3)
+            .max(Duration::from_millis(1));
         config.margin = config.margin.min(config.lease / 2);
         let mut g = Self {
             me: me.into(),
@@ -315,8 +341,7 @@ impl Group {
 
     fn release_unknown(&mut self, now: Duration, slot: u32, revision: u64) {
         let s = &mut self.slots[slot as usize];
-        if s
-            .released_at
+        if s.released_at
             .is_some_and(|t| now.saturating_sub(t) < self.config.tick)
         {
             return;
@@ -584,7 +609,8 @@ impl Group {
                 };
                 wanted -= 1;
                 s.acquiring = Some(now);
-                self.actions.push_back(GroupAction::Acquire { slot: i, expect });
+                self.actions
+                    .push_back(GroupAction::Acquire { slot: i, expect });
             }
         }
     }
@@ -687,12 +713,10 @@ mod tests {
         g.on_acquired(ms(1), 0, LeaseOutcome::Failed);
         drain(&mut g);
         g.on_lease(ms(2), 0, Some("a"), 9);
-        assert!(
-            drain(&mut g).contains(&GroupAction::Release {
-                slot: 0,
-                revision: 9
-            })
-        );
+        assert!(drain(&mut g).contains(&GroupAction::Release {
+            slot: 0,
+            revision: 9
+        }));
     }
 
     #[test]

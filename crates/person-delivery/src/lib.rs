@@ -40,7 +40,7 @@ mod core;
 pub mod group;
 
 pub use crate::config::{Config, progress_every};
-pub use crate::group::{Group, GroupAction, GroupConfig, LeaseOutcome};
 pub use crate::core::{
     Action, Arrival, CallResult, Cause, Core, Counts, Kind, Notice, RELEASE_MARGIN, Recovery,
 };
+pub use crate::group::{Group, GroupAction, GroupConfig, LeaseOutcome};
