@@ -25,9 +25,10 @@
 //!
 //! # Balance
 //!
-//! The live members (whose heartbeat revision changed within `lease`) are sorted;
-//! the member ranked `r` of `n` wants `slots / n` slots, one more when
-//! `r < slots % n`. Above its share it releases its highest slots gracefully (workers
+//! The live members (whose heartbeat revision changed within `lease`) are ranked by
+//! the slots they hold (most first, then by name); the member ranked `r` of `n` wants
+//! `slots / n` slots, one more when `r < slots % n`, so a member that joins takes
+//! slots only from those above their share. Above its share it releases its highest slots gracefully (workers
 //! drain first, then the lease is deleted so the next owner need not wait); below, it
 //! acquires free or expired slots, lowest first. Views converge once heartbeats are
 //! seen, so shares add up to `slots` and every slot gets an owner.
@@ -272,11 +273,26 @@ impl Group {
         live
     }
 
-    /// How many slots this instance should own, given who is live.
+    /// How many slots this instance should own, given who is live: `slots / n`, one
+    /// more for the first `slots % n` members ranked by how many slots they hold now
+    /// (most first, then by name), so a member joining takes no slot from one that
+    /// holds no more than its share.
     pub fn share(&self, now: Duration) -> u32 {
         let live = self.live_members(now);
         let n = u32::try_from(live.len()).unwrap_or(u32::MAX).max(1);
-        let rank = live.iter().position(|m| *m == self.me).unwrap_or(0);
+        let holding = |m: &str| {
+            if m == self.me {
+                self.slots.iter().filter(|s| s.claimed()).count()
+            } else {
+                self.slots
+                    .iter()
+                    .filter(|s| s.seen.as_ref().is_some_and(|seen| seen.owner == m))
+                    .count()
+            }
+        };
+        let mut ranked: Vec<(usize, &String)> = live.iter().map(|m| (holding(m), m)).collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let rank = ranked.iter().position(|(_, m)| **m == self.me).unwrap_or(0);
         let rank = u32::try_from(rank).unwrap_or(u32::MAX);
         self.config.slots / n + u32::from(rank < self.config.slots % n)
     }
