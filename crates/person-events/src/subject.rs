@@ -2,6 +2,9 @@
 //!
 //! - events: `person.events.<person_id>.<event_type>`
 //! - week-1 events (read only): `person.events.<person_id>.person.<event_type>`
+//! - both as stored by a partitioned stream: `person.events.<person_id>.<partition>.<event_type>`
+//!   and `person.events.<person_id>.<partition>.person.<event_type>` (see
+//!   [`Subjects::partition_transform`])
 //! - dead letters: `person.dlq.<consumer>.<person_id>.<event_type>`
 //! - replays of dead letters, addressed to one consumer and outside every person's
 //!   history: `person.replay.<consumer>.<person_id>.<event_type>`
@@ -53,6 +56,14 @@ pub enum SubjectErrorKind {
     NotAnEventSubject,
     /// The person token is not a UUID.
     InvalidPersonId,
+    /// The filter is not an event filter (`person.events.<person_id or *>.<event_type>`,
+    /// `…person.<event_type>` or `…>`).
+    NotAnEventFilter,
+    /// The filter already names a stream partition (`person.events.<id>.<partition>.…`)
+    /// where a filter written for the unpartitioned subjects is needed.
+    PartitionedFilter,
+    /// Two filters would overlap, which JetStream refuses within one consumer.
+    OverlappingFilters,
 }
 
 /// A subject or token was rejected. Names the part and the reason.
@@ -79,6 +90,16 @@ impl SubjectError {
         }
     }
 
+    /// An error about two values, shown as `` `a` and `b` ``.
+    fn pair(kind: SubjectErrorKind, part: &'static str, a: &str, b: &str) -> Self {
+        let cut = |v: &str| v.chars().take(80).collect::<String>();
+        Self {
+            kind,
+            part,
+            value: format!("{}` and `{}", cut(a), cut(b)),
+        }
+    }
+
     /// What is wrong.
     pub fn kind(&self) -> SubjectErrorKind {
         self.kind
@@ -102,6 +123,22 @@ impl fmt::Display for SubjectError {
                 "is not of the form person.events.<person_id>.<event_type>".to_owned()
             }
             SubjectErrorKind::InvalidPersonId => "must hold a UUID person id".to_owned(),
+            SubjectErrorKind::NotAnEventFilter => {
+                "is not an event filter: person.events.>, person.events.<person_id or *>.> or \
+                 person.events.<person_id or *>.[person.]<event_type or *>, under the subject prefix if any"
+                    .to_owned()
+            }
+            SubjectErrorKind::PartitionedFilter => {
+                "already names a stream partition: write it for the unpartitioned subjects \
+                 (person.events.<person_id or *>.<event_type>)"
+                    .to_owned()
+            }
+            SubjectErrorKind::OverlappingFilters => {
+                "overlap once the stream is partitioned (the partition token `*` also matches \
+                 the `person` token of week-1 subjects), and one consumer's filters must not \
+                 overlap: name the current and the week-1 form of the same event types"
+                    .to_owned()
+            }
         };
         write!(f, "{} `{}` {why}", self.part, self.value.escape_debug())
     }
@@ -176,12 +213,18 @@ pub struct EventSubject {
     pub person_id: PersonId,
     /// The event type token.
     pub event_type: String,
-    /// `true` for the week-1 form `person.events.<id>.person.<type>`.
+    /// `true` for the week-1 form `person.events.<id>.person.<type>` (partitioned or
+    /// not).
     pub week1: bool,
+    /// The stream partition of a subject a partitioned stream stored
+    /// (`person.events.<id>.<partition>.<type>`); `None` for one stored without.
+    pub partition: Option<u32>,
 }
 
 /// Parses `person.events.<id>.<type>` or the week-1 `person.events.<id>.person.<type>`,
-/// under any [subject prefix](Subjects::with_prefix) (`acme.person.events.<id>.<type>`).
+/// under any [subject prefix](Subjects::with_prefix) (`acme.person.events.<id>.<type>`),
+/// and both as a partitioned stream stores them, with the partition after the person
+/// (`person.events.<id>.<partition>.<type>`, `person.events.<id>.<partition>.person.<type>`).
 /// The tokens are read from the end, so a prefix cannot be mistaken for a person.
 ///
 /// ```
@@ -191,15 +234,31 @@ pub struct EventSubject {
 /// assert_eq!(s.event_type, "created");
 /// let s = parse_event_subject("acme.person.events.0f8fad5b-d9cb-469f-a165-70867728950e.created").unwrap();
 /// assert!(!s.week1);
+/// let s = parse_event_subject("person.events.0f8fad5b-d9cb-469f-a165-70867728950e.7.person.created").unwrap();
+/// assert_eq!((s.partition, s.week1), (Some(7), true));
 /// ```
 pub fn parse_event_subject(subject: &str) -> Result<EventSubject, SubjectError> {
     let not_event = || SubjectError::new(SubjectErrorKind::NotAnEventSubject, "subject", subject);
     let tokens: Vec<&str> = subject.split('.').collect();
-    let (root, person, event_type, week1) = match tokens.as_slice() {
+    let (root, person, partition, event_type, week1) = match tokens.as_slice() {
+        [
+            root @ ..,
+            "person",
+            "events",
+            person,
+            j,
+            "person",
+            event_type,
+        ] if is_partition_token(j) => (root, *person, Some(*j), *event_type, true),
         [root @ .., "person", "events", person, "person", event_type] => {
-            (root, *person, *event_type, true)
+            (root, *person, None, *event_type, true)
         }
-        [root @ .., "person", "events", person, event_type] => (root, *person, *event_type, false),
+        [root @ .., "person", "events", person, j, event_type] if is_partition_token(j) => {
+            (root, *person, Some(*j), *event_type, false)
+        }
+        [root @ .., "person", "events", person, event_type] => {
+            (root, *person, None, *event_type, false)
+        }
         _ => return Err(not_event()),
     };
     for token in root {
@@ -209,11 +268,21 @@ pub fn parse_event_subject(subject: &str) -> Result<EventSubject, SubjectError> 
     let person_id = uuid::Uuid::try_parse(person)
         .map(PersonId::from_uuid)
         .map_err(|_| SubjectError::new(SubjectErrorKind::InvalidPersonId, "person_id", person))?;
+    let partition = match partition {
+        Some(j) => Some(j.parse::<u32>().map_err(|_| not_event())?),
+        None => None,
+    };
     Ok(EventSubject {
         person_id,
         event_type: event_type.to_owned(),
         week1,
+        partition,
     })
+}
+
+/// A stream partition token: decimal digits only.
+fn is_partition_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A parsed replay subject.
@@ -258,7 +327,7 @@ pub fn parse_replay_subject(subject: &str) -> Result<ReplaySubject, SubjectError
 }
 
 /// The person a stored message is about, from its subject: an event subject (current
-/// or week-1) or a replay subject, under any prefix.
+/// or week-1, partitioned or not) or a replay subject, under any prefix.
 pub fn person_of_subject(subject: &str) -> Option<PersonId> {
     parse_event_subject(subject)
         .map(|s| s.person_id)
@@ -411,6 +480,347 @@ impl Subjects {
     pub fn contains(&self, subject: &str) -> bool {
         self.prefix.as_deref().is_none_or(|p| is_under(subject, p))
     }
+
+    /// The stream subject transform that partitions the events of `partitions`
+    /// stream partitions, as `(source, destination)`:
+    /// `[P.]person.events.*.>` to
+    /// `[P.]person.events.{{wildcard(1)}}.{{partition(S,1)}}.>`. The server then stores
+    /// `person.events.<id>.<type>` as `person.events.<id>.<j>.<type>` (and the week-1
+    /// `….<id>.person.<type>` as `….<id>.<j>.person.<type>`), `j` in `0..partitions` a
+    /// stable hash of the person token: every event of one person lands in one
+    /// partition.
+    ///
+    /// ```
+    /// use person_events::subject::Subjects;
+    /// let (src, dest) = Subjects::default().partition_transform(16);
+    /// assert_eq!(src, "person.events.*.>");
+    /// assert_eq!(dest, "person.events.{{wildcard(1)}}.{{partition(16,1)}}.>");
+    /// ```
+    pub fn partition_transform(&self, partitions: u32) -> (String, String) {
+        let events = &self.events;
+        (
+            format!("{events}.*.>"),
+            format!("{events}.{{{{wildcard(1)}}}}.{{{{partition({partitions},1)}}}}.>"),
+        )
+    }
+
+    /// The subjects of the messages `filter` selects among those stored before the
+    /// stream was partitioned: `[P.]person.events.>` gives
+    /// `[P.]person.events.*.*` and `[P.]person.events.*.person.*`, a person's
+    /// `….<id>.>` gives `….<id>.*` and `….<id>.person.*`, and a filter naming an event
+    /// type (`….<id or *>.<type>`, `….<id or *>.person.<type>`, `*` for the type
+    /// included) is its own answer.
+    ///
+    /// A filter that is no event filter is a [`SubjectErrorKind::NotAnEventFilter`]
+    /// error, one that already names a partition [`SubjectErrorKind::PartitionedFilter`].
+    ///
+    /// ```
+    /// use person_events::subject::Subjects;
+    /// let s = Subjects::default();
+    /// assert_eq!(s.unpartitioned_filters("person.events.>").unwrap(), ["person.events.*.*", "person.events.*.person.*"]);
+    /// assert_eq!(s.unpartitioned_filters("person.events.*.created").unwrap(), ["person.events.*.created"]);
+    /// assert!(s.unpartitioned_filters("person.replay.search.>").is_err());
+    /// ```
+    pub fn unpartitioned_filters(&self, filter: &str) -> Result<Vec<String>, SubjectError> {
+        let f = self.event_filter(filter)?;
+        if f.partition.is_some() {
+            return Err(SubjectError::new(
+                SubjectErrorKind::PartitionedFilter,
+                "filter",
+                filter,
+            ));
+        }
+        Ok(match f.tail {
+            Tail::All => vec![
+                self.render(f.id, None, Tail::Current("*")),
+                self.render(f.id, None, Tail::Week1("*")),
+            ],
+            Tail::Current(_) | Tail::Week1(_) => vec![filter.to_owned()],
+        })
+    }
+
+    /// The subjects of the messages `filter` selects among those a partitioned stream
+    /// stored in partition `partition`: the partition token inserted after the person
+    /// token. `[P.]person.events.>` gives `[P.]person.events.*.<j>.>`,
+    /// `….*.location_assigned` gives `….*.<j>.location_assigned` and
+    /// `….*.person.location_assigned` gives `….*.<j>.person.location_assigned`. The
+    /// errors are those of [`unpartitioned_filters`](Self::unpartitioned_filters).
+    ///
+    /// ```
+    /// use person_events::subject::Subjects;
+    /// let s = Subjects::with_prefix("acme").unwrap();
+    /// assert_eq!(s.partition_filters("acme.person.events.>", 3).unwrap(), ["acme.person.events.*.3.>"]);
+    /// assert_eq!(
+    ///     s.partition_filters("acme.person.events.*.person.merged", 0).unwrap(),
+    ///     ["acme.person.events.*.0.person.merged"]
+    /// );
+    /// ```
+    pub fn partition_filters(
+        &self,
+        filter: &str,
+        partition: u32,
+    ) -> Result<Vec<String>, SubjectError> {
+        let f = self.event_filter(filter)?;
+        if f.partition.is_some() {
+            return Err(SubjectError::new(
+                SubjectErrorKind::PartitionedFilter,
+                "filter",
+                filter,
+            ));
+        }
+        Ok(vec![self.render(
+            f.id,
+            Some(&partition.to_string()),
+            f.tail,
+        )])
+    }
+
+    /// Filters that select, whether the stream stored them before it was partitioned or
+    /// in any partition since, the messages `filters` select: each filter, its
+    /// [`unpartitioned_filters`](Self::unpartitioned_filters) and its
+    /// [`partition_filters`](Self::partition_filters) with `*` for the partition, with
+    /// every filter that lies within another one of the set left out, so that one
+    /// consumer can hold them all. A filter that names a partition already (`*` or a
+    /// number) is kept as it is, so the result is its own answer.
+    ///
+    /// The partition `*` also matches the `person` token of a week-1 subject stored
+    /// before the stream was partitioned: `….*.*.created` selects the old week-1
+    /// `….<id>.person.created` too. Filters that would then overlap without one holding
+    /// the other are a [`SubjectErrorKind::OverlappingFilters`] error, like filters that
+    /// overlap already.
+    ///
+    /// ```
+    /// use person_events::subject::Subjects;
+    /// let s = Subjects::default();
+    /// let any = s
+    ///     .any_partition_filters(&["person.events.*.location_assigned", "person.events.*.person.location_assigned"])
+    ///     .unwrap();
+    /// assert_eq!(
+    ///     any,
+    ///     [
+    ///         "person.events.*.location_assigned",
+    ///         "person.events.*.*.location_assigned",
+    ///         "person.events.*.*.person.location_assigned",
+    ///     ]
+    /// );
+    /// assert_eq!(s.any_partition_filters(&["person.events.>"]).unwrap(), ["person.events.>"]);
+    /// assert_eq!(s.any_partition_filters(&any).unwrap(), any);
+    /// ```
+    pub fn any_partition_filters<F: AsRef<str>>(
+        &self,
+        filters: &[F],
+    ) -> Result<Vec<String>, SubjectError> {
+        let mut all = Vec::new();
+        for filter in filters {
+            let filter = filter.as_ref();
+            let f = self.event_filter(filter)?;
+            all.push(filter.to_owned());
+            if f.partition.is_none() {
+                all.extend(self.unpartitioned_filters(filter)?);
+                all.push(self.render(f.id, Some("*"), f.tail));
+            }
+        }
+        let out = outermost(all);
+        for (i, a) in out.iter().enumerate() {
+            if let Some(b) = out[i + 1..].iter().find(|b| subjects_overlap(a, b)) {
+                return Err(SubjectError::pair(
+                    SubjectErrorKind::OverlappingFilters,
+                    "filters",
+                    a,
+                    b,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The filters, written for the unpartitioned subjects, that `filters` stand for:
+    /// the inverse of [`any_partition_filters`](Self::any_partition_filters). A filter
+    /// with `*` for the partition loses that token (`….*.*.created` is
+    /// `….*.created`), every other event filter is kept, and one within another is
+    /// left out. A filter naming one partition by number is a
+    /// [`SubjectErrorKind::PartitionedFilter`] error.
+    ///
+    /// ```
+    /// use person_events::subject::Subjects;
+    /// let s = Subjects::default();
+    /// let base = ["person.events.*.location_assigned", "person.events.*.person.location_assigned"];
+    /// let any = s.any_partition_filters(&base).unwrap();
+    /// assert_eq!(s.base_filters(&any).unwrap(), base);
+    /// ```
+    pub fn base_filters<F: AsRef<str>>(&self, filters: &[F]) -> Result<Vec<String>, SubjectError> {
+        let mut all = Vec::new();
+        for filter in filters {
+            let filter = filter.as_ref();
+            let f = self.event_filter(filter)?;
+            match f.partition {
+                None => all.push(filter.to_owned()),
+                Some("*") => all.push(self.render(f.id, None, f.tail)),
+                Some(_) => {
+                    return Err(SubjectError::new(
+                        SubjectErrorKind::PartitionedFilter,
+                        "filter",
+                        filter,
+                    ));
+                }
+            }
+        }
+        Ok(outermost(all))
+    }
+
+    /// Reads an event filter: `E.>`, or `E.<id or *>` followed by `>`, `<type>` or
+    /// `person.<type>`, each optionally after a partition token (digits or `*`).
+    fn event_filter<'a>(&self, filter: &'a str) -> Result<EventFilter<'a>, SubjectError> {
+        let not_filter = || SubjectError::new(SubjectErrorKind::NotAnEventFilter, "filter", filter);
+        let rest = filter
+            .strip_prefix(&*self.events)
+            .and_then(|r| r.strip_prefix('.'))
+            .ok_or_else(not_filter)?;
+        let tokens: Vec<&str> = rest.split('.').collect();
+        let (id, partition, tail) = match tokens.as_slice() {
+            [">"] => ("*", None, Tail::All),
+            [id, ">"] => (*id, None, Tail::All),
+            [id, "person", ty] => (*id, None, Tail::Week1(ty)),
+            [id, ty] => (*id, None, Tail::Current(ty)),
+            [id, j, ">"] if is_partition_filter_token(j) => (*id, Some(*j), Tail::All),
+            [id, j, "person", ty] if is_partition_filter_token(j) => {
+                (*id, Some(*j), Tail::Week1(ty))
+            }
+            [id, j, ty] if is_partition_filter_token(j) => (*id, Some(*j), Tail::Current(ty)),
+            _ => return Err(not_filter()),
+        };
+        if id != "*" && uuid::Uuid::try_parse(id).is_err() {
+            return Err(SubjectError::new(
+                SubjectErrorKind::InvalidPersonId,
+                "filter",
+                filter,
+            ));
+        }
+        if let Tail::Current(ty) | Tail::Week1(ty) = tail
+            && ty != "*"
+            && validate_token("event_type", ty).is_err()
+        {
+            return Err(not_filter());
+        }
+        Ok(EventFilter {
+            id,
+            partition,
+            tail,
+        })
+    }
+
+    /// `E.<id>[.<partition>].<tail>`.
+    fn render(&self, id: &str, partition: Option<&str>, tail: Tail<'_>) -> String {
+        let mut s = format!("{}.{id}", self.events);
+        if let Some(j) = partition {
+            s.push('.');
+            s.push_str(j);
+        }
+        match tail {
+            Tail::All => s.push_str(".>"),
+            Tail::Current(ty) => {
+                s.push('.');
+                s.push_str(ty);
+            }
+            Tail::Week1(ty) => {
+                s.push_str(".person.");
+                s.push_str(ty);
+            }
+        }
+        s
+    }
+}
+
+/// An event filter, read by [`Subjects::event_filter`].
+struct EventFilter<'a> {
+    /// A person token or `*`.
+    id: &'a str,
+    /// Digits or `*`, when the filter names a partition.
+    partition: Option<&'a str>,
+    tail: Tail<'a>,
+}
+
+/// What follows the person (and partition) token of an event filter.
+#[derive(Clone, Copy)]
+enum Tail<'a> {
+    /// `>`: every event.
+    All,
+    /// `<type>` (or `*`): current subjects.
+    Current(&'a str),
+    /// `person.<type>` (or `person.*`): week-1 subjects.
+    Week1(&'a str),
+}
+
+/// A partition token in a filter: digits or `*`.
+fn is_partition_filter_token(token: &str) -> bool {
+    token == "*" || is_partition_token(token)
+}
+
+/// `filters` without repeats and without any filter that lies within another one, in
+/// their order.
+fn outermost(filters: Vec<String>) -> Vec<String> {
+    let mut unique: Vec<String> = Vec::with_capacity(filters.len());
+    for f in filters {
+        if !unique.contains(&f) {
+            unique.push(f);
+        }
+    }
+    let keep: Vec<bool> = unique
+        .iter()
+        .map(|f| !unique.iter().any(|g| g != f && subject_within(f, g)))
+        .collect();
+    unique
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(f, keep)| keep.then_some(f))
+        .collect()
+}
+
+/// `true` when every subject `filter` matches is also matched by `pattern` (for a
+/// subject without wildcards: when `pattern` matches it).
+///
+/// ```
+/// use person_events::subject::subject_within;
+/// assert!(subject_within("person.events.*.created", "person.events.>"));
+/// assert!(!subject_within("person.events.>", "person.events.*.created"));
+/// ```
+pub fn subject_within(filter: &str, pattern: &str) -> bool {
+    let f: Vec<&str> = filter.split('.').collect();
+    let p: Vec<&str> = pattern.split('.').collect();
+    for (i, pt) in p.iter().enumerate() {
+        if *pt == ">" {
+            return f.len() > i;
+        }
+        let Some(ft) = f.get(i) else { return false };
+        match (*pt, *ft) {
+            (_, ">") => return false,
+            ("*", _) => {}
+            (_, "*") => return false,
+            (a, b) if a == b => {}
+            _ => return false,
+        }
+    }
+    f.len() == p.len()
+}
+
+/// `true` when some subject matches both patterns.
+///
+/// ```
+/// use person_events::subject::subjects_overlap;
+/// assert!(subjects_overlap("person.events.*.created", "person.events.0f8fad5b-d9cb-469f-a165-70867728950e.*"));
+/// assert!(!subjects_overlap("person.events.*.created", "person.events.*.person.created"));
+/// ```
+pub fn subjects_overlap(a: &str, b: &str) -> bool {
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    for i in 0..a.len().max(b.len()) {
+        match (a.get(i), b.get(i)) {
+            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => return true,
+            (Some(x), Some(y)) if *x == "*" || *y == "*" || x == y => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn is_under(subject: &str, prefix: &str) -> bool {
@@ -456,8 +866,8 @@ mod tests {
         let p = PersonId::new();
         let s = parse_event_subject(&event_subject(&p, "created").unwrap()).unwrap();
         assert_eq!(
-            (s.person_id, s.event_type.as_str(), s.week1),
-            (p, "created", false)
+            (s.person_id, s.event_type.as_str(), s.week1, s.partition),
+            (p, "created", false, None)
         );
         for bad in [
             "person.events",
@@ -506,6 +916,352 @@ mod tests {
         );
         for bad in ["", ".", "a..b", "a.*", "a.>", "a b", "x.", &"x".repeat(300)] {
             assert!(Subjects::with_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_partitioned_subjects_of_both_forms() {
+        let p = PersonId::new();
+        for (subject, week1, partition) in [
+            (format!("person.events.{p}.0.created"), false, Some(0)),
+            (
+                format!("person.events.{p}.1023.person.created"),
+                true,
+                Some(1023),
+            ),
+            (
+                format!("acme.prod.person.events.{p}.7.created"),
+                false,
+                Some(7),
+            ),
+            (
+                format!("acme.person.events.{p}.12.person.created"),
+                true,
+                Some(12),
+            ),
+            (format!("person.events.{p}.person.created"), true, None),
+            (format!("person.events.{p}.created"), false, None),
+        ] {
+            let s = parse_event_subject(&subject).unwrap();
+            assert_eq!(
+                (s.person_id, s.event_type.as_str(), s.week1, s.partition),
+                (p, "created", week1, partition),
+                "{subject}"
+            );
+            assert_eq!(person_of_subject(&subject), Some(p), "{subject}");
+        }
+        // A number where the event type stands is an event type, not a partition.
+        let s = parse_event_subject(&format!("person.events.{p}.42")).unwrap();
+        assert_eq!((s.event_type.as_str(), s.partition), ("42", None));
+        for bad in [
+            format!("person.events.{p}.x1.created"),
+            format!("person.events.{p}.99999999999.created"),
+            format!("person.events.{p}.-1.created"),
+            format!("person.events.{p}.1.2.created"),
+            format!("person.events.{p}.1.person.x.y"),
+            "person.events.not-a-uuid.3.created".to_owned(),
+        ] {
+            assert!(parse_event_subject(&bad).is_err(), "{bad}");
+        }
+        // A prefix that looks like a partitioned event is never read as the person.
+        let other = PersonId::new();
+        let s = parse_event_subject(&format!(
+            "person.events.{other}.3.person.events.{p}.created"
+        ))
+        .unwrap();
+        assert_eq!((s.person_id, s.partition), (p, None));
+        let s = parse_event_subject(&format!(
+            "person.events.{other}.3.person.events.{p}.5.merged"
+        ))
+        .unwrap();
+        assert_eq!((s.person_id, s.partition), (p, Some(5)));
+    }
+
+    #[test]
+    fn the_partition_transform_keeps_the_person_and_inserts_the_partition() {
+        assert_eq!(
+            Subjects::default().partition_transform(4),
+            (
+                "person.events.*.>".to_owned(),
+                "person.events.{{wildcard(1)}}.{{partition(4,1)}}.>".to_owned()
+            )
+        );
+        assert_eq!(
+            Subjects::with_prefix("acme.prod")
+                .unwrap()
+                .partition_transform(1024),
+            (
+                "acme.prod.person.events.*.>".to_owned(),
+                "acme.prod.person.events.{{wildcard(1)}}.{{partition(1024,1)}}.>".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn derives_the_filters_of_each_era() {
+        let s = Subjects::default();
+        let p = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let un = |f: &str| s.unpartitioned_filters(f).unwrap();
+        assert_eq!(
+            un("person.events.>"),
+            ["person.events.*.*", "person.events.*.person.*"]
+        );
+        assert_eq!(
+            un(&format!("person.events.{p}.>")),
+            [
+                format!("person.events.{p}.*"),
+                format!("person.events.{p}.person.*")
+            ]
+        );
+        for itself in [
+            format!("person.events.{p}.created"),
+            format!("person.events.{p}.person.created"),
+            format!("person.events.{p}.*"),
+            "person.events.*.person.*".to_owned(),
+        ] {
+            assert_eq!(un(&itself), vec![itself]);
+        }
+        let part = |f: &str, j| s.partition_filters(f, j).unwrap();
+        assert_eq!(part("person.events.>", 5), ["person.events.*.5.>"]);
+        assert_eq!(
+            part("person.events.*.location_assigned", 0),
+            ["person.events.*.0.location_assigned"]
+        );
+        assert_eq!(
+            part("person.events.*.person.location_assigned", 15),
+            ["person.events.*.15.person.location_assigned"]
+        );
+        assert_eq!(
+            part(&format!("person.events.{p}.*"), 2),
+            [format!("person.events.{p}.2.*")]
+        );
+
+        let acme = Subjects::with_prefix("acme").unwrap();
+        assert_eq!(
+            acme.unpartitioned_filters("acme.person.events.>").unwrap(),
+            ["acme.person.events.*.*", "acme.person.events.*.person.*"]
+        );
+        // Unprefixed filters are not this deployment's events.
+        assert_eq!(
+            acme.partition_filters("person.events.>", 1)
+                .unwrap_err()
+                .kind(),
+            SubjectErrorKind::NotAnEventFilter
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_no_event_filter_or_names_a_partition() {
+        let s = Subjects::default();
+        for (bad, kind) in [
+            ("person.replay.search.>", SubjectErrorKind::NotAnEventFilter),
+            ("person.events", SubjectErrorKind::NotAnEventFilter),
+            ("person.events.*", SubjectErrorKind::NotAnEventFilter),
+            ("person.events.*.a.b", SubjectErrorKind::NotAnEventFilter),
+            (
+                "person.events.*.person.>",
+                SubjectErrorKind::NotAnEventFilter,
+            ),
+            ("person.events.*.1.2.3", SubjectErrorKind::NotAnEventFilter),
+            ("person.events.x.created", SubjectErrorKind::InvalidPersonId),
+            ("person.events.*.a b", SubjectErrorKind::NotAnEventFilter),
+            (
+                "person.events.*.3.created",
+                SubjectErrorKind::PartitionedFilter,
+            ),
+            ("person.events.*.*.>", SubjectErrorKind::PartitionedFilter),
+        ] {
+            let e = s.unpartitioned_filters(bad).unwrap_err();
+            assert_eq!(e.kind(), kind, "{bad}: {e}");
+            assert!(e.to_string().contains(bad), "{e}");
+            assert_eq!(
+                s.partition_filters(bad, 0).unwrap_err().kind(),
+                kind,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            s.base_filters(&["person.events.*.3.created"])
+                .unwrap_err()
+                .kind(),
+            SubjectErrorKind::PartitionedFilter
+        );
+    }
+
+    #[test]
+    fn any_partition_filters_never_overlap_and_are_their_own_answer() {
+        let s = Subjects::default();
+        let p = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let cases: [(&[&str], &[&str]); 5] = [
+            (&["person.events.>"], &["person.events.>"]),
+            (
+                &[
+                    "person.events.*.location_assigned",
+                    "person.events.*.person.location_assigned",
+                ],
+                &[
+                    "person.events.*.location_assigned",
+                    "person.events.*.*.location_assigned",
+                    "person.events.*.*.person.location_assigned",
+                ],
+            ),
+            (
+                &["person.events.*.created"],
+                &["person.events.*.created", "person.events.*.*.created"],
+            ),
+            (
+                &["person.events.*.person.*"],
+                &["person.events.*.person.*", "person.events.*.*.person.*"],
+            ),
+            (
+                &["person.events.*.>", "person.events.>"],
+                &["person.events.>"],
+            ),
+        ];
+        for (input, want) in cases {
+            let any = s.any_partition_filters(input).unwrap();
+            assert_eq!(any, want, "{input:?}");
+            for (i, a) in any.iter().enumerate() {
+                for b in &any[i + 1..] {
+                    assert!(!subjects_overlap(a, b), "{a} overlaps {b}");
+                }
+            }
+            assert_eq!(s.any_partition_filters(&any).unwrap(), any, "idempotent");
+            for f in input {
+                assert!(
+                    any.iter().any(|a| subject_within(f, a)),
+                    "{f} is still selected"
+                );
+            }
+        }
+        let person = format!("person.events.{p}.>");
+        assert_eq!(s.any_partition_filters(&[&person]).unwrap(), [person]);
+
+        // A week-1 wildcard beside a current type overlaps once `*` stands for the
+        // partition (it also matches `person`), without either holding the other.
+        let e = s
+            .any_partition_filters(&["person.events.*.created", "person.events.*.person.*"])
+            .unwrap_err();
+        assert_eq!(e.kind(), SubjectErrorKind::OverlappingFilters);
+        assert!(
+            e.to_string()
+                .contains("`person.events.*.*.created` and `person.events.*.person.*`"),
+            "{e}"
+        );
+        // Filters that overlap already are refused too.
+        let e = s
+            .any_partition_filters(&[
+                format!("person.events.{p}.>"),
+                "person.events.*.created".into(),
+            ])
+            .unwrap_err();
+        assert_eq!(e.kind(), SubjectErrorKind::OverlappingFilters);
+    }
+
+    /// An event stored before or after partitioning, and what it was published as.
+    #[derive(Debug, Clone)]
+    struct Stored {
+        /// `E.<id>.<type>` or `E.<id>.person.<type>`: what a publisher sent.
+        published: String,
+        /// What the stream stored: `published`, or with `.<j>` after the person.
+        stored: String,
+        partition: Option<u32>,
+        week1: bool,
+    }
+
+    fn stored() -> impl Strategy<Value = Stored> {
+        (
+            0usize..3,
+            prop::sample::select(vec!["created", "merged", "location_assigned"]),
+            any::<bool>(),
+            prop::option::of(0u32..16),
+        )
+            .prop_map(|(who, ty, week1, partition)| {
+                let id = [
+                    "0f8fad5b-d9cb-469f-a165-70867728950e",
+                    "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+                    "16fd2706-8baf-433b-82eb-8c7fada847da",
+                ][who];
+                let kind = if week1 { "person." } else { "" };
+                let published = format!("person.events.{id}.{kind}{ty}");
+                let stored = match partition {
+                    Some(j) => format!("person.events.{id}.{j}.{kind}{ty}"),
+                    None => published.clone(),
+                };
+                Stored {
+                    published,
+                    stored,
+                    partition,
+                    week1,
+                }
+            })
+    }
+
+    fn base_filter() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "person.events.>",
+            "person.events.*.>",
+            "person.events.0f8fad5b-d9cb-469f-a165-70867728950e.>",
+            "person.events.*.created",
+            "person.events.*.person.created",
+            "person.events.*.*",
+            "person.events.*.person.*",
+            "person.events.7c9e6679-7425-40de-944b-e07fc1f90ae7.merged",
+            "person.events.7c9e6679-7425-40de-944b-e07fc1f90ae7.person.*",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    fn matches(subject: &str, filters: &[String]) -> bool {
+        filters.iter().any(|f| subject_within(subject, f))
+    }
+
+    proptest! {
+        #[test]
+        fn each_stored_event_is_selected_in_its_own_era_only(m in stored(), f in base_filter(), j in 0u32..16) {
+            let s = Subjects::default();
+            let wanted = subject_within(&m.published, &f);
+            let parsed = parse_event_subject(&m.stored).unwrap();
+            prop_assert_eq!((parsed.partition, parsed.week1), (m.partition, m.week1));
+            let before = s.unpartitioned_filters(&f).unwrap();
+            let within = s.partition_filters(&f, j).unwrap();
+            match m.partition {
+                None => {
+                    prop_assert_eq!(matches(&m.stored, &before), wanted);
+                    prop_assert!(!matches(&m.stored, &within));
+                }
+                Some(p) => {
+                    prop_assert!(!matches(&m.stored, &before));
+                    prop_assert_eq!(matches(&m.stored, &within), wanted && p == j);
+                }
+            }
+            let any = s.any_partition_filters(&[&f]).unwrap();
+            if m.partition.is_some() || !m.week1 {
+                prop_assert_eq!(matches(&m.stored, &any), wanted);
+            } else {
+                // The documented widening: `*` as the partition matches `person`.
+                prop_assert!(!wanted || matches(&m.stored, &any));
+            }
+            prop_assert_eq!(s.base_filters(&any).unwrap(), s.base_filters(&[&f]).unwrap());
+        }
+
+        #[test]
+        fn partitioned_subjects_round_trip(
+            ty in "[a-z_]{1,20}", week1 in any::<bool>(), partition in prop::option::of(any::<u32>()),
+            prefix in prop::option::of("[a-z]{1,8}(\\.[a-z0-9]{1,8}){0,2}"),
+        ) {
+            let p = PersonId::new();
+            let mut subject = prefix.map(|x| format!("{x}.")).unwrap_or_default();
+            subject.push_str(&format!("person.events.{p}"));
+            if let Some(j) = partition {
+                subject.push_str(&format!(".{j}"));
+            }
+            if week1 {
+                subject.push_str(".person");
+            }
+            subject.push_str(&format!(".{ty}"));
+            let parsed = parse_event_subject(&subject).unwrap();
+            prop_assert_eq!(parsed, EventSubject { person_id: p, event_type: ty, week1, partition });
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{ConnectErrorKind, ConnectOptions};
+use person_events::subject::Subjects;
 
 use crate::config::{
     AckPolicy, ConsumerSettings, DeliverPolicy, Retention, Storage, StreamSettings, StreamingConfig,
@@ -405,8 +406,16 @@ impl StreamingClient {
     }
 
     /// Creates or updates the event stream, the DLQ stream and every configured consumer.
-    /// Idempotent. A setting that cannot change in place (storage, retention) gives an
-    /// [`StreamingErrorKind::ImmutableField`] error naming it, never a silent keep.
+    /// Idempotent. A setting that cannot change in place (storage, retention, the
+    /// partitions of a partitioned stream) gives an [`StreamingErrorKind::ImmutableField`]
+    /// error naming it, never a silent keep.
+    ///
+    /// With `stream.partitions > 0` the event stream gets its partition transform
+    /// ([`Subjects::partition_transform`]), on an existing stream as an update in place,
+    /// sent after the consumers are ensured so that none misses an event stored in
+    /// between. A consumer group (`partitions > 1`) is ensured as the durables of
+    /// [`StreamingConfig::consumer_group`], with the key-value bucket
+    /// [`StreamingConfig::groups_bucket`].
     pub async fn ensure(&self) -> Result<EnsureReport, StreamingError> {
         self.ensure_or_plan(true)
             .await
@@ -435,12 +444,32 @@ impl StreamingClient {
         // true whatever path built the client.
         self.config.validate()?;
         let mut report = EnsureReport::default();
+        let subjects = self.config.subjects();
+        // Every consumer the configuration runs on: a group stands for its durables.
+        let mut consumers = Vec::with_capacity(self.config.consumers.len());
+        let mut groups = false;
+        for c in &self.config.consumers {
+            if c.partitions > 1 {
+                let group = self.config.consumer_group(c)?;
+                consumers.push(group.legacy);
+                consumers.extend(group.partitions);
+                groups = true;
+            } else {
+                consumers.push(c.clone());
+            }
+        }
+        let mut transform_later = None;
         for (at, settings) in [("stream", &self.config.stream), ("dlq", &self.config.dlq)] {
-            ensure_stream(&self.jetstream, at, settings, &mut report, apply).await?;
+            let later =
+                ensure_stream(&self.jetstream, at, settings, &subjects, &mut report, apply).await?;
+            transform_later = transform_later.or(later);
         }
         self.ensure_bodies_bucket(&mut report, apply).await?;
+        if groups {
+            self.ensure_groups_bucket(&mut report, apply).await?;
+        }
         let stream_missing = report.created_streams.contains(&self.config.stream.name);
-        for c in &self.config.consumers {
+        for c in &consumers {
             let name = c.durable_name.clone();
             let plan = if stream_missing {
                 ConsumerPlan::Create
@@ -464,7 +493,63 @@ impl StreamingClient {
             }
             report.consumers.push(name);
         }
+        // The partition transform goes last: every consumer already selects the
+        // partitioned subjects (or, for a group's legacy durable, no longer selects
+        // them) when the first event is stored on one.
+        if let Some(update) = transform_later
+            && apply
+        {
+            update_stream(&self.jetstream, "stream", &update).await?;
+        }
         Ok(report)
+    }
+
+    /// Creates the groups bucket ([`StreamingConfig::groups_bucket`]) when it is
+    /// missing: one value per key, the event stream's storage and replicas, values kept
+    /// one hour. An existing bucket is left as it is. Reported among the streams as
+    /// `<bucket> (key-value)`.
+    async fn ensure_groups_bucket(
+        &self,
+        report: &mut EnsureReport,
+        apply: bool,
+    ) -> Result<(), StreamingError> {
+        let bucket = self.config.groups_bucket();
+        let label = format!("{bucket} (key-value)");
+        match self
+            .jetstream
+            .get_stream_no_info(format!("KV_{bucket}"))
+            .await
+        {
+            Ok(_) => {
+                report.unchanged_streams.push(label);
+                return Ok(());
+            }
+            Err(e) if is_stream_not_found(&e) => {}
+            Err(e) => return Err(js_error(format!("cannot read bucket {bucket}"), e)),
+        }
+        if apply {
+            let stream = &self.config.stream;
+            self.jetstream
+                .create_key_value(jetstream::kv::Config {
+                    bucket: bucket.clone(),
+                    description: format!(
+                        "consumer group members and partition leases of {}",
+                        stream.name
+                    ),
+                    history: 1,
+                    max_age: GROUPS_MAX_AGE,
+                    storage: match stream.storage {
+                        Storage::File => stream::StorageType::File,
+                        Storage::Memory => stream::StorageType::Memory,
+                    },
+                    num_replicas: stream.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| js_error(format!("cannot create bucket {bucket}"), e))?;
+        }
+        report.created_streams.push(label);
+        Ok(())
     }
 
     /// Creates the bodies bucket ([`StreamingConfig::bodies_bucket`]) when it is missing,
@@ -617,6 +702,10 @@ impl Changes {
     }
 }
 
+/// How long the groups bucket keeps a value: a lease or membership not renewed within
+/// it is gone.
+const GROUPS_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+
 /// `true` when a stream lookup failed because the stream does not exist.
 pub(crate) fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
@@ -628,7 +717,40 @@ pub(crate) fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> boo
 
 pub(crate) use crate::error::js_error;
 
-pub(crate) fn stream_config(s: &StreamSettings) -> stream::Config {
+/// The partition transform `s` asks for under `subjects`, when `s.partitions > 0`.
+fn partition_transform(
+    s: &StreamSettings,
+    subjects: &Subjects,
+) -> Option<stream::SubjectTransform> {
+    (s.partitions > 0).then(|| {
+        let (source, destination) = subjects.partition_transform(s.partitions);
+        stream::SubjectTransform {
+            source,
+            destination,
+        }
+    })
+}
+
+/// The partitions of `transform` when it is a partition transform of `subjects`.
+fn partitions_of(transform: &stream::SubjectTransform, subjects: &Subjects) -> Option<u32> {
+    let (source, _) = subjects.partition_transform(0);
+    if transform.source != source {
+        return None;
+    }
+    let head = format!(
+        "{}.{{{{wildcard(1)}}}}.{{{{partition(",
+        subjects.events_prefix()
+    );
+    let n: u32 = transform
+        .destination
+        .strip_prefix(&head)?
+        .strip_suffix(",1)}}.>")?
+        .parse()
+        .ok()?;
+    (subjects.partition_transform(n).1 == transform.destination).then_some(n)
+}
+
+pub(crate) fn stream_config(s: &StreamSettings, subjects: &Subjects) -> stream::Config {
     stream::Config {
         name: s.name.clone(),
         subjects: s.subjects.clone(),
@@ -650,6 +772,7 @@ pub(crate) fn stream_config(s: &StreamSettings) -> stream::Config {
         // A creation default, not a managed field: `ensure` keeps what the server has.
         allow_direct: true,
         description: s.description.clone(),
+        subject_transform: partition_transform(s, subjects),
         ..Default::default()
     }
 }
@@ -696,10 +819,11 @@ pub fn consumer_config(c: &ConsumerSettings) -> consumer::pull::Config {
 }
 
 /// Sets the stream fields [`StreamSettings`] manages on `update` (the server's current
-/// configuration) and returns a line per field that changed. Storage and retention are
-/// checked before, never changed; every other field is left as the server has it.
+/// configuration) and returns a line per field that changed. Storage, retention and
+/// the subject transform are checked before, never changed here (see
+/// [`transform_step`]); every other field is left as the server has it.
 fn apply_stream_settings(update: &mut stream::Config, s: &StreamSettings) -> Vec<String> {
-    let want = stream_config(s);
+    let want = stream_config(s, &Subjects::default());
     let mut c = Changes::default();
     c.set("subjects", &mut update.subjects, want.subjects);
     c.set("max_age", &mut update.max_age, want.max_age);
@@ -764,14 +888,78 @@ fn apply_consumer_settings(
     c.0
 }
 
+/// What the subject transform of an existing stream takes: nothing, or adding the
+/// partition transform. Changing or removing a partition transform is refused
+/// (`ImmutableField`): every person would move to another partition while the groups
+/// read the old ones. A transform of another shape on a stream without partitions in
+/// the configuration is the operator's, and stays.
+fn transform_step(
+    at: &str,
+    name: &str,
+    current: Option<&stream::SubjectTransform>,
+    settings: &StreamSettings,
+    subjects: &Subjects,
+) -> Result<Option<stream::SubjectTransform>, StreamingError> {
+    let want = partition_transform(settings, subjects);
+    let now = current.and_then(|t| partitions_of(t, subjects));
+    match (current, want) {
+        (None, want) => Ok(want),
+        (Some(c), Some(w)) if *c == w => Ok(None),
+        (Some(c), want) if want.is_some() || now.is_some() => {
+            let has = match now {
+                Some(n) => format!("{n} partitions"),
+                None => format!(
+                    "the subject transform {:?} -> {:?}",
+                    c.source, c.destination
+                ),
+            };
+            Err(StreamingError::new(
+                StreamingErrorKind::ImmutableField,
+                format!(
+                    "`{at}.partitions`: stream {name} exists with {has} but the config asks for {}; \
+                     re-partitioning a stream in place is not supported (every person would move \
+                     to another partition, and the consumer groups' positions with them): keep \
+                     {at}.partitions = {}, or migrate to a new stream name",
+                    settings.partitions,
+                    now.map_or_else(|| "0".to_owned(), |n| n.to_string()),
+                ),
+            ))
+        }
+        (Some(_), _) => Ok(None),
+    }
+}
+
+async fn update_stream(
+    js: &jetstream::Context,
+    at: &str,
+    update: &stream::Config,
+) -> Result<(), StreamingError> {
+    js.update_stream(update).await.map_err(|e| {
+        let kind = crate::error::classify(&e);
+        StreamingError::with_source(
+            kind,
+            format!(
+                "`{at}`: the server refused to update stream {} in place",
+                update.name
+            ),
+            e,
+        )
+    })?;
+    Ok(())
+}
+
+/// Creates or updates one stream. An update that adds the partition transform is sent
+/// without it, and the configuration with it returned, for the caller to send once the
+/// consumers are ready.
 async fn ensure_stream(
     js: &jetstream::Context,
     at: &str,
     settings: &StreamSettings,
+    subjects: &Subjects,
     report: &mut EnsureReport,
     apply: bool,
-) -> Result<(), StreamingError> {
-    let desired = stream_config(settings);
+) -> Result<Option<stream::Config>, StreamingError> {
+    let desired = stream_config(settings, subjects);
     match js.get_stream(&settings.name).await {
         Ok(mut existing) => {
             let info = existing
@@ -799,26 +987,33 @@ async fn ensure_stream(
                     ),
                 ));
             }
+            let transform = transform_step(
+                at,
+                &settings.name,
+                current.subject_transform.as_ref(),
+                settings,
+                subjects,
+            )?;
             // The update is the server's configuration with the managed fields set:
             // what the operator set by hand (discard policy, limits, sources, ...) stays.
             let mut update = current.clone();
-            let changes = apply_stream_settings(&mut update, settings);
+            let mut changes = apply_stream_settings(&mut update, settings);
+            if apply && !changes.is_empty() {
+                update_stream(js, at, &update).await?;
+            }
+            let later = transform.map(|t| {
+                changes.push(format!(
+                    "subject_transform none -> {:?} to {:?} ({} partitions)",
+                    t.source, t.destination, settings.partitions
+                ));
+                stream::Config {
+                    subject_transform: Some(t),
+                    ..update
+                }
+            });
             if changes.is_empty() {
                 report.unchanged_streams.push(settings.name.clone());
             } else {
-                if apply {
-                    js.update_stream(&update).await.map_err(|e| {
-                        let kind = crate::error::classify(&e);
-                        StreamingError::with_source(
-                            kind,
-                            format!(
-                                "`{at}`: the server refused to update stream {} in place",
-                                settings.name
-                            ),
-                            e,
-                        )
-                    })?;
-                }
                 report.changes.extend(
                     changes
                         .into_iter()
@@ -826,6 +1021,7 @@ async fn ensure_stream(
                 );
                 report.updated_streams.push(settings.name.clone());
             }
+            return Ok(later);
         }
         Err(e) if is_stream_not_found(&e) => {
             if apply {
@@ -845,7 +1041,7 @@ async fn ensure_stream(
             ));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -870,7 +1066,7 @@ mod tests {
     #[test]
     fn a_stream_update_changes_only_the_managed_fields_it_lists() {
         let settings = StreamSettings::default();
-        let mut current = stream_config(&settings);
+        let mut current = stream_config(&settings, &Subjects::default());
         current.discard = stream::DiscardPolicy::New;
         current.max_message_size = 64 * 1024;
         current.max_messages_per_subject = 1000;
@@ -971,6 +1167,54 @@ mod tests {
                 "max_ack_pending".to_owned(),
             ]
         );
+    }
+
+    #[test]
+    fn the_partition_transform_is_added_kept_or_refused() {
+        let subjects = Subjects::default();
+        let with = |n: u32| StreamSettings {
+            partitions: n,
+            ..StreamSettings::default()
+        };
+        let ours = |n: u32| partition_transform(&with(n), &subjects).unwrap();
+        assert_eq!(partition_transform(&with(0), &subjects), None);
+        assert_eq!(
+            stream_config(&with(16), &subjects).subject_transform,
+            Some(ours(16))
+        );
+        assert_eq!(partitions_of(&ours(16), &subjects), Some(16));
+        let acme = Subjects::with_prefix("acme").unwrap();
+        assert_eq!(partitions_of(&ours(16), &acme), None, "another prefix");
+        let foreign = stream::SubjectTransform {
+            source: "person.events.*.>".into(),
+            destination: "person.events.{{wildcard(1)}}.x.>".into(),
+        };
+        assert_eq!(partitions_of(&foreign, &subjects), None);
+
+        let step = |current: Option<&stream::SubjectTransform>, n: u32| {
+            transform_step("stream", "PERSON_EVENTS", current, &with(n), &subjects)
+        };
+        assert_eq!(step(None, 16).unwrap(), Some(ours(16)), "added");
+        assert_eq!(step(None, 0).unwrap(), None);
+        assert_eq!(step(Some(&ours(16)), 16).unwrap(), None, "kept");
+        assert_eq!(
+            step(Some(&foreign), 0).unwrap(),
+            None,
+            "the operator's stays"
+        );
+        for (current, n) in [(ours(16), 32), (ours(16), 0), (foreign, 16)] {
+            let e = step(Some(&current), n).unwrap_err();
+            assert_eq!(e.kind(), StreamingErrorKind::ImmutableField, "{e}");
+            let text = e.to_string();
+            assert!(text.contains("`stream.partitions`"), "{text}");
+            assert!(text.contains("re-partitioning"), "{text}");
+        }
+        let e = step(Some(&ours(16)), 8).unwrap_err().to_string();
+        assert!(
+            e.contains("exists with 16 partitions but the config asks for 8"),
+            "{e}"
+        );
+        assert!(e.contains("keep stream.partitions = 16"), "{e}");
     }
 
     #[test]

@@ -5,11 +5,20 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+pub(crate) use person_events::subject::subject_within;
+use person_events::subject::subjects_overlap;
 use person_events::subject::{DLQ_WILDCARD, EVENTS_WILDCARD, Subjects};
 use person_retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
 
 const DAY: u64 = 24 * 60 * 60;
+
+/// The most stream partitions accepted in `stream.partitions`.
+const MAX_PARTITIONS: u32 = 1024;
+
+/// The stream partitions [`StreamingConfig::with_partitions`] gives a stream that has
+/// fewer than a consumer group asks for.
+const DEFAULT_STREAM_PARTITIONS: u32 = 16;
 
 /// How the stream keeps messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -140,6 +149,15 @@ pub struct StreamSettings {
     pub allow_atomic: bool,
     /// Free-form description.
     pub description: Option<String>,
+    /// Stream partitions for consumer groups, at most 1024; 0 (the default): none.
+    /// With `S > 0` the event stream gets the subject transform of
+    /// [`Subjects::partition_transform`]: it stores each event with a partition
+    /// `0..S` of its person after the person token (`person.events.<id>.<j>.<type>`),
+    /// so a group of consumers ([`ConsumerSettings::partitions`]) can split the people
+    /// between them. `ensure` adds it to an existing stream in place (messages stored
+    /// before keep their subjects) but refuses to change `S` once set: people would
+    /// move to other partitions. The dead-letter stream has none.
+    pub partitions: u32,
 }
 
 impl Default for StreamSettings {
@@ -156,6 +174,7 @@ impl Default for StreamSettings {
             replicas: 1,
             allow_atomic: true,
             description: Some("Person domain events".into()),
+            partitions: 0,
         }
     }
 }
@@ -213,6 +232,12 @@ pub struct ConsumerSettings {
     pub server_backoff: bool,
     /// Free-form description.
     pub description: Option<String>,
+    /// Consumer partitions: 1 (the default), one consumer for every person; `P > 1`, a
+    /// consumer group on a partitioned stream (`stream.partitions >= P`, see
+    /// [`StreamingConfig::consumer_group`]). Consumer partition `k` owns the stream
+    /// partitions `j` with `j % P == k`; a divisor of `stream.partitions` spreads them
+    /// evenly (4 of 16: four each).
+    pub partitions: u32,
 }
 
 impl Default for ConsumerSettings {
@@ -229,6 +254,7 @@ impl Default for ConsumerSettings {
             retry,
             server_backoff: false,
             description: None,
+            partitions: 1,
         }
     }
 }
@@ -261,6 +287,21 @@ impl ConsumerSettings {
         }
         schedule
     }
+}
+
+/// The durable consumers one consumer group runs on, from
+/// [`StreamingConfig::consumer_group`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerGroup {
+    /// The configured durable (e.g. `person-projection-summary`), kept as the consumer
+    /// of every message stored before the stream was partitioned: its event filters
+    /// narrowed to [`Subjects::unpartitioned_filters`], plus its own replay filter.
+    pub legacy: ConsumerSettings,
+    /// One per consumer partition `k` in `0..P`: durable `<name>-p<k>`, with the
+    /// [`Subjects::partition_filters`] of every base event filter for each stream
+    /// partition `j` with `j % P == k`, plus its own replay filter
+    /// `[P.]person.replay.<name>-p<k>.>`; every other field copied from the base.
+    pub partitions: Vec<ConsumerSettings>,
 }
 
 /// Publisher settings.
@@ -379,6 +420,7 @@ struct DeadLetterStreamSettings {
     replicas: usize,
     allow_atomic: bool,
     description: Option<String>,
+    partitions: u32,
 }
 
 impl Default for DeadLetterStreamSettings {
@@ -396,6 +438,7 @@ impl Default for DeadLetterStreamSettings {
             replicas: d.replicas,
             allow_atomic: d.allow_atomic,
             description: d.description,
+            partitions: d.partitions,
         }
     }
 }
@@ -414,6 +457,7 @@ fn deserialize_dlq<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamSetti
         replicas: s.replicas,
         allow_atomic: s.allow_atomic,
         description: s.description,
+        partitions: s.partitions,
     })
 }
 
@@ -544,6 +588,14 @@ impl StreamingConfig {
     /// [`StreamingClient`](crate::StreamingClient) apply it, so a configuration built in
     /// code gets it on connecting.
     ///
+    /// On a partitioned stream (`stream.partitions > 0`) it also fits the event filters
+    /// to the partitions: a consumer with `partitions = 1` gets its event filters
+    /// widened to [`Subjects::any_partition_filters`], so it keeps seeing every event it
+    /// selects, stored before the stream was partitioned or since; a consumer group
+    /// (`partitions > 1`) keeps its filters as written for the unpartitioned subjects
+    /// ([`Subjects::base_filters`]), from which [`consumer_group`](Self::consumer_group)
+    /// derives its consumers. Applying it again changes nothing.
+    ///
     /// ```
     /// use person_streaming::{ConsumerSettings, StreamingConfig};
     /// let config = StreamingConfig {
@@ -573,7 +625,193 @@ impl StreamingConfig {
                 c.filter_subjects.push(own);
             }
         }
+        let stream_partitions = self.stream.partitions;
+        for c in &mut self.consumers {
+            let fitted = if c.partitions > 1 {
+                refit_event_filters(&subjects, &c.filter_subjects, |f| subjects.base_filters(f))
+            } else if stream_partitions > 0 {
+                refit_event_filters(&subjects, &c.filter_subjects, |f| {
+                    subjects.any_partition_filters(f)
+                })
+            } else {
+                None
+            };
+            // Filters that cannot be fitted stay as written: `validate` names them.
+            if let Some(filters) = fitted {
+                c.filter_subjects = filters;
+            }
+        }
         self
+    }
+
+    /// This configuration with `consumer` a consumer group of `partitions` partitions
+    /// (see [`ConsumerSettings::partitions`]), on a partitioned stream: when
+    /// `stream.partitions` is below `partitions`, it becomes 16, or `partitions` when
+    /// that is more. The filters of every consumer are then fitted to the partitions
+    /// (see [`with_replay_subjects`](Self::with_replay_subjects)) and the whole
+    /// configuration validated. An unknown consumer is an error naming `consumers`.
+    ///
+    /// ```
+    /// use person_streaming::StreamingConfig;
+    /// let config = StreamingConfig::default()
+    ///     .with_partitions("person-projection-summary", 4)
+    ///     .unwrap();
+    /// assert_eq!(config.stream.partitions, 16);
+    /// let group = config
+    ///     .consumer_group(config.consumer("person-projection-summary").unwrap())
+    ///     .unwrap();
+    /// assert_eq!(group.partitions.len(), 4);
+    /// assert_eq!(group.partitions[1].durable_name, "person-projection-summary-p1");
+    /// // A consumer that is no group keeps seeing the events of both eras.
+    /// assert_eq!(
+    ///     config.consumer("person-to-location").unwrap().filter_subjects,
+    ///     [
+    ///         "person.events.*.location_assigned",
+    ///         "person.events.*.*.location_assigned",
+    ///         "person.events.*.*.person.location_assigned",
+    ///         "person.replay.person-to-location.>",
+    ///     ]
+    /// );
+    /// assert!(StreamingConfig::default().with_partitions("nobody", 4).is_err());
+    /// ```
+    pub fn with_partitions(mut self, consumer: &str, partitions: u32) -> Result<Self, ConfigError> {
+        let Some(c) = self
+            .consumers
+            .iter_mut()
+            .find(|c| c.durable_name == consumer)
+        else {
+            return Err(ConfigError::invalid(
+                "consumers",
+                format!("has no consumer `{consumer}` to partition: add it to consumers first"),
+            ));
+        };
+        c.partitions = partitions;
+        if partitions > 1 && self.stream.partitions < partitions {
+            self.stream.partitions = partitions.max(DEFAULT_STREAM_PARTITIONS);
+        }
+        let this = self.with_replay_subjects();
+        this.validate()?;
+        Ok(this)
+    }
+
+    /// The durable consumers the consumer group `settings` runs on (`settings.partitions
+    /// > 1`, on a partitioned stream): its own durable, kept for the messages stored
+    /// before the stream was partitioned, and one durable per consumer partition.
+    /// `settings` may be a renamed copy of a configured consumer: the names and the
+    /// replay filters follow `settings.durable_name`.
+    ///
+    /// The event filters of `settings` (those under `[P.]person.events`) are read as
+    /// written for the unpartitioned subjects ([`Subjects::base_filters`]); its other
+    /// filters (its replay filter) go to the legacy consumer only. An error's
+    /// [`field`](ConfigError::field) is `stream.partitions` or a field of `settings`
+    /// (`partitions`, `filter_subjects`, `durable_name`).
+    pub fn consumer_group(
+        &self,
+        settings: &ConsumerSettings,
+    ) -> Result<ConsumerGroup, ConfigError> {
+        let name = &settings.durable_name;
+        let p = settings.partitions;
+        let s = self.stream.partitions;
+        if p < 2 {
+            return Err(ConfigError::invalid(
+                "partitions",
+                format!("is {p} for consumer `{name}`: a consumer group has at least 2 partitions"),
+            ));
+        }
+        if s < p {
+            return Err(ConfigError::invalid(
+                if s == 0 {
+                    "stream.partitions"
+                } else {
+                    "partitions"
+                },
+                format!(
+                    "consumer `{name}` has {p} partitions but the stream has {s}: set \
+                     stream.partitions to at least {p} (e.g. 16), or use \
+                     StreamingConfig::with_partitions"
+                ),
+            ));
+        }
+        let subjects = self.checked_subjects()?;
+        let filters = |e: person_events::subject::SubjectError| {
+            ConfigError::invalid("filter_subjects", format!("{e} (consumer `{name}`)"))
+        };
+        let under = format!("{}.", subjects.events_prefix());
+        let (events, others): (Vec<&String>, Vec<&String>) = settings
+            .filter_subjects
+            .iter()
+            .partition(|f| f.starts_with(&under));
+        if let Some(f) = others
+            .iter()
+            .find(|f| subjects_overlap(f, &subjects.events_wildcard()))
+        {
+            return Err(ConfigError::invalid(
+                "filter_subjects",
+                format!(
+                    "`{f}` of consumer group `{name}` reaches beyond the events ({}): a group \
+                     splits events by partition, so name them under {}",
+                    subjects.events_wildcard(),
+                    subjects.events_prefix()
+                ),
+            ));
+        }
+        if events.is_empty() {
+            return Err(ConfigError::invalid(
+                "filter_subjects",
+                format!(
+                    "consumer group `{name}` names no event filter: add one under {}, e.g. {}",
+                    subjects.events_prefix(),
+                    subjects.events_wildcard()
+                ),
+            ));
+        }
+        let base = subjects.base_filters(&events).map_err(filters)?;
+
+        let mut legacy_filters = Vec::new();
+        for f in &base {
+            legacy_filters.extend(subjects.unpartitioned_filters(f).map_err(filters)?);
+        }
+        legacy_filters.extend(others.into_iter().cloned());
+        let own = subjects.replay_filter(name);
+        if !legacy_filters.iter().any(|f| subject_within(&own, f)) {
+            legacy_filters.push(own);
+        }
+        let legacy = ConsumerSettings {
+            filter_subjects: legacy_filters,
+            ..settings.clone()
+        };
+
+        let mut partitions = Vec::with_capacity(p as usize);
+        for k in 0..p {
+            let durable = format!("{name}-p{k}");
+            person_events::subject::validate_token("durable_name", &durable).map_err(|e| {
+                ConfigError::invalid(
+                    "durable_name",
+                    format!("{e}: the group's partition consumers are named <durable_name>-p<k>"),
+                )
+            })?;
+            let mut filter_subjects = Vec::new();
+            for j in (k..s).step_by(p as usize) {
+                for f in &base {
+                    filter_subjects.extend(subjects.partition_filters(f, j).map_err(filters)?);
+                }
+            }
+            filter_subjects.push(subjects.replay_filter(&durable));
+            partitions.push(ConsumerSettings {
+                durable_name: durable,
+                filter_subjects,
+                ..settings.clone()
+            });
+        }
+        Ok(ConsumerGroup { legacy, partitions })
+    }
+
+    /// The key-value bucket that holds the consumer groups' membership and partition
+    /// leases: `<stream.name>_GROUPS`. `ensure` creates it when some consumer is a
+    /// group, with the event stream's storage and replicas, one value per key and a
+    /// max age of one hour.
+    pub fn groups_bucket(&self) -> String {
+        format!("{}_GROUPS", self.stream.name)
     }
 
     /// Moves every subject under `subject_prefix` (see
@@ -633,6 +871,39 @@ impl StreamingConfig {
         let space = self.checked_subjects()?;
         validate_stream("stream", &self.stream)?;
         validate_stream("dlq", &self.dlq)?;
+        if self.stream.partitions > MAX_PARTITIONS {
+            return Err(ConfigError::invalid(
+                "stream.partitions",
+                format!(
+                    "is {}: at most {MAX_PARTITIONS} partitions (16 is plenty for most groups)",
+                    self.stream.partitions
+                ),
+            ));
+        }
+        if self.dlq.partitions != 0 {
+            return Err(ConfigError::invalid(
+                "dlq.partitions",
+                "must be 0: the dead-letter stream is never partitioned; set partitions in [stream]",
+            ));
+        }
+        if self.stream.partitions > 0 {
+            let (source, _) = space.partition_transform(self.stream.partitions);
+            if !self
+                .stream
+                .subjects
+                .iter()
+                .any(|s| subject_within(&source, s))
+            {
+                return Err(ConfigError::invalid(
+                    "stream.partitions",
+                    format!(
+                        "needs the stream to capture every event ({}), but stream.subjects is {:?}",
+                        space.events_wildcard(),
+                        self.stream.subjects
+                    ),
+                ));
+            }
+        }
         let outside = |field: String, subject: &str| {
             ConfigError::invalid(
                 field,
@@ -740,6 +1011,7 @@ impl StreamingConfig {
                     "must be at least 1",
                 ));
             }
+            self.check_partitions(i, c, &space)?;
             let schedule = c.retry.schedule();
             if i64::try_from(schedule.len()).unwrap_or(i64::MAX) > c.max_deliver {
                 return Err(ConfigError::invalid(
@@ -748,6 +1020,22 @@ impl StreamingConfig {
                         "its backoff list has {} entries but max_deliver is {}: JetStream needs backoff entries <= max_deliver; lower retry.max_attempts or raise max_deliver",
                         schedule.len(),
                         c.max_deliver
+                    ),
+                ));
+            }
+        }
+        // A group's partition consumers are named after it: no configured consumer may
+        // have one of their names.
+        for (i, c) in self.consumers.iter().enumerate() {
+            if c.partitions > 1
+                && let Some(k) = (0..c.partitions)
+                    .find(|k| names.contains(format!("{}-p{k}", c.durable_name).as_str()))
+            {
+                return Err(ConfigError::invalid(
+                    format!("consumers[{i}].durable_name"),
+                    format!(
+                        "consumer group `{0}` runs partition consumer `{0}-p{k}`, which is also a configured consumer: rename one of them",
+                        c.durable_name
                     ),
                 ));
             }
@@ -771,6 +1059,81 @@ impl StreamingConfig {
                 "publisher.source",
                 "must be a non-empty URI reference without control characters, e.g. /person-domain",
             ));
+        }
+        Ok(())
+    }
+}
+
+/// `filters` with its event filters (those under `[P.]person.events`) replaced by
+/// `fit` of them, where the first one stood; the other filters keep their places.
+/// `None` when there is no event filter or `fit` fails.
+fn refit_event_filters(
+    subjects: &Subjects,
+    filters: &[String],
+    fit: impl FnOnce(&[&String]) -> Result<Vec<String>, person_events::subject::SubjectError>,
+) -> Option<Vec<String>> {
+    let under = format!("{}.", subjects.events_prefix());
+    let events: Vec<&String> = filters.iter().filter(|f| f.starts_with(&under)).collect();
+    if events.is_empty() {
+        return None;
+    }
+    let mut fitted = Some(fit(&events).ok()?);
+    let mut out = Vec::with_capacity(filters.len());
+    for f in filters {
+        if !f.starts_with(&under) {
+            out.push(f.clone());
+        } else if let Some(fitted) = fitted.take() {
+            out.extend(fitted);
+        }
+    }
+    Some(out)
+}
+
+impl StreamingConfig {
+    /// The checks of `consumers[i].partitions`, and of the filters partitioning needs.
+    fn check_partitions(
+        &self,
+        i: usize,
+        c: &ConsumerSettings,
+        space: &Subjects,
+    ) -> Result<(), ConfigError> {
+        let at = |f: &str| format!("consumers[{i}].{f}");
+        if c.partitions == 0 {
+            return Err(ConfigError::invalid(
+                at("partitions"),
+                "must be at least 1 (1: one consumer for every person; more: a consumer group)",
+            ));
+        }
+        if c.partitions > 1 {
+            if self.stream.partitions < c.partitions {
+                return Err(ConfigError::invalid(
+                    at("partitions"),
+                    format!(
+                        "is {} for consumer `{}` but stream.partitions is {}: a consumer group needs a partitioned stream with at least as many partitions; set stream.partitions (e.g. to 16, a multiple of {}) or use StreamingConfig::with_partitions",
+                        c.partitions, c.durable_name, self.stream.partitions, c.partitions
+                    ),
+                ));
+            }
+            self.consumer_group(c)
+                .map_err(|e| ConfigError::invalid(at(&e.field), e.message))?;
+        } else if self.stream.partitions > 0 {
+            let under = format!("{}.", space.events_prefix());
+            let events: Vec<&String> = c
+                .filter_subjects
+                .iter()
+                .filter(|f| f.starts_with(&under))
+                .collect();
+            if !events.is_empty() {
+                space.any_partition_filters(&events).map_err(|e| {
+                    ConfigError::invalid(
+                        at("filter_subjects"),
+                        format!(
+                            "{e}: on a partitioned stream consumer `{}` needs filters that select both eras without overlapping",
+                            c.durable_name
+                        ),
+                    )
+                })?;
+            }
         }
         Ok(())
     }
@@ -876,40 +1239,6 @@ fn check_subject(field: &str, subject: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-/// `true` when every subject matched by `filter` is also matched by `pattern`.
-pub(crate) fn subject_within(filter: &str, pattern: &str) -> bool {
-    let f: Vec<&str> = filter.split('.').collect();
-    let p: Vec<&str> = pattern.split('.').collect();
-    for (i, pt) in p.iter().enumerate() {
-        if *pt == ">" {
-            return f.len() > i;
-        }
-        let Some(ft) = f.get(i) else { return false };
-        match (*pt, *ft) {
-            (_, ">") => return false,
-            ("*", _) => {}
-            (_, "*") => return false,
-            (a, b) if a == b => {}
-            _ => return false,
-        }
-    }
-    f.len() == p.len()
-}
-
-/// `true` when some subject matches both patterns.
-fn subjects_overlap(a: &str, b: &str) -> bool {
-    let a: Vec<&str> = a.split('.').collect();
-    let b: Vec<&str> = b.split('.').collect();
-    for i in 0..a.len().max(b.len()) {
-        match (a.get(i), b.get(i)) {
-            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => return true,
-            (Some(x), Some(y)) if *x == "*" || *y == "*" || x == y => {}
-            _ => return false,
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -1120,5 +1449,299 @@ retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, mu
         let err = c.validate().unwrap_err();
         assert_eq!(err.field(), "dlq.subjects");
         assert!(err.to_string().contains("person.dlq"), "{err}");
+    }
+
+    fn partitioned(consumer: &str, partitions: u32) -> StreamingConfig {
+        StreamingConfig::default()
+            .with_partitions(consumer, partitions)
+            .unwrap()
+    }
+
+    #[test]
+    fn partition_settings_are_validated() {
+        let e = err(|c| c.stream.partitions = 1025);
+        assert_eq!(e.field(), "stream.partitions", "{e}");
+        assert!(e.to_string().contains("1024"), "{e}");
+        let e = err(|c| c.dlq.partitions = 4);
+        assert_eq!(e.field(), "dlq.partitions", "{e}");
+        let e = err(|c| c.consumers[2].partitions = 0);
+        assert_eq!(e.field(), "consumers[2].partitions", "{e}");
+
+        let e = err(|c| c.consumers[0].partitions = 4);
+        assert_eq!(e.field(), "consumers[0].partitions", "{e}");
+        let text = e.to_string();
+        for needed in [
+            "stream.partitions",
+            "16",
+            "StreamingConfig::with_partitions",
+        ] {
+            assert!(text.contains(needed), "{needed} missing from {text}");
+        }
+        let e = err(|c| {
+            c.stream.partitions = 2;
+            c.consumers[1].partitions = 4;
+        });
+        assert_eq!(e.field(), "consumers[1].partitions", "{e}");
+
+        // A group's partition consumers may not be configured consumers too.
+        let e = err(|c| {
+            c.stream.partitions = 16;
+            c.consumers[0].partitions = 2;
+            c.consumers[3].durable_name = "person-projection-summary-p1".into();
+            c.consumers[3].filter_subjects = vec!["person.events.>".into()];
+        });
+        assert_eq!(e.field(), "consumers[0].durable_name", "{e}");
+        assert!(
+            e.to_string().contains("person-projection-summary-p1"),
+            "{e}"
+        );
+
+        // The transform needs the stream to capture every event.
+        let e = err(|c| {
+            c.stream.partitions = 16;
+            c.stream.subjects = vec!["person.events.*.created".into(), "person.replay.>".into()];
+            c.consumers = vec![ConsumerSettings::new(
+                "x",
+                &["person.events.*.created"],
+                "x",
+            )];
+        });
+        assert_eq!(e.field(), "stream.partitions", "{e}");
+
+        // Filters that would overlap once widened are named.
+        let e = err(|c| {
+            c.stream.partitions = 16;
+            c.consumers[2].filter_subjects = vec![
+                "person.events.*.created".into(),
+                "person.events.*.person.*".into(),
+            ];
+        });
+        assert_eq!(e.field(), "consumers[2].filter_subjects", "{e}");
+        assert!(e.to_string().contains("overlap"), "{e}");
+
+        // Any number of consumer partitions up to the stream's is valid.
+        let mut c = StreamingConfig::default();
+        c.stream.partitions = 16;
+        c.consumers[0].partitions = 5;
+        c.with_replay_subjects().validate().unwrap();
+    }
+
+    #[test]
+    fn with_partitions_partitions_the_stream_when_it_has_too_few() {
+        let c = partitioned("person-projection-search", 4);
+        assert_eq!(c.stream.partitions, 16);
+        assert_eq!(
+            c.consumer("person-projection-search").unwrap().partitions,
+            4
+        );
+        assert_eq!(partitioned("policy-engine", 32).stream.partitions, 32);
+        let mut eight = StreamingConfig::default();
+        eight.stream.partitions = 8;
+        let c = eight.with_partitions("policy-engine", 4).unwrap();
+        assert_eq!(c.stream.partitions, 8, "enough partitions already");
+        let c = partitioned("policy-engine", 1);
+        assert_eq!(c.stream.partitions, 0, "one partition is no group");
+        let e = StreamingConfig::default()
+            .with_partitions("nobody", 4)
+            .unwrap_err();
+        assert_eq!(e.field(), "consumers");
+        assert!(e.to_string().contains("nobody"), "{e}");
+        assert_eq!(
+            StreamingConfig::default()
+                .with_partitions("policy-engine", 0)
+                .unwrap_err()
+                .field(),
+            "consumers[3].partitions"
+        );
+    }
+
+    #[test]
+    fn non_group_consumers_are_widened_once_and_groups_keep_their_base_filters() {
+        let c = partitioned("person-projection-summary", 4);
+        assert_eq!(
+            c.consumer("person-to-location").unwrap().filter_subjects,
+            [
+                "person.events.*.location_assigned",
+                "person.events.*.*.location_assigned",
+                "person.events.*.*.person.location_assigned",
+                "person.replay.person-to-location.>",
+            ]
+        );
+        assert_eq!(
+            c.consumer("person-projection-search")
+                .unwrap()
+                .filter_subjects,
+            [
+                "person.events.>",
+                "person.replay.person-projection-search.>"
+            ]
+        );
+        assert_eq!(c.clone().with_replay_subjects(), c, "idempotent");
+        for consumer in &c.consumers {
+            let f = &consumer.filter_subjects;
+            for (i, a) in f.iter().enumerate() {
+                for b in &f[i + 1..] {
+                    assert!(!subjects_overlap(a, b), "{a} overlaps {b}");
+                }
+            }
+        }
+        // Turning a widened consumer into a group brings its base filters back.
+        let c = c.with_partitions("person-to-location", 2).unwrap();
+        assert_eq!(
+            c.consumer("person-to-location").unwrap().filter_subjects,
+            [
+                "person.events.*.location_assigned",
+                "person.events.*.person.location_assigned",
+                "person.replay.person-to-location.>",
+            ]
+        );
+        // Without stream partitions nothing is widened.
+        assert_eq!(
+            StreamingConfig::default().consumers,
+            StreamingConfig::default().with_replay_subjects().consumers
+        );
+    }
+
+    #[test]
+    fn a_consumer_group_splits_the_stream_partitions_between_its_durables() {
+        let c = partitioned("person-projection-summary", 4);
+        let base = c.consumer("person-projection-summary").unwrap();
+        let g = c.consumer_group(base).unwrap();
+        assert_eq!(
+            g.legacy,
+            ConsumerSettings {
+                filter_subjects: vec![
+                    "person.events.*.*".into(),
+                    "person.events.*.person.*".into(),
+                    "person.replay.person-projection-summary.>".into(),
+                ],
+                ..base.clone()
+            }
+        );
+        assert_eq!(g.partitions.len(), 4);
+        assert_eq!(
+            g.partitions[1],
+            ConsumerSettings {
+                durable_name: "person-projection-summary-p1".into(),
+                filter_subjects: vec![
+                    "person.events.*.1.>".into(),
+                    "person.events.*.5.>".into(),
+                    "person.events.*.9.>".into(),
+                    "person.events.*.13.>".into(),
+                    "person.replay.person-projection-summary-p1.>".into(),
+                ],
+                ..base.clone()
+            }
+        );
+
+        // Every stored form of every event is selected by exactly one durable.
+        let all: Vec<&ConsumerSettings> = std::iter::once(&g.legacy).chain(&g.partitions).collect();
+        let p = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let mut subjects = vec![
+            format!("person.events.{p}.created"),
+            format!("person.events.{p}.person.created"),
+        ];
+        for j in 0..16 {
+            subjects.push(format!("person.events.{p}.{j}.created"));
+            subjects.push(format!("person.events.{p}.{j}.person.created"));
+        }
+        for subject in &subjects {
+            let owners: Vec<&str> = all
+                .iter()
+                .filter(|c| c.filter_subjects.iter().any(|f| subject_within(subject, f)))
+                .map(|c| c.durable_name.as_str())
+                .collect();
+            assert_eq!(owners.len(), 1, "{subject}: {owners:?}");
+        }
+
+        // A renamed copy names its durables and replay filters after itself; a group on
+        // fewer partitions than a divisor takes the rest unevenly.
+        let c = StreamingConfig::default()
+            .with_subject_prefix("acme")
+            .unwrap()
+            .with_partitions("person-to-location", 3)
+            .unwrap();
+        let renamed = ConsumerSettings {
+            durable_name: "person-to-location-sync".into(),
+            ..c.consumer("person-to-location").unwrap().clone()
+        };
+        let g = c.consumer_group(&renamed).unwrap();
+        assert_eq!(
+            g.legacy.filter_subjects,
+            [
+                "acme.person.events.*.location_assigned",
+                "acme.person.events.*.person.location_assigned",
+                "acme.person.replay.person-to-location.>",
+                "acme.person.replay.person-to-location-sync.>",
+            ]
+        );
+        let sizes: Vec<usize> = g
+            .partitions
+            .iter()
+            .map(|p| p.filter_subjects.len())
+            .collect();
+        assert_eq!(sizes, [6 * 2 + 1, 5 * 2 + 1, 5 * 2 + 1]);
+        assert_eq!(g.partitions[2].durable_name, "person-to-location-sync-p2");
+        assert_eq!(
+            g.partitions[2].filter_subjects[..2],
+            [
+                "acme.person.events.*.2.location_assigned",
+                "acme.person.events.*.2.person.location_assigned",
+            ]
+        );
+        assert_eq!(
+            g.partitions[2].filter_subjects.last().unwrap(),
+            "acme.person.replay.person-to-location-sync-p2.>"
+        );
+
+        let e = c.consumer_group(&c.consumers[0]).unwrap_err();
+        assert_eq!(e.field(), "partitions", "{e}");
+        let mut flat = StreamingConfig::default();
+        flat.consumers[0].partitions = 2;
+        let e = flat.consumer_group(&flat.consumers[0]).unwrap_err();
+        assert_eq!(e.field(), "stream.partitions", "{e}");
+        assert_eq!(c.groups_bucket(), "PERSON_EVENTS_GROUPS");
+    }
+
+    #[test]
+    fn partitions_load_from_files_and_round_trip() {
+        let text = r#"
+[stream]
+partitions = 16
+
+[[consumers]]
+durable_name = "summary"
+partitions = 4
+
+[[consumers]]
+durable_name = "created"
+filter_subjects = ["person.events.*.created"]
+"#;
+        let c = StreamingConfig::from_toml_str(text).unwrap();
+        assert_eq!(c.stream.partitions, 16);
+        assert_eq!(c.dlq.partitions, 0);
+        assert_eq!(
+            (c.consumers[0].partitions, c.consumers[1].partitions),
+            (4, 1)
+        );
+        assert_eq!(
+            c.consumers[1].filter_subjects,
+            [
+                "person.events.*.created",
+                "person.events.*.*.created",
+                "person.replay.created.>"
+            ]
+        );
+        let again = StreamingConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        let json = StreamingConfig::from_json_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(json, c);
+        let e = StreamingConfig::from_toml_str("[dlq]\npartitions = 2\n").unwrap_err();
+        assert_eq!(
+            (e.kind(), e.field()),
+            (ConfigErrorKind::Invalid, "dlq.partitions")
+        );
+        let e = StreamingConfig::from_toml_str("[stream]\npartition = 2\n").unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Parse, "{e}");
     }
 }

@@ -69,8 +69,8 @@ mod status;
 
 pub use client::{EnsureReport, StreamingClient, StreamingClientBuilder, consumer_config};
 pub use config::{
-    AckPolicy, ConfigError, ConfigErrorKind, ConsumerSettings, DeliverPolicy, PublisherSettings,
-    Retention, Storage, StreamSettings, StreamingConfig,
+    AckPolicy, ConfigError, ConfigErrorKind, ConsumerGroup, ConsumerSettings, DeliverPolicy,
+    PublisherSettings, Retention, Storage, StreamSettings, StreamingConfig,
 };
 pub use consumer_ops::{PauseState, Rewind, RewindPlan, RewindReceipt, indefinite_pause};
 pub use dlq::{
