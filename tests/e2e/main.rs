@@ -11,6 +11,7 @@ mod config;
 mod examples;
 mod faults;
 mod fuzz;
+mod groups;
 mod handlers;
 mod hostile;
 mod metrics;

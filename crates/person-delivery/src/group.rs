@@ -64,6 +64,7 @@ impl GroupConfig {
 
 /// What the caller does for a [`Group`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GroupAction {
     /// Write this instance's heartbeat.
     Heartbeat,

@@ -26,6 +26,7 @@
 //!   `tracing-opentelemetry`; also turns on `person-streaming/opentelemetry`. It takes
 //!   effect with a `tracing_opentelemetry` layer installed; without one it costs a check.
 
+mod group;
 mod handler;
 mod manager;
 mod metrics;
@@ -35,6 +36,7 @@ mod otel;
 mod stats;
 mod worker;
 
+pub use group::GroupHandle;
 pub use handler::{DomainResult, HandlerError, StreamingEventHandler};
 pub use manager::{
     SubscriptionError, SubscriptionErrorKind, SubscriptionHandle, SubscriptionManager,

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use person_retry::{BreakerState, DeadLetterSink};
-use person_streaming::StreamingClient;
+use person_streaming::{ConsumerSettings, DeadLetterQueue, StreamingClient};
 use tokio::task::JoinHandle;
 
+use crate::group::GroupHandle;
 use crate::handler::StreamingEventHandler;
 use crate::options::SubscriptionOptions;
 use crate::stats::{Counters, Stats};
@@ -23,6 +24,12 @@ pub enum SubscriptionErrorKind {
     NoHandlers,
     /// A handler name is not a subject-safe token, or two handlers share a name.
     InvalidHandlerName,
+    /// The consumer is split into partitions: start it with
+    /// [`SubscriptionManager::start_group`].
+    Partitioned,
+    /// The consumer group could not be joined (its bucket could not be opened or
+    /// created, or its partitions are misconfigured).
+    GroupUnavailable,
     /// The running consumer was deleted on the server; it stopped rather than recreate
     /// itself and deliver its history again (see
     /// [`SubscriptionOptions::recreate_deleted_consumer`]).
@@ -137,11 +144,91 @@ impl SubscriptionManager {
         self
     }
 
-    /// Starts the handlers on the named consumer from the configuration.
+    /// Starts the handlers on the named consumer from the configuration, in this
+    /// process alone. A consumer split into partitions is started with
+    /// [`start_group`](Self::start_group) instead.
     pub async fn start_consumer(
         &self,
         consumer: &str,
     ) -> Result<SubscriptionHandle, SubscriptionError> {
+        let prepared = self.prepare(consumer)?;
+        if prepared.settings.partitions > 1 {
+            return Err(SubscriptionError {
+                kind: SubscriptionErrorKind::Partitioned,
+                message: format!(
+                    "consumer `{consumer}` has {} partitions: start it with SubscriptionManager::start_group, which runs each partition in one instance of the group",
+                    prepared.settings.partitions
+                ),
+            });
+        }
+        let mut workers = Vec::new();
+        for (handler, s) in self.handlers.iter().zip(prepared.per_handler) {
+            let worker = Worker::new(
+                self.client.clone(),
+                self.client.jetstream().clone(),
+                self.client.config().stream.name.clone(),
+                s.clone(),
+                handler.clone(),
+                self.worker_options(&s),
+                prepared.sink.clone(),
+                prepared.dlq.clone(),
+                Arc::new(Counters::default()),
+            );
+            let task = tokio::spawn(worker.clone().run());
+            workers.push((worker, task));
+        }
+        Ok(SubscriptionHandle { workers })
+    }
+
+    /// Joins the consumer group of the named consumer: every process that calls this
+    /// for the same consumer shares its partitions (`partitions` in the consumer's
+    /// configuration), each partition handled by one instance at a time, in stream
+    /// order per person. Partitions spread evenly over the live instances and move
+    /// when one joins, leaves (see [`GroupHandle::shutdown`]) or dies (after
+    /// [`SubscriptionOptions::group_lease`]). A consumer with one partition runs in
+    /// one instance, the others standing by.
+    ///
+    /// Membership and leases live in the KV bucket
+    /// [`StreamingConfig::groups_bucket`](person_streaming::StreamingConfig::groups_bucket),
+    /// created here when `setup` has not.
+    pub async fn start_group(&self, consumer: &str) -> Result<GroupHandle, SubscriptionError> {
+        let prepared = self.prepare(consumer)?;
+        let slots = crate::group::slots_of(&self.client, &prepared.settings, &prepared.per_handler)
+            .map_err(|e| SubscriptionError {
+                kind: SubscriptionErrorKind::GroupUnavailable,
+                message: e.to_string(),
+            })?;
+        let bucket = crate::group::bucket(&self.client)
+            .await
+            .map_err(|message| SubscriptionError {
+                kind: SubscriptionErrorKind::GroupUnavailable,
+                message,
+            })?;
+        let mut options = self.options.clone();
+        options.max_in_hand = options.max_in_hand.max(1);
+        Ok(crate::group::spawn(crate::group::GroupSpec {
+            client: self.client.clone(),
+            group: prepared.settings.durable_name.clone(),
+            handlers: self.handlers.clone(),
+            options,
+            sink: prepared.sink,
+            dlq: prepared.dlq,
+            slots,
+            bucket,
+        }))
+    }
+
+    fn worker_options(&self, s: &ConsumerSettings) -> SubscriptionOptions {
+        let mut options = self.options.clone();
+        options.max_in_hand = options
+            .max_in_hand
+            .min(usize::try_from(s.max_ack_pending).unwrap_or(usize::MAX))
+            .max(1);
+        options
+    }
+
+    /// Checks the consumer and the handlers; the settings of each handler's consumer.
+    fn prepare(&self, consumer: &str) -> Result<Prepared, SubscriptionError> {
         let settings = self
             .client
             .config()
@@ -193,34 +280,32 @@ impl SubscriptionManager {
             ),
         };
         let single = self.handlers.len() == 1;
-        let mut workers = Vec::new();
-        for handler in &self.handlers {
-            let mut s = settings.clone();
-            if !single {
-                s.durable_name = format!("{}-{}", settings.durable_name, handler.name());
-            }
-            let mut options = self.options.clone();
-            options.max_in_hand = options
-                .max_in_hand
-                .min(usize::try_from(s.max_ack_pending).unwrap_or(usize::MAX))
-                .max(1);
-            let counters = Arc::new(Counters::default());
-            let worker = Worker::new(
-                self.client.clone(),
-                self.client.jetstream().clone(),
-                self.client.config().stream.name.clone(),
-                s,
-                handler.clone(),
-                options,
-                sink.clone(),
-                dlq.clone(),
-                counters,
-            );
-            let task = tokio::spawn(worker.clone().run());
-            workers.push((worker, task));
-        }
-        Ok(SubscriptionHandle { workers })
+        let per_handler = self
+            .handlers
+            .iter()
+            .map(|handler| {
+                let mut s = settings.clone();
+                if !single {
+                    s.durable_name = format!("{}-{}", settings.durable_name, handler.name());
+                }
+                s
+            })
+            .collect();
+        Ok(Prepared {
+            settings,
+            per_handler,
+            sink,
+            dlq,
+        })
     }
+}
+
+/// What starting a consumer needs, checked.
+struct Prepared {
+    settings: ConsumerSettings,
+    per_handler: Vec<ConsumerSettings>,
+    sink: Arc<dyn DeadLetterSink>,
+    dlq: Option<DeadLetterQueue>,
 }
 
 /// A running consumer: its stats, and its shutdown.
@@ -249,19 +334,7 @@ impl SubscriptionHandle {
     pub fn stats(&self) -> Stats {
         self.handler_stats()
             .into_iter()
-            .fold(Stats::default(), |a, (_, s)| Stats {
-                processed: a.processed + s.processed,
-                retried: a.retried + s.retried,
-                dead_lettered: a.dead_lettered + s.dead_lettered,
-                parked: a.parked + s.parked,
-                breaker_transitions: a.breaker_transitions + s.breaker_transitions,
-                in_flight: a.in_flight + s.in_flight,
-                in_hand: a.in_hand + s.in_hand,
-                lag: a.lag + s.lag,
-                reconnects: a.reconnects + s.reconnects,
-                waiting_lanes: a.waiting_lanes + s.waiting_lanes,
-                parked_people: a.parked_people + s.parked_people,
-            })
+            .fold(Stats::default(), |a, (_, s)| a.plus(s))
     }
 
     /// Counters per handler name.

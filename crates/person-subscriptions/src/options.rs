@@ -59,6 +59,15 @@ pub struct SubscriptionOptions {
     /// [`SubscriptionErrorKind::ConsumerDeleted`](crate::SubscriptionErrorKind::ConsumerDeleted)
     /// through [`SubscriptionHandle::errors`](crate::SubscriptionHandle::errors).
     pub recreate_deleted_consumer: bool,
+    /// In a consumer group ([`SubscriptionManager::start_group`](crate::SubscriptionManager::start_group)):
+    /// how long a partition's lease lasts unrenewed. An instance that dies holds its
+    /// partitions this long at most before another takes them over; renewals happen
+    /// every quarter of it, and an owner that could not renew stops its handlers a
+    /// quarter before anyone may take over. Default 8 s.
+    pub group_lease: Duration,
+    /// In a consumer group: how long the running calls of a partition that moves to
+    /// another instance may take to finish before they are cancelled. Default 10 s.
+    pub handover_grace: Duration,
 }
 
 impl Default for SubscriptionOptions {
@@ -74,6 +83,8 @@ impl Default for SubscriptionOptions {
             max_message_bytes: 1024 * 1024,
             require_headers: true,
             recreate_deleted_consumer: false,
+            group_lease: Duration::from_secs(8),
+            handover_grace: Duration::from_secs(10),
         }
     }
 }
@@ -130,6 +141,18 @@ impl SubscriptionOptions {
     /// Sets `recreate_deleted_consumer`.
     pub fn recreate_deleted_consumer(mut self, recreate: bool) -> Self {
         self.recreate_deleted_consumer = recreate;
+        self
+    }
+
+    /// Sets `group_lease` (at least 100 ms).
+    pub fn group_lease(mut self, lease: Duration) -> Self {
+        self.group_lease = lease.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Sets `handover_grace`.
+    pub fn handover_grace(mut self, grace: Duration) -> Self {
+        self.handover_grace = grace;
         self
     }
 

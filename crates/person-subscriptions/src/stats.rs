@@ -31,6 +31,38 @@ pub struct Stats {
     pub parked_people: u64,
 }
 
+impl Stats {
+    /// Both snapshots added up, field by field.
+    pub(crate) fn plus(self, o: Stats) -> Stats {
+        Stats {
+            processed: self.processed + o.processed,
+            retried: self.retried + o.retried,
+            dead_lettered: self.dead_lettered + o.dead_lettered,
+            parked: self.parked + o.parked,
+            breaker_transitions: self.breaker_transitions + o.breaker_transitions,
+            in_flight: self.in_flight + o.in_flight,
+            in_hand: self.in_hand + o.in_hand,
+            lag: self.lag + o.lag,
+            reconnects: self.reconnects + o.reconnects,
+            waiting_lanes: self.waiting_lanes + o.waiting_lanes,
+            parked_people: self.parked_people + o.parked_people,
+        }
+    }
+
+    /// The counters that add up over a consumer's life; the gauges (in flight, in
+    /// hand, lag, waiting, parked people) zeroed: what a stopped worker leaves.
+    pub(crate) fn totals(self) -> Stats {
+        Stats {
+            in_flight: 0,
+            in_hand: 0,
+            lag: 0,
+            waiting_lanes: 0,
+            parked_people: 0,
+            ..self
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) processed: AtomicU64,

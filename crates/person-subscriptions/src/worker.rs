@@ -207,7 +207,12 @@ pub(crate) struct Worker {
     failure: std::sync::Mutex<Option<crate::SubscriptionError>>,
     /// `Some(grace)` once shutdown is asked for.
     stop: watch::Sender<Option<Duration>>,
+    /// Called when the breaker opens: in a group, pauses every instance.
+    pub(crate) on_breaker_open: std::sync::OnceLock<BreakerHook>,
 }
+
+/// What a worker calls when its breaker opens.
+pub(crate) type BreakerHook = Arc<dyn Fn() + Send + Sync>;
 
 impl Worker {
     #[allow(clippy::too_many_arguments)]
@@ -235,6 +240,7 @@ impl Worker {
             breaker: AtomicU8::new(0),
             failure: std::sync::Mutex::new(None),
             stop: watch::channel(None).0,
+            on_breaker_open: std::sync::OnceLock::new(),
         })
     }
 
@@ -261,6 +267,17 @@ impl Worker {
                 false
             }
         });
+    }
+
+    /// Whether shutdown was asked for.
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop.borrow().is_some()
+    }
+
+    /// Resolves once shutdown is asked for.
+    pub(crate) async fn stopped(&self) {
+        let mut stop = self.stop.subscribe();
+        let _ = stop.wait_for(Option::is_some).await;
     }
 
     fn core_config(&self) -> person_delivery::Config {
@@ -1083,6 +1100,9 @@ impl Driver<'_> {
             Notice::Breaker { from, to } => {
                 if to == BreakerState::Open {
                     tracing::warn!(consumer, %from, %to, "circuit breaker opened: pulling paused");
+                    if let Some(hook) = self.w.on_breaker_open.get() {
+                        hook();
+                    }
                 } else {
                     tracing::info!(consumer, %from, %to, "circuit breaker changed state");
                 }

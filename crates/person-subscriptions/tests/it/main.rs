@@ -5,6 +5,7 @@ mod breaker_wire;
 mod delivery;
 mod edges;
 mod faults;
+mod groups;
 mod namespaces;
 mod retention;
 mod support;

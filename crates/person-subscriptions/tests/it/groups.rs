@@ -1,0 +1,185 @@
+//! Consumer groups in one process (the cross-process cases are in the end-to-end
+//! suite): the group breaker pauses every instance, a one-partition group runs in one
+//! instance with the others standing by, and a partitioned consumer is refused by
+//! `start_consumer`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use person_retry::CircuitBreakerConfig;
+use person_streaming::StreamingClient;
+use person_subscriptions::{
+    GroupHandle, HandlerError, SubscriptionErrorKind, SubscriptionManager, SubscriptionOptions,
+};
+
+use crate::support::*;
+
+const PARTITIONS: u32 = 4;
+
+async fn join(
+    client: &StreamingClient,
+    handler: Arc<Recorder>,
+    options: SubscriptionOptions,
+) -> GroupHandle {
+    let mut manager = SubscriptionManager::new(client.clone()).with_options(options);
+    manager.register_handler(handler);
+    manager.start_group(CONSUMER).await.unwrap()
+}
+
+/// The group's durables: every partition, and the pre-partition consumer.
+fn durables() -> Vec<String> {
+    (0..PARTITIONS)
+        .map(|k| format!("{CONSUMER}-p{k}"))
+        .chain([CONSUMER.to_owned()])
+        .collect()
+}
+
+/// `(paused, delivered stream sequence)` of each durable.
+async fn wire(client: &StreamingClient) -> HashMap<String, (bool, u64)> {
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    let mut out = HashMap::new();
+    for d in durables() {
+        let info = stream.consumer_info(&d).await.unwrap();
+        out.insert(d, (info.paused, info.delivered.stream_sequence));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opening_in_one_instance_pauses_the_whole_group_and_dead_letters_nothing() {
+    let config = config(20).with_partitions(CONSUMER, PARTITIONS).unwrap();
+    let (_server, client) = start(config).await;
+    let other = StreamingClient::new(&_server.url(), client.config().clone())
+        .await
+        .unwrap();
+    let breaker = CircuitBreakerConfig::builder()
+        .failure_threshold(3)
+        .open_timeout(Duration::from_secs(6))
+        .half_open_max_probes(1)
+        .success_threshold(1)
+        .build()
+        .unwrap();
+    let options = SubscriptionOptions::default()
+        .breaker(breaker)
+        .group_lease(Duration::from_secs(2))
+        .fetch_expiry(Duration::from_millis(300));
+    // Only instance A's downstream is out.
+    let down = Arc::new(AtomicBool::new(false));
+    let down_a = down.clone();
+    let a = Arc::new(Recorder::failing("groups", move |_, _| {
+        down_a
+            .load(Ordering::SeqCst)
+            .then(|| HandlerError::transient("downstream unavailable"))
+    }));
+    let b = Arc::new(Recorder::new("groups"));
+    let ga = join(&client, a.clone(), options.clone()).await;
+    let gb = join(&other, b.clone(), options).await;
+    eventually(30, "both instances run partitions", || {
+        !ga.partitions().is_empty() && !gb.partitions().is_empty()
+    })
+    .await;
+
+    let (_, warmup) = workload(40, 1);
+    publish(&client, &warmup).await;
+    eventually(30, "the warm-up is handled", || {
+        a.distinct() + b.distinct() >= warmup.len()
+    })
+    .await;
+
+    down.store(true, Ordering::SeqCst);
+    let (_, during) = workload(40, 3);
+    publish(&client, &during).await;
+    // A's breaker opens on its failures and pauses every consumer of the group,
+    // including B's.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let paused = loop {
+        let w = wire(&client).await;
+        if w.values().all(|(p, _)| *p) {
+            break w;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group never paused: {w:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // While paused, the server delivers nothing to either instance.
+    let b_before = b.total_calls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = wire(&client).await;
+    for (d, (p, delivered)) in &later {
+        if *p {
+            assert_eq!(*delivered, paused[d].1, "{d} was delivered to while paused");
+        }
+    }
+    assert!(
+        b.total_calls.load(Ordering::SeqCst) <= b_before + 64,
+        "B handled no more than what it held"
+    );
+    down.store(false, Ordering::SeqCst);
+    let total = warmup.len() + during.len();
+    eventually(90, "everything is handled after the outage", || {
+        a.distinct() + b.distinct() >= total
+    })
+    .await;
+    assert_eq!(
+        client
+            .dead_letters()
+            .count(&Default::default())
+            .await
+            .unwrap(),
+        0,
+        "nothing dead-lettered during the outage"
+    );
+    ga.shutdown(Duration::from_secs(5)).await;
+    gb.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_partition_group_runs_in_one_instance_and_fails_over_to_the_other() {
+    let (_server, client) = start(config(20)).await;
+    let options = SubscriptionOptions::default()
+        .group_lease(Duration::from_secs(2))
+        .fetch_expiry(Duration::from_millis(300));
+    let a = Arc::new(Recorder::new("standby"));
+    let b = Arc::new(Recorder::new("standby"));
+    let ga = join(&client, a.clone(), options.clone()).await;
+    eventually(30, "A runs the consumer", || ga.partitions() == [0]).await;
+    let gb = join(&client, b.clone(), options).await;
+    let (_, first) = workload(20, 5);
+    publish(&client, &first).await;
+    eventually(30, "A handles everything", || a.distinct() >= first.len()).await;
+    assert!(gb.partitions().is_empty(), "B stands by");
+    assert_eq!(b.total_calls.load(Ordering::SeqCst), 0, "B handled nothing");
+    ga.shutdown(Duration::from_secs(5)).await;
+    eventually(30, "B takes over", || gb.partitions() == [0]).await;
+    let (_, second) = workload(20, 5);
+    publish(&client, &second).await;
+    eventually(30, "B handles what came after", || {
+        b.distinct() >= second.len()
+    })
+    .await;
+    assert_eq!(
+        a.distinct() + b.distinct(),
+        first.len() + second.len(),
+        "nothing twice"
+    );
+    gb.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_partitioned_consumer_is_started_as_a_group_not_as_one_consumer() {
+    let config = config(5).with_partitions(CONSUMER, PARTITIONS).unwrap();
+    let (_server, client) = start(config).await;
+    let mut manager = SubscriptionManager::new(client.clone());
+    manager.register_handler(Arc::new(Recorder::new("single")));
+    let err = manager.start_consumer(CONSUMER).await.unwrap_err();
+    assert_eq!(err.kind(), SubscriptionErrorKind::Partitioned, "{err}");
+    assert!(err.to_string().contains("start_group"), "{err}");
+}
