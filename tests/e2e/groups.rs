@@ -47,14 +47,14 @@ struct Instance {
     log: PathBuf,
 }
 
-fn spawn(url: &str, config: &Path, log: &Path) -> Instance {
+fn spawn(url: &str, config: &Path, log: &Path, handle_ms: u64) -> Instance {
     let mut child = Command::new(env!("CARGO_BIN_EXE_group-instance"))
         .env("GROUP_NATS_URL", url)
         .env("GROUP_CONFIG", config)
         .env("GROUP_CONSUMER", GROUP)
         .env("GROUP_LOG", log)
         .env("GROUP_FAIL_EVERY", "10")
-        .env("GROUP_HANDLE_MS", "2")
+        .env("GROUP_HANDLE_MS", handle_ms.to_string())
         .env("GROUP_LEASE_MS", "4000")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -118,7 +118,10 @@ struct Call {
 }
 
 /// Every call in the logs, and each log's partition reports `(time, partitions)`.
-fn read_logs(logs: &[PathBuf]) -> (Vec<Call>, Vec<Vec<(u128, Vec<u32>)>>) {
+/// What one instance reported running, over time: `(time, partitions)`.
+type Reports = Vec<(u128, Vec<u32>)>;
+
+fn read_logs(logs: &[PathBuf]) -> (Vec<Call>, Vec<Reports>) {
     let mut calls = Vec::new();
     let mut reports = Vec::new();
     for (i, path) in logs.iter().enumerate() {
@@ -212,9 +215,10 @@ fn check(
         for w in v.windows(2) {
             assert!(
                 w[0].1 < w[1].1,
-                "person {person}: version {} was first handled after version {}",
+                "person {person}: version {} was first handled after version {}; their calls:\n{}",
                 w[0].0,
-                w[1].0
+                w[1].0,
+                history(&calls, person)
             );
         }
     }
@@ -269,6 +273,30 @@ fn check(
         failures,
         calls: calls.len(),
     }
+}
+
+/// A person's calls, one per line, for a failure message.
+fn history(calls: &[Call], person: &str) -> String {
+    let first = calls.iter().map(|c| c.start).min().unwrap_or(0);
+    let ms = |t: u128| (t.saturating_sub(first)) as f64 / 1e6;
+    calls
+        .iter()
+        .filter(|c| c.person == person)
+        .map(|c| {
+            format!(
+                "  log {} version {} from {:.1} ms to {}",
+                c.log,
+                c.version,
+                ms(c.start),
+                c.end.map_or("never".into(), |(t, ok)| format!(
+                    "{:.1} ms {}",
+                    ms(t),
+                    if ok { "ok" } else { "failed" }
+                ))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Debug)]
@@ -365,36 +393,55 @@ async fn a_group_across_processes_survives_a_sigkill_with_order_and_one_owner_pe
     let config_path = dir.path().join("config.json");
     std::fs::write(&config_path, serde_json::to_string(&cfg).unwrap()).unwrap();
 
-    // 3,000 events of 200 people: half before the instances start, half after the kill.
-    let (events, _) = workload(200, 15);
-    let (first, second) = events.split_at(events.len() / 2);
-    publish_all(&client, first).await;
     let log = |i: usize| dir.path().join(format!("instance-{i}.log"));
     let mut logs: Vec<PathBuf> = Vec::new();
     let mut live = Vec::new();
     let mut running: Vec<Instance> = Vec::new();
     for i in 0..3 {
         logs.push(log(i));
-        running.push(spawn(&url, &config_path, &log(i)));
+        running.push(spawn(&url, &config_path, &log(i), 20));
         live.push(i);
     }
     wait_balanced(&logs, &live, 60).await;
-    wait_handled(&logs, first.len() / 3, 120).await;
 
+    // 3,000 events of 200 people, published at about 1,000 a second while the
+    // instances work, so the kill comes in the middle of it.
+    let (events, _) = workload(200, 15);
+    let publisher = {
+        let client = client.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            for chunk in events.chunks(50) {
+                publish_all(&client, chunk).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    wait_handled(&logs, events.len() / 3, 120).await;
     let victim = running.remove(1);
     let (_, killed_at) = victim.kill();
     live.retain(|i| *i != 1);
     logs.push(log(3));
-    running.push(spawn(&url, &config_path, &log(3)));
+    running.push(spawn(&url, &config_path, &log(3), 20));
     live.push(3);
-    let rebalance = wait_balanced(&logs, &live, 60).await;
-    publish_all(&client, second).await;
+    wait_balanced(&logs, &live, 60).await;
+    let rebalance = Duration::from_nanos(u64::try_from(unix_ns() - killed_at).unwrap());
+    publisher.await.unwrap();
     wait_handled(&logs, events.len(), 240).await;
     for i in running {
         i.stop();
     }
 
     let summary = check(&logs, &expected(&events), Some((1, killed_at)));
+    let (calls, _) = read_logs(&logs);
+    let cut = calls
+        .iter()
+        .filter(|c| c.log == 1 && c.end.is_none())
+        .count();
+    assert!(
+        cut > 0,
+        "the kill came while the instance was handling events"
+    );
     assert!(
         summary.failures > 0,
         "the transient failures happened: {summary:?}"
@@ -405,7 +452,7 @@ async fn a_group_across_processes_survives_a_sigkill_with_order_and_one_owner_pe
         "nothing dead-lettered"
     );
     eprintln!(
-        "groups/sigkill: {} events, {} calls, {} transient failures, {} repeats from the killed window, partitions spread again {rebalance:?} after the new instance started, {:?} in all",
+        "groups/sigkill: {} events, {} calls, {} transient failures, {cut} calls cut by the kill, {} repeats from the killed window, partitions spread again {rebalance:?} after the kill, {:?} in all",
         events.len(),
         summary.calls,
         summary.failures,
@@ -433,7 +480,7 @@ async fn a_rolling_restart_of_every_instance_keeps_order_and_repeats_nothing() {
     let mut running: Vec<(usize, Instance)> = Vec::new();
     for i in 0..3 {
         logs.push(log(i));
-        running.push((i, spawn(&url, &config_path, &log(i))));
+        running.push((i, spawn(&url, &config_path, &log(i), 2)));
     }
     let live = |r: &[(usize, Instance)]| r.iter().map(|(i, _)| *i).collect::<Vec<_>>();
     wait_balanced(&logs, &live(&running), 60).await;
@@ -444,7 +491,7 @@ async fn a_rolling_restart_of_every_instance_keeps_order_and_repeats_nothing() {
         old.stop();
         let next = logs.len();
         logs.push(log(next));
-        running.push((next, spawn(&url, &config_path, &log(next))));
+        running.push((next, spawn(&url, &config_path, &log(next), 2)));
         if let Some(chunk) = chunks.get(round + 1) {
             publish_all(&client, chunk).await;
             published += chunk.len();

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::handler::StreamingEventHandler;
 use crate::options::SubscriptionOptions;
 use crate::stats::{Counters, Stats};
-use crate::worker::Worker;
+use crate::worker::{Fence, Worker};
 
 /// The durable consumers of one slot (a partition, or the consumer of what was stored
 /// before partitions), one per handler.
@@ -46,10 +46,15 @@ pub(crate) struct GroupSpec {
     pub(crate) bucket: Store,
 }
 
+/// A worker and its task.
+type Running = (Arc<Worker>, JoinHandle<()>);
+
 /// The running workers and the counters of the stopped ones.
 #[derive(Default)]
 struct Shared {
-    running: BTreeMap<u32, Vec<(Arc<Worker>, JoinHandle<()>)>>,
+    running: BTreeMap<u32, Vec<Running>>,
+    /// Each running slot's lease deadline, shared with its workers.
+    fences: BTreeMap<u32, Arc<Fence>>,
     /// Totals left by workers that stopped, per handler name.
     retired: BTreeMap<String, Stats>,
 }
@@ -321,15 +326,18 @@ async fn run(
                     }));
                 }
                 GroupAction::Start { slot } => {
-                    start_slot(&spec, &shared, slot, drained.clone());
+                    let fence = Arc::new(Fence::new(origin));
+                    if let Some(until) = group.valid_until(slot) {
+                        fence.set(until);
+                    }
+                    start_slot(&spec, &shared, slot, drained.clone(), fence);
                 }
                 GroupAction::Stop { slot, fence } => {
-                    let workers = shared
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .running
-                        .remove(&slot)
-                        .unwrap_or_default();
+                    let workers = {
+                        let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                        s.fences.remove(&slot);
+                        s.running.remove(&slot).unwrap_or_default()
+                    };
                     let grace = if fence { Duration::ZERO } else { grace };
                     if fence {
                         tracing::warn!(group = %spec.group, slot, "lease lost or not renewed in time: stopping the partition's handlers at once");
@@ -355,6 +363,10 @@ async fn run(
         }
         if group.is_done() {
             break;
+        }
+        // Renewals move each running slot's deadline on.
+        for (slot, fence) in &shared.lock().unwrap_or_else(PoisonError::into_inner).fences {
+            fence.set(group.valid_until(*slot).unwrap_or_default());
         }
         if watch.is_none() {
             match spec.bucket.watch_with_history(format!("{}>", prefix)).await {
@@ -446,6 +458,7 @@ fn start_slot(
     shared: &Arc<Mutex<Shared>>,
     slot: u32,
     drained: Arc<std::sync::atomic::AtomicBool>,
+    fence: Arc<Fence>,
 ) {
     let Some(consumers) = spec.slots.get(slot as usize) else {
         return;
@@ -476,6 +489,7 @@ fn start_slot(
             Arc::new(Counters::default()),
         );
         let _ = worker.on_breaker_open.set(pause_hook(spec, handler.name()));
+        let _ = worker.fence.set(fence.clone());
         let w = worker.clone();
         let legacy = legacy.clone();
         let client = spec.client.clone();
@@ -488,11 +502,9 @@ fn start_slot(
         });
         workers.push((worker, task));
     }
-    shared
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .running
-        .insert(slot, workers);
+    let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    s.running.insert(slot, workers);
+    s.fences.insert(slot, fence);
 }
 
 /// Waits until every pre-partition consumer of the group has delivered and settled
@@ -622,8 +634,25 @@ pub(crate) fn slots_of(
     Ok(slots)
 }
 
-/// Opens the group's bucket, creating it as `ensure` would when it is missing.
+/// Opens the group's bucket, creating it as `ensure` would when it is missing; a
+/// cluster still electing leaders or placing replicas is waited for (up to 30 s).
 pub(crate) async fn bucket(client: &StreamingClient) -> Result<Store, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match open_bucket(client).await {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() + delay < deadline => {
+                tracing::debug!(error = %e, "the group bucket is not available yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn open_bucket(client: &StreamingClient) -> Result<Store, String> {
     let name = client.config().groups_bucket();
     let js = client.jetstream();
     match js.get_key_value(&name).await {
@@ -632,7 +661,11 @@ pub(crate) async fn bucket(client: &StreamingClient) -> Result<Store, String> {
             let stream = &client.config().stream;
             js.create_key_value(kv::Config {
                 bucket: name.clone(),
-                description: "Consumer group membership and partition leases".into(),
+                // The same settings as `ensure`, so that a race between the two agrees.
+                description: format!(
+                    "consumer group members and partition leases of {}",
+                    stream.name
+                ),
                 history: 1,
                 max_age: Duration::from_secs(3600),
                 storage: match stream.storage {

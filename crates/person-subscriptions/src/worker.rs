@@ -209,6 +209,38 @@ pub(crate) struct Worker {
     stop: watch::Sender<Option<Duration>>,
     /// Called when the breaker opens: in a group, pauses every instance.
     pub(crate) on_breaker_open: std::sync::OnceLock<BreakerHook>,
+    /// In a group: until when this instance's lease on the partition lets it call.
+    pub(crate) fence: std::sync::OnceLock<Arc<Fence>>,
+}
+
+/// A deadline shared by a group member and its partition's workers: no handler call
+/// starts after it, whatever the group's own loop is doing.
+#[derive(Debug)]
+pub(crate) struct Fence {
+    origin: Instant,
+    /// Nanoseconds after `origin`.
+    until: std::sync::atomic::AtomicU64,
+}
+
+impl Fence {
+    pub(crate) fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            until: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Moves the deadline to `until` after the origin.
+    pub(crate) fn set(&self, until: Duration) {
+        let nanos = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
+        self.until.store(nanos, Ordering::Release);
+    }
+
+    /// Whether a call may start now.
+    pub(crate) fn allows(&self) -> bool {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        now < self.until.load(Ordering::Acquire)
+    }
 }
 
 /// What a worker calls when its breaker opens.
@@ -241,6 +273,7 @@ impl Worker {
             failure: std::sync::Mutex::new(None),
             stop: watch::channel(None).0,
             on_breaker_open: std::sync::OnceLock::new(),
+            fence: std::sync::OnceLock::new(),
         })
     }
 
@@ -848,6 +881,19 @@ impl Driver<'_> {
         let Some(held) = self.held.get_mut(&seq) else {
             return;
         };
+        if w.fence.get().is_some_and(|f| !f.allows()) {
+            // In a group, past this instance's lease on the partition: the call is not
+            // made (another instance may own the person by now); the message goes back.
+            self.spawn_op(seq, async move {
+                Done::Call {
+                    seq,
+                    result: Ok(Err(crate::HandlerError::transient(
+                        "not handled: this instance's lease on the partition ran out",
+                    ))),
+                }
+            });
+            return;
+        }
         // Taken before the envelope moves into the handler.
         let published_at = match &held.body {
             Body::Event(env) => Some(env.metadata().timestamp),
