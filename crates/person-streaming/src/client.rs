@@ -515,11 +515,7 @@ impl StreamingClient {
     ) -> Result<(), StreamingError> {
         let bucket = self.config.groups_bucket();
         let label = format!("{bucket} (key-value)");
-        match self
-            .jetstream
-            .get_stream_no_info(format!("KV_{bucket}"))
-            .await
-        {
+        match self.jetstream.get_stream(format!("KV_{bucket}")).await {
             Ok(_) => {
                 report.unchanged_streams.push(label);
                 return Ok(());

@@ -16,6 +16,8 @@
 //!   [`StreamingClient::plan_rewind`] and [`StreamingClient::rewind_consumer`]: hold a
 //!   consumer's deliveries, or move it back to a sequence or time to rebuild from there.
 //! - [`RetryHandler`]: the week-1 `RetryHandler::new(client, jetstream, policy, dlq)`.
+//! - [`StreamingConfig::with_partitions`] and [`StreamingConfig::consumer_group`]: a
+//!   partitioned event stream and the durables of a consumer group ([`ConsumerGroup`]).
 //!
 //! The wire format is in `docs/wire-format.md`.
 //!

@@ -7,6 +7,7 @@ mod contract;
 mod dlq;
 mod dlq_paging;
 mod errors;
+mod partitions;
 mod publish;
 mod replay;
 mod setup;
