@@ -61,6 +61,7 @@ mod config;
 mod consumer_ops;
 mod dlq;
 mod error;
+mod groups;
 mod metrics;
 #[cfg(feature = "opentelemetry")]
 mod otel;
@@ -81,6 +82,7 @@ pub use dlq::{
     REPLAYED_AT_HEADER, ReplayReceipt, StoredDeadLetter, UNKNOWN_TOKEN,
 };
 pub use error::{StreamingError, StreamingErrorKind};
+pub use groups::{GroupSlotStatus, GroupStatus, group_lease_key, group_member_key};
 pub use person_retry::RetryPolicy;
 pub use publisher::{
     AppendReceipt, ExpectedVersion, MAX_BATCH, PublishError, PublishErrorKind, PublishReceipt,

@@ -14,7 +14,9 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use person_delivery::{Group, GroupAction, GroupConfig, LeaseOutcome};
 use person_retry::{BreakerState, DeadLetterSink};
-use person_streaming::{ConsumerSettings, DeadLetterQueue, StreamingClient};
+use person_streaming::{
+    ConsumerSettings, DeadLetterQueue, StreamingClient, group_lease_key, group_member_key,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -189,14 +191,6 @@ fn rand_salt() -> u32 {
     h.finish() as u32
 }
 
-fn member_key(group: &str, instance: &str) -> String {
-    format!("{group}.m.{instance}")
-}
-
-fn lease_key(group: &str, slot: u32) -> String {
-    format!("{group}.l.{slot}")
-}
-
 /// Starts this instance's member of the group.
 pub(crate) fn spawn(spec: GroupSpec) -> GroupHandle {
     let instance = instance_name();
@@ -266,7 +260,7 @@ async fn run(
             let kv = spec.bucket.clone();
             match action {
                 GroupAction::Heartbeat => {
-                    let key = member_key(&spec.group, &instance);
+                    let key = group_member_key(&spec.group, &instance);
                     let value = bytes::Bytes::from(instance.clone());
                     ops.push(Box::pin(async move {
                         let _ = tokio::time::timeout(op_timeout, kv.put(key, value)).await;
@@ -274,7 +268,7 @@ async fn run(
                     }));
                 }
                 GroupAction::Acquire { slot, expect } => {
-                    let key = lease_key(&spec.group, slot);
+                    let key = group_lease_key(&spec.group, slot);
                     let value = bytes::Bytes::from(instance.clone());
                     ops.push(Box::pin(async move {
                         let o = match expect {
@@ -295,7 +289,7 @@ async fn run(
                     }));
                 }
                 GroupAction::Renew { slot, revision } => {
-                    let key = lease_key(&spec.group, slot);
+                    let key = group_lease_key(&spec.group, slot);
                     let value = bytes::Bytes::from(instance.clone());
                     ops.push(Box::pin(async move {
                         let o = outcome(
@@ -308,7 +302,7 @@ async fn run(
                     }));
                 }
                 GroupAction::Release { slot, revision } => {
-                    let key = lease_key(&spec.group, slot);
+                    let key = group_lease_key(&spec.group, slot);
                     ops.push(Box::pin(async move {
                         let _ = tokio::time::timeout(
                             op_timeout,
@@ -319,7 +313,7 @@ async fn run(
                     }));
                 }
                 GroupAction::Leave => {
-                    let key = member_key(&spec.group, &instance);
+                    let key = group_member_key(&spec.group, &instance);
                     ops.push(Box::pin(async move {
                         let _ = tokio::time::timeout(op_timeout, kv.delete(key)).await;
                         Done::Nothing

@@ -14,8 +14,10 @@ Examples:
 
 For each stream: messages, bytes, first and last sequence. For each consumer: pending
 (not delivered yet), ack pending (delivered, not acknowledged), redelivered, and its last
-activity; a paused consumer is marked, with the time it resumes. Then the dead letters,
-counted by consumer and reason.";
+activity; a paused consumer is marked, with the time it resumes. For each consumer with
+partitions, its group: each partition's owner, lag (pending), ack pending and pause
+state, and the members with a heartbeat. Then the dead letters, counted by consumer and
+reason.";
 
 /// `status` options.
 #[derive(Debug, clap::Args)]
@@ -43,6 +45,23 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
     } else {
         Vec::new()
     };
+    // Each partitioned consumer's group: partition owners, lag and pause state.
+    let mut groups = Vec::new();
+    if streams.first().is_some_and(|s| s.exists) {
+        for c in client
+            .config()
+            .consumers
+            .iter()
+            .filter(|c| c.partitions > 1)
+        {
+            groups.push(
+                client
+                    .group_status(&c.durable_name)
+                    .await
+                    .map_err(|e| g.streaming_error(&e))?,
+            );
+        }
+    }
     if args.json {
         let streams: Vec<_> = streams
             .iter()
@@ -75,7 +94,28 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
             .iter()
             .map(|c| serde_json::json!({"consumer": c.consumer, "reason": c.reason, "count": c.count}))
             .collect();
-        print_json(&serde_json::json!({"streams": streams, "dead_letters": dead_letters}));
+        let groups: Vec<_> = groups
+            .iter()
+            .map(|gs| {
+                serde_json::json!({
+                    "group": gs.group,
+                    "partitions": gs.partitions,
+                    "members": gs.members.iter().map(|(m, at)| serde_json::json!({"instance": m, "heartbeat": time(*at)})).collect::<Vec<_>>(),
+                    "slots": gs.slots.iter().map(|s| serde_json::json!({
+                        "partition": s.partition,
+                        "consumer": s.consumer.name,
+                        "owner": s.owner,
+                        "pending": s.consumer.pending,
+                        "ack_pending": s.consumer.ack_pending,
+                        "paused": s.consumer.paused,
+                        "paused_until": s.consumer.paused_until.map(time),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print_json(
+            &serde_json::json!({"streams": streams, "groups": groups, "dead_letters": dead_letters}),
+        );
         return Ok(());
     }
     let now = Utc::now();
@@ -173,6 +213,53 @@ pub(crate) async fn run(g: &Global, args: Args) -> Result<(), CliError> {
                 Some(t) => println!("paused: {} until {} (resumes by itself)", c.name, time(t)),
                 None => println!("paused: {}", c.name),
             }
+        }
+    }
+    for gs in &groups {
+        println!();
+        let rows: Vec<Vec<String>> = gs
+            .slots
+            .iter()
+            .map(|slot| {
+                vec![
+                    slot.partition
+                        .map_or("before partitions".to_owned(), |p| p.to_string()),
+                    slot.consumer.name.clone(),
+                    slot.owner.clone().unwrap_or_else(|| "-".into()),
+                    slot.consumer.pending.to_string(),
+                    slot.consumer.ack_pending.to_string(),
+                    if slot.consumer.paused {
+                        slot.consumer
+                            .paused_until
+                            .map_or("paused".into(), |t| format!("until {}", time(t)))
+                    } else {
+                        "-".into()
+                    },
+                ]
+            })
+            .collect();
+        println!(
+            "group {} ({} partitions, {} member(s) with a heartbeat)",
+            gs.group,
+            gs.partitions,
+            gs.members.len()
+        );
+        print!(
+            "{}",
+            table(
+                &[
+                    "PARTITION",
+                    "CONSUMER",
+                    "OWNER",
+                    "LAG",
+                    "ACK PENDING",
+                    "PAUSED"
+                ],
+                &rows
+            )
+        );
+        for (m, at) in &gs.members {
+            println!("member {m}: last heartbeat {}", ago(Some(*at), now));
         }
     }
     if hidden > 0 && !args.all_consumers {

@@ -5,6 +5,7 @@ mod consumer;
 mod dlq;
 mod dlq_memory;
 mod errors;
+mod groups;
 mod publish;
 mod setup;
 mod support;
