@@ -53,7 +53,7 @@ pub async fn server() -> Result<ExampleServer> {
 /// `EXAMPLE_<name>_<run>` and `EXAMPLE_<name>_<run>_DLQ`, consumers
 /// `example-<run>-<role>`, and the subject prefix `example_<name>_<run>` (events on
 /// `example_<name>_<run>.person.events.…`, dead letters on
-/// `example_<name>_<run>.person.dlq.…`). It deletes both streams at the end, and never
+/// `example_<name>_<run>.person.dlq.…`). It deletes both streams (and the buckets it made) at the end, and never
 /// reads, acks, replays or deletes anything else.
 #[derive(Debug, Clone)]
 pub struct Scope {
@@ -68,6 +68,12 @@ impl Scope {
             format!("{name}_{}", &run[run.len() - 8..])
         });
         Self { own }
+    }
+
+    /// The scope of an example on a server or cluster it started itself: the default
+    /// names, nothing renamed.
+    pub fn embedded() -> Self {
+        Self { own: None }
     }
 
     /// `true` when the example runs in its own namespace on the user's server.
@@ -138,15 +144,16 @@ impl Scope {
         Ok(())
     }
 
-    /// Deletes this run's streams (with their consumers) and bodies bucket, if they exist. A no-op on an
-    /// embedded server, which is thrown away anyway.
+    /// Deletes this run's streams (with their consumers), bodies bucket and groups
+    /// bucket, if they exist. A no-op on an embedded server, which is thrown away anyway.
     pub async fn cleanup(&self, js: &jetstream::Context, config: &StreamingConfig) {
         if self.own.is_none() {
             return;
         }
-        // The bodies bucket is the stream `OBJ_<bucket>`.
+        // The buckets are the streams `OBJ_<bucket>` and `KV_<bucket>`.
         let bodies = format!("OBJ_{}", config.bodies_bucket());
-        for name in [&config.stream.name, &config.dlq.name, &bodies] {
+        let groups = format!("KV_{}", config.groups_bucket());
+        for name in [&config.stream.name, &config.dlq.name, &bodies, &groups] {
             match js.delete_stream(name).await {
                 Ok(_) => println!("deleted this run's stream {name}"),
                 Err(e)

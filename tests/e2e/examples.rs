@@ -93,7 +93,7 @@ fn no_example_streams(s: &Snapshot) {
         .streams
         .iter()
         .map(|(n, ..)| n)
-        .filter(|n| n.starts_with("EXAMPLE_"))
+        .filter(|n| n.contains("EXAMPLE_"))
         .collect();
     assert!(left.is_empty(), "the example left streams behind: {left:?}");
 }
@@ -226,9 +226,16 @@ async fn streaming_setup_touches_only_what_it_creates() {
         "legacy_upcast",
         "optimistic_concurrency",
         "metrics_prometheus",
+        "consumer_group",
     ] {
         let (ok, out) = run_example(name, &url).await;
         assert!(ok, "{name} failed beside someone else's data:\n{out}");
+        if name == "consumer_group" {
+            assert!(
+                out.contains("all 2000 events handled; each person's events were handled for the first time in stream order"),
+                "{out}"
+            );
+        }
         assert!(
             out.contains("deleted this run's stream EXAMPLE_"),
             "{name} cleans up after itself:\n{out}"

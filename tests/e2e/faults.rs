@@ -196,7 +196,7 @@ async fn consumers_through_a_server_kill_handle_everything_and_dead_letter_nothi
     let handle = manager.start_consumer(CONSUMER).await.unwrap();
 
     eventually(300, "1,000 events handled, then handlers held", || {
-        projection.distinct() >= 1_000 && handle.stats().in_flight > 0
+        projection.distinct() >= 1_000 && projection.holding() > 0
     })
     .await;
     let at_kill = projection.distinct();
@@ -221,13 +221,16 @@ async fn consumers_through_a_server_kill_handle_everything_and_dead_letter_nothi
     );
     assert_eq!(stats.dead_lettered, 0, "the outage dead-lettered events");
     assert_eq!(dlq_messages(&client).await, 0, "the DLQ is not empty");
-    // The kill cost acks (of the calls held across it, and the ones the server had not
-    // persisted): their events came back and the projection recognised them.
-    let absorbed = projection.absorbed();
+    // What the kill exercised: handler calls held across it, which went on and were
+    // acked only once the server was gone. Whether their events come back depends on
+    // what the server had persisted when it died (the client queues acks while it
+    // reconnects), so redeliveries are reported, not required.
+    let held = projection.held();
     assert!(
-        absorbed > 0,
-        "no event was delivered again after the kill: the kill exercised nothing"
+        held > 0,
+        "no handler call spanned the kill: the kill exercised nothing"
     );
+    let absorbed = projection.absorbed();
     record(
         Row {
             case: "fault-2-consumer-server-kill",
@@ -242,7 +245,7 @@ async fn consumers_through_a_server_kill_handle_everything_and_dead_letter_nothi
             duplicated: 0,
             absorbed,
             notes: format!(
-                "handler errors seen: 0; dead letters: 0; consumer reconnects: {}",
+                "handler calls held across the kill: {held}; handler errors seen: 0; dead letters: 0; consumer reconnects: {}",
                 stats.reconnects
             ),
             ..Row::default()

@@ -65,9 +65,13 @@ fn spawn(url: &str, config: &Path, log: &Path, handle_ms: u64) -> Instance {
     BufReader::new(child.stdout.as_mut().expect("piped"))
         .read_line(&mut line)
         .expect("it says it is ready");
+    if !line.starts_with("ready ") {
+        let status = child.wait();
+        panic!("an instance did not start: its first line is {line:?}, and it exited with {status:?} (its error is on stderr above)");
+    }
     let name = line
         .strip_prefix("ready ")
-        .unwrap_or_else(|| panic!("unexpected first line from an instance: {line:?}"))
+        .expect("checked")
         .trim()
         .to_owned();
     Instance {
@@ -97,6 +101,20 @@ impl Instance {
         let _ = self.child.wait();
         (self.log, at)
     }
+}
+
+/// Calls started and not (yet) ended in one instance's log.
+fn open_calls(log: &Path) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let (mut started, mut ended) = (0usize, 0usize);
+    for line in text.lines() {
+        match line.as_bytes().first() {
+            Some(b'S') => started += 1,
+            Some(b'E' | b'X') => ended += 1,
+            _ => {}
+        }
+    }
+    started.saturating_sub(ended)
 }
 
 fn unix_ns() -> u128 {
@@ -418,6 +436,15 @@ async fn a_group_across_processes_survives_a_sigkill_with_order_and_one_owner_pe
         })
     };
     wait_handled(&logs, events.len() / 3, 120).await;
+    // Kill it in the middle of a call: the publisher's pace leaves idle gaps.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while open_calls(&log(1)) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 handles no events any more"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let victim = running.remove(1);
     let (_, killed_at) = victim.kill();
     live.retain(|i| *i != 1);

@@ -139,6 +139,8 @@ pub(crate) struct Projection {
     deliveries: Mutex<HashMap<EventId, u32>>,
     applied: AtomicU64,
     errors: Mutex<Vec<String>>,
+    held: AtomicU64,
+    holding: AtomicU64,
 }
 
 impl Projection {
@@ -178,6 +180,17 @@ impl Projection {
     /// Ids applied.
     pub(crate) fn ids(&self) -> HashSet<EventId> {
         self.deliveries.lock().unwrap().keys().copied().collect()
+    }
+
+    /// Handler calls that were held (see [`ProjectionHandler::hold_from`]) and then
+    /// went on once released.
+    pub(crate) fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Handler calls being held right now.
+    pub(crate) fn holding(&self) -> u64 {
+        self.holding.load(Ordering::SeqCst)
     }
 
     /// Errors the handler saw.
@@ -261,8 +274,13 @@ impl StreamingEventHandler for ProjectionHandler {
             tokio::time::sleep(self.delay).await;
         }
         if let Some((applied, release)) = &self.hold {
-            while self.projection.distinct() >= *applied && !release.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            if self.projection.distinct() >= *applied && !release.load(Ordering::SeqCst) {
+                self.projection.holding.fetch_add(1, Ordering::SeqCst);
+                while !release.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                self.projection.holding.fetch_sub(1, Ordering::SeqCst);
+                self.projection.held.fetch_add(1, Ordering::SeqCst);
             }
         }
         if let Some(e) = (self.fail)(&envelope, attempt) {

@@ -4,10 +4,10 @@
 //! The bucket ([`StreamingConfig::groups_bucket`](crate::StreamingConfig::groups_bucket))
 //! holds, per group (the configured durable name):
 //! - `<group>.m.<instance>`: the heartbeat of each member, its name as value;
-//! - `<group>.l.<slot>`: the lease of each slot, the owning member's name as value. Slot
-//!   `k < P` is partition `k` (durable `<group>-p<k>`); slot `P` is the durable itself,
+//! - `<group>.l.<k>`: the lease of partition `k` (durable `<group>-p<k>`), the owning
+//!   member's name as value. The owner of partition 0 also runs the durable itself,
 //!   which keeps what was stored before partitions. A group of one partition has one
-//!   slot, the durable itself.
+//!   lease, on the durable itself.
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -21,7 +21,7 @@ pub fn group_member_key(group: &str, instance: &str) -> String {
     format!("{group}.m.{instance}")
 }
 
-/// The key of slot `slot`'s lease in `group`.
+/// The key of partition `slot`'s lease in `group`.
 pub fn group_lease_key(group: &str, slot: u32) -> String {
     format!("{group}.l.{slot}")
 }
@@ -32,7 +32,8 @@ pub struct GroupSlotStatus {
     /// The partition, or None for the durable that keeps what was stored before
     /// partitions.
     pub partition: Option<u32>,
-    /// The member holding the slot's lease, if any.
+    /// The member holding the slot's lease (for the pre-partition durable, partition
+    /// 0's), if any.
     pub owner: Option<String>,
     /// The slot's durable consumer (pending is its lag).
     pub consumer: ConsumerStatus,
@@ -80,12 +81,14 @@ impl StreamingClient {
         };
         let (members, owners) = self.group_entries(consumer).await?;
         let mut slots = Vec::with_capacity(durables.len());
-        for (slot, (partition, durable)) in (0u32..).zip(durables) {
+        for (partition, durable) in durables {
+            // The pre-partition durable runs with partition 0.
+            let lease = partition.unwrap_or(0);
             slots.push(GroupSlotStatus {
                 partition,
                 owner: owners
                     .iter()
-                    .find(|(s, _)| *s == slot)
+                    .find(|(s, _)| *s == lease)
                     .map(|(_, o)| o.clone()),
                 consumer: self.consumer_status(&durable).await?,
             });

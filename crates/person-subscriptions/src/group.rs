@@ -26,14 +26,17 @@ use crate::options::SubscriptionOptions;
 use crate::stats::{Counters, Stats};
 use crate::worker::{Fence, Worker};
 
-/// The durable consumers of one slot (a partition, or the consumer of what was stored
-/// before partitions), one per handler.
+/// The durable consumers of one slot (a partition), one per handler.
 #[derive(Debug, Clone)]
 pub(crate) struct SlotConsumers {
-    /// The partition, or None for the pre-partition consumer.
-    pub(crate) partition: Option<u32>,
+    /// The partition.
+    pub(crate) partition: u32,
     /// Per handler (same order as the handlers).
     pub(crate) settings: Vec<ConsumerSettings>,
+    /// Per handler, the consumer of what was stored before partitions, which the owner
+    /// of partition 0 runs too; empty for the other partitions and for a group that is
+    /// one consumer.
+    pub(crate) before: Vec<ConsumerSettings>,
 }
 
 /// Everything a group runner needs.
@@ -46,6 +49,9 @@ pub(crate) struct GroupSpec {
     pub(crate) dlq: Option<DeadLetterQueue>,
     pub(crate) slots: Vec<SlotConsumers>,
     pub(crate) bucket: Store,
+    /// Per handler (same order as the handlers): the instance's budget of calls, shared
+    /// by every partition it handles.
+    pub(crate) permits: Vec<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A worker and its task.
@@ -104,7 +110,7 @@ impl GroupHandle {
         shared
             .running
             .keys()
-            .filter_map(|slot| self.slots.get(*slot as usize).and_then(|s| s.partition))
+            .filter_map(|slot| self.slots.get(*slot as usize).map(|s| s.partition))
             .collect()
     }
 
@@ -196,12 +202,7 @@ pub(crate) fn spawn(spec: GroupSpec) -> GroupHandle {
     let instance = instance_name();
     let shared = Arc::new(Mutex::new(Shared::default()));
     let (stop_tx, stop_rx) = oneshot::channel();
-    let partitions = spec
-        .slots
-        .iter()
-        .filter(|s| s.partition.is_some())
-        .count()
-        .max(1) as u32;
+    let partitions = u32::try_from(spec.slots.len()).unwrap_or(u32::MAX).max(1);
     let handle_slots = spec.slots.clone();
     let group = spec.group.clone();
     let task = tokio::spawn(run(spec, instance.clone(), shared.clone(), stop_rx));
@@ -457,15 +458,31 @@ fn start_slot(
     let Some(consumers) = spec.slots.get(slot as usize) else {
         return;
     };
+    // What was stored before partitions: run by partition 0's owner, waited for by
+    // every partition.
     let legacy = spec
         .slots
-        .iter()
-        .find(|s| s.partition.is_none())
-        .filter(|_| consumers.partition.is_some())
-        .map(|s| s.settings.clone());
-    tracing::info!(group = %spec.group, slot, partition = ?consumers.partition, "handling a partition");
+        .first()
+        .map(|s| s.before.clone())
+        .filter(|b| !b.is_empty());
+    tracing::info!(group = %spec.group, partition = consumers.partition, "handling a partition");
     let mut workers = Vec::new();
-    for (handler, settings) in spec.handlers.iter().zip(&consumers.settings) {
+    let per_handler = consumers
+        .settings
+        .iter()
+        .zip(&spec.permits)
+        .map(|(settings, permits)| (settings, permits, true));
+    let before = consumers
+        .before
+        .iter()
+        .zip(&spec.permits)
+        .map(|(settings, permits)| (settings, permits, false));
+    for (handler, (settings, permits, waits)) in spec
+        .handlers
+        .iter()
+        .cycle()
+        .zip(per_handler.chain(before))
+    {
         let mut options = spec.options.clone();
         options.max_in_hand = options
             .max_in_hand
@@ -484,8 +501,9 @@ fn start_slot(
         );
         let _ = worker.on_breaker_open.set(pause_hook(spec, handler.name()));
         let _ = worker.fence.set(fence.clone());
+        let _ = worker.permits.set(permits.clone());
         let w = worker.clone();
-        let legacy = legacy.clone();
+        let legacy = legacy.clone().filter(|_| waits);
         let client = spec.client.clone();
         let drained = drained.clone();
         let task = tokio::spawn(async move {
@@ -565,7 +583,9 @@ fn pause_hook(spec: &Arc<GroupSpec>, handler: &str) -> crate::worker::BreakerHoo
     let names: Vec<String> = spec
         .slots
         .iter()
-        .filter_map(|s| s.settings.get(index).map(|c| c.durable_name.clone()))
+        .flat_map(|s| [s.settings.get(index), s.before.get(index)])
+        .flatten()
+        .map(|c| c.durable_name.clone())
         .collect();
     let client = spec.client.clone();
     let open = spec.options.breaker.open_timeout();
@@ -595,8 +615,8 @@ fn pause_hook(spec: &Arc<GroupSpec>, handler: &str) -> crate::worker::BreakerHoo
     })
 }
 
-/// The slots of a group: the partitions (per handler) and, when partitioned, the
-/// consumer of what was stored before partitions.
+/// The slots of a group: its partitions, each with its consumers (per handler);
+/// partition 0 also with the consumers of what was stored before partitions.
 pub(crate) fn slots_of(
     client: &StreamingClient,
     settings: &ConsumerSettings,
@@ -604,28 +624,29 @@ pub(crate) fn slots_of(
 ) -> Result<Vec<SlotConsumers>, person_streaming::ConfigError> {
     if settings.partitions <= 1 {
         return Ok(vec![SlotConsumers {
-            partition: Some(0),
+            partition: 0,
             settings: handler_consumers.to_vec(),
+            before: Vec::new(),
         }]);
     }
     let groups = handler_consumers
         .iter()
         .map(|c| client.config().consumer_group(c))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut slots: Vec<SlotConsumers> = (0..settings.partitions)
+    Ok((0..settings.partitions)
         .map(|k| SlotConsumers {
-            partition: Some(k),
+            partition: k,
             settings: groups
                 .iter()
                 .map(|g| g.partitions[k as usize].clone())
                 .collect(),
+            before: if k == 0 {
+                groups.iter().map(|g| g.legacy.clone()).collect()
+            } else {
+                Vec::new()
+            },
         })
-        .collect();
-    slots.push(SlotConsumers {
-        partition: None,
-        settings: groups.iter().map(|g| g.legacy.clone()).collect(),
-    });
-    Ok(slots)
+        .collect())
 }
 
 /// Opens the group's bucket, creating it as `ensure` would when it is missing; a

@@ -188,6 +188,10 @@ impl SubscriptionManager {
     /// [`SubscriptionOptions::group_lease`]). A consumer with one partition runs in
     /// one instance, the others standing by.
     ///
+    /// [`SubscriptionOptions::concurrency`] is the instance's budget of calls per
+    /// handler, shared by every partition it handles: three instances run three times
+    /// the calls of one. `max_in_hand` bounds each partition's consumer.
+    ///
     /// Membership and leases live in the KV bucket
     /// [`StreamingConfig::groups_bucket`](person_streaming::StreamingConfig::groups_bucket),
     /// created here when `setup` has not.
@@ -206,11 +210,17 @@ impl SubscriptionManager {
             })?;
         let mut options = self.options.clone();
         options.max_in_hand = options.max_in_hand.max(1);
+        let permits = self
+            .handlers
+            .iter()
+            .map(|_| Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1))))
+            .collect();
         Ok(crate::group::spawn(crate::group::GroupSpec {
             client: self.client.clone(),
             group: prepared.settings.durable_name.clone(),
             handlers: self.handlers.clone(),
             options,
+            permits,
             sink: prepared.sink,
             dlq: prepared.dlq,
             slots,

@@ -26,7 +26,8 @@ pub enum DeadLetterPolicy {
 #[derive(Debug, Clone)]
 pub struct SubscriptionOptions {
     /// People whose events are handled at the same time (each person's events are
-    /// always handled one at a time, in stream order). Default 32.
+    /// always handled one at a time, in stream order). Default 32. In a consumer group,
+    /// the instance's budget, shared by the partitions it handles.
     pub concurrency: usize,
     /// Messages held in memory at most (fetched and not yet settled); bounds memory
     /// whatever the backlog. Default 256, and never more than the consumer's

@@ -211,6 +211,9 @@ pub(crate) struct Worker {
     pub(crate) on_breaker_open: std::sync::OnceLock<BreakerHook>,
     /// In a group: until when this instance's lease on the partition lets it call.
     pub(crate) fence: std::sync::OnceLock<Arc<Fence>>,
+    /// In a group: the instance's budget of handler calls, shared by the partitions it
+    /// handles, so `concurrency` bounds the instance and not each partition.
+    pub(crate) permits: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A deadline shared by a group member and its partition's workers: no handler call
@@ -274,6 +277,7 @@ impl Worker {
             stop: watch::channel(None).0,
             on_breaker_open: std::sync::OnceLock::new(),
             fence: std::sync::OnceLock::new(),
+            permits: std::sync::OnceLock::new(),
         })
     }
 
@@ -938,6 +942,20 @@ impl Driver<'_> {
                 };
             };
             tracing::Span::current().record("event_id", tracing::field::display(envelope.event_id));
+            // In a group, a call waits for the instance's budget, and the lease is
+            // checked again once it has a permit: the wait may have outlived it.
+            let _permit = match w.permits.get() {
+                Some(permits) => permits.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            if w.fence.get().is_some_and(|f| !f.allows()) {
+                return Done::Call {
+                    seq,
+                    result: Ok(Err(crate::HandlerError::transient(
+                        "not handled: this instance's lease on the partition ran out",
+                    ))),
+                };
+            }
             let timeout = w.options.handler_timeout;
             let handler = w.handler.clone();
             let call = AssertUnwindSafe(handler.handle_event(envelope)).catch_unwind();
