@@ -1,7 +1,8 @@
 //! Consumer groups in one process (the cross-process cases are in the end-to-end
 //! suite): the group breaker pauses every instance, a one-partition group runs in one
-//! instance with the others standing by, and a partitioned consumer is refused by
-//! `start_consumer`.
+//! instance with the others standing by, a partitioned consumer is refused by
+//! `start_consumer`, and a stream partitioned in place has its older events handled
+//! first.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -182,4 +183,58 @@ async fn a_partitioned_consumer_is_started_as_a_group_not_as_one_consumer() {
     let err = manager.start_consumer(CONSUMER).await.unwrap_err();
     assert_eq!(err.kind(), SubscriptionErrorKind::Partitioned, "{err}");
     assert!(err.to_string().contains("start_group"), "{err}");
+}
+
+/// A stream partitioned in place, with events stored before and after: two instances
+/// share the partitions, the owner of partition 0 runs the pre-partition consumer, and
+/// every person's events are first handled in stream order across both eras.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_on_a_stream_partitioned_in_place_handles_the_older_events_first() {
+    let (server, client) = start(config(20)).await;
+    let (people, before) = workload(40, 5);
+    publish(&client, &before).await;
+
+    let partitioned = config(20).with_partitions(CONSUMER, PARTITIONS).unwrap();
+    let client = connect(&server, partitioned).await;
+    let after: Vec<_> = (6..=10)
+        .flat_map(|v| people.iter().map(move |&p| event(p, v, format!("step {v}"))))
+        .collect();
+    publish(&client, &after).await;
+
+    let options = SubscriptionOptions::default()
+        .group_lease(Duration::from_secs(2))
+        .fetch_expiry(Duration::from_millis(300));
+    // One recorder shared by both instances: one history across them.
+    let seen = Arc::new(Recorder::new("migrated").with_delay(Duration::from_millis(1)));
+    let ga = join(&client, seen.clone(), options.clone()).await;
+    let gb = join(&client, seen.clone(), options).await;
+    eventually(60, "both eras handled", || {
+        seen.distinct() == before.len() + after.len()
+    })
+    .await;
+    let order = seen.first_success_order();
+    for p in &people {
+        assert_eq!(
+            order.get(p).map(Vec::as_slice),
+            Some(&(1..=10).collect::<Vec<u64>>()[..]),
+            "{p}'s events in stream order"
+        );
+    }
+    eventually(30, "the partitions split evenly", || {
+        [ga.partitions(), gb.partitions()]
+            .iter()
+            .all(|p| p.len() == PARTITIONS as usize / 2)
+    })
+    .await;
+    let runs_legacy = |g: &GroupHandle| g.consumer_names().iter().any(|c| c == CONSUMER);
+    let legacy_owner = [&ga, &gb].into_iter().filter(|g| runs_legacy(g)).count();
+    assert_eq!(legacy_owner, 1, "one instance runs the pre-partition consumer");
+    assert!(
+        [&ga, &gb]
+            .into_iter()
+            .all(|g| runs_legacy(g) == g.partitions().contains(&0)),
+        "with partition 0"
+    );
+    ga.shutdown(Duration::from_secs(5)).await;
+    gb.shutdown(Duration::from_secs(5)).await;
 }
