@@ -67,9 +67,9 @@ async fn main() -> Result<()> {
             (url, Scope::new(&server, "consumer_group"), None)
         }
         Err(_) => {
-            let cluster = NatsCluster::start(3)
-                .await
-                .context("starting an embedded 3-node cluster; set NATS_URL to use your own server")?;
+            let cluster = NatsCluster::start(3).await.context(
+                "starting an embedded 3-node cluster; set NATS_URL to use your own server",
+            )?;
             let url = cluster.urls().join(",");
             println!(
                 "started an embedded 3-node cluster on {}; set NATS_URL to use your own server",
@@ -138,7 +138,13 @@ async fn run(
     let journal = Arc::new(Journal::default());
     let mut instances = Vec::new();
     for label in ["A", "B", "C"] {
-        instances.push(Instance::spawn(label, url, config_path, consumer, &journal)?);
+        instances.push(Instance::spawn(
+            label,
+            url,
+            config_path,
+            consumer,
+            &journal,
+        )?);
     }
     wait_until(60, "the three instances share the partitions", || {
         journal.balanced(&["A", "B", "C"])
@@ -335,7 +341,8 @@ impl Journal {
                 if end {
                     j.done.insert(((*person).to_owned(), version));
                 }
-                j.calls.push((at, label, (*person).to_owned(), version, end));
+                j.calls
+                    .push((at, label, (*person).to_owned(), version, end));
             }
             _ => {}
         }
@@ -395,9 +402,7 @@ impl Journal {
             } else {
                 repeats += 1;
                 if !started_by_b.contains(&(person.as_str(), *version)) {
-                    bail!(
-                        "{person}'s event {version} was handled twice, and B had not started it"
-                    );
+                    bail!("{person}'s event {version} was handled twice, and B had not started it");
                 }
             }
         }
@@ -409,7 +414,10 @@ impl Journal {
         let cut = started_by_b.difference(&ended_by_b).count();
         let expected: Vec<u64> = (1..=rounds).collect();
         for p in people {
-            let got = first.get(p.to_string().as_str()).cloned().unwrap_or_default();
+            let got = first
+                .get(p.to_string().as_str())
+                .cloned()
+                .unwrap_or_default();
             if got != expected {
                 bail!("{p}'s events were first handled in the order {got:?}");
             }

@@ -67,7 +67,9 @@ fn spawn(url: &str, config: &Path, log: &Path, handle_ms: u64) -> Instance {
         .expect("it says it is ready");
     if !line.starts_with("ready ") {
         let status = child.wait();
-        panic!("an instance did not start: its first line is {line:?}, and it exited with {status:?} (its error is on stderr above)");
+        panic!(
+            "an instance did not start: its first line is {line:?}, and it exited with {status:?} (its error is on stderr above)"
+        );
     }
     let name = line
         .strip_prefix("ready ")

@@ -21,6 +21,7 @@ use person_subscriptions::{
     DomainResult, StreamingEventHandler, SubscriptionManager, SubscriptionOptions,
 };
 
+mod groups;
 mod latency;
 mod memory;
 
@@ -41,9 +42,14 @@ async fn main() -> Result<()> {
     {
         return memory::child(url, stream, n.parse()?).await;
     }
+    if let [flag, url, stream] = args.as_slice()
+        && flag == groups::CHILD_FLAG
+    {
+        return groups::child(url, stream).await;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     // `--only NAME[,NAME]` runs just those figures (publish_pipelined, publish_sync,
-    // consume, concurrency, latency, memory), e.g. to profile one of them.
+    // consume, concurrency, latency, memory, groups), e.g. to profile one of them.
     let only: Option<Vec<String>> = args
         .iter()
         .position(|a| a == "--only")
@@ -267,6 +273,61 @@ async fn main() -> Result<()> {
         });
     }
 
+    if selected("groups") {
+        // 7. Consumer groups: one instance against three at the same per-instance
+        // concurrency, 2 ms handlers; then how long a killed instance's partitions
+        // take to move.
+        let g = groups::run(&server, quick).await?;
+        println!(
+            "groups: {} partitions, concurrency {} per instance, 2 ms handlers; one instance {:.0}/s, three {:.0}/s; CPU per event with three: server {:.0} µs, instances {:.0} µs; partitions moved {:.1} s after a SIGKILL (lease {:?})",
+            groups::PARTITIONS,
+            groups::CONCURRENCY,
+            g.one.rate,
+            g.three.rate,
+            g.three.server_us,
+            g.three.client_us,
+            g.rebalance.as_secs_f64(),
+            groups::LEASE
+        );
+        figures.push(Figure {
+            name: "group_one_instance",
+            value: g.one.rate,
+            unit: "events/s",
+            ratio: None,
+            target: "",
+            met: None,
+        });
+        figures.push(Figure {
+            name: "group_three_instances",
+            value: g.three.rate,
+            unit: "events/s",
+            ratio: Some(g.three.rate / g.one.rate),
+            target: ">= 2.5x one instance",
+            met: Some(g.three.rate / g.one.rate >= 2.5),
+        });
+        for (name, value) in [
+            ("group_server_cpu_us_per_event", g.three.server_us),
+            ("group_client_cpu_us_per_event", g.three.client_us),
+        ] {
+            figures.push(Figure {
+                name,
+                value,
+                unit: "µs",
+                ratio: None,
+                target: "report (three instances)",
+                met: None,
+            });
+        }
+        figures.push(Figure {
+            name: "group_rebalance_after_kill_ms",
+            value: g.rebalance.as_secs_f64() * 1e3,
+            unit: "ms",
+            ratio: Some(g.rebalance.as_secs_f64() / groups::LEASE.as_secs_f64()),
+            target: "<= 2x lease (ratio: x lease)",
+            met: Some(g.rebalance <= groups::LEASE * 2),
+        });
+    }
+
     report(&figures)?;
     drop(server);
     Ok(())
@@ -359,7 +420,12 @@ impl StreamingEventHandler for Count {
 
 /// A fresh stream (and a "bench" consumer) per run, so runs do not share state.
 async fn fresh(server: &NatsServer, stream: &str, window: usize) -> Result<StreamingClient> {
-    // One stream owns person.events.> at a time: remove the previous run's streams.
+    clear(server).await?;
+    Ok(StreamingClient::new(&server.url(), bench_config(stream, window)).await?)
+}
+
+/// Deletes every stream: one stream owns person.events.> at a time.
+async fn clear(server: &NatsServer) -> Result<()> {
     let bare = async_nats::connect(server.url()).await?;
     let js = jetstream::new(bare);
     let mut names = js.stream_names();
@@ -370,7 +436,7 @@ async fn fresh(server: &NatsServer, stream: &str, window: usize) -> Result<Strea
     for n in old {
         js.delete_stream(&n).await?;
     }
-    Ok(StreamingClient::new(&server.url(), bench_config(stream, window)).await?)
+    Ok(())
 }
 
 /// The benchmark's configuration: one stream, its DLQ and a "bench" consumer.

@@ -453,6 +453,7 @@ impl StreamingClient {
                 let group = self.config.consumer_group(c)?;
                 consumers.push(group.legacy);
                 consumers.extend(group.partitions);
+                consumers.extend(group.replays);
                 groups = true;
             } else {
                 consumers.push(c.clone());

@@ -18,7 +18,6 @@ const MAX_PARTITIONS: u32 = 1024;
 
 /// The stream partitions [`StreamingConfig::with_partitions`] gives a stream that has
 /// fewer than a consumer group asks for.
-const DEFAULT_STREAM_PARTITIONS: u32 = 16;
 
 /// How the stream keeps messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -299,9 +298,15 @@ pub struct ConsumerGroup {
     pub legacy: ConsumerSettings,
     /// One per consumer partition `k` in `0..P`: durable `<name>-p<k>`, with the
     /// [`Subjects::partition_filters`] of every base event filter for each stream
-    /// partition `j` with `j % P == k`, plus its own replay filter
-    /// `[P.]person.replay.<name>-p<k>.>`; every other field copied from the base.
+    /// partition `j` with `j % P == k`, and nothing else; every other field copied from
+    /// the base. With `P` equal to `stream.partitions` and one base filter, that is a
+    /// single filter, which the server matches at a fraction of the cost of several.
     pub partitions: Vec<ConsumerSettings>,
+    /// One per consumer partition `k`: durable `<name>-p<k>-replays`, with the one
+    /// filter `[P.]person.replay.<name>-p<k>.>`: the dead letters of partition `k`
+    /// replayed. The owner of partition `k` runs it beside `<name>-p<k>`, recording
+    /// what fails again under `<name>-p<k>`.
+    pub replays: Vec<ConsumerSettings>,
 }
 
 /// Publisher settings.
@@ -646,22 +651,29 @@ impl StreamingConfig {
 
     /// This configuration with `consumer` a consumer group of `partitions` partitions
     /// (see [`ConsumerSettings::partitions`]), on a partitioned stream: when
-    /// `stream.partitions` is below `partitions`, it becomes 16, or `partitions` when
-    /// that is more. The filters of every consumer are then fitted to the partitions
-    /// (see [`with_replay_subjects`](Self::with_replay_subjects)) and the whole
-    /// configuration validated. An unknown consumer is an error naming `consumers`.
+    /// `stream.partitions` is below `partitions`, it becomes `partitions`, so each
+    /// partition's durable has one filter (a group with fewer partitions than the
+    /// stream works too, its durables filtering several stream partitions each, at a
+    /// higher cost to the server per message). The filters of every consumer are then
+    /// fitted to the partitions (see [`with_replay_subjects`](Self::with_replay_subjects))
+    /// and the whole configuration validated. An unknown consumer is an error naming `consumers`.
     ///
     /// ```
     /// use person_streaming::StreamingConfig;
     /// let config = StreamingConfig::default()
     ///     .with_partitions("person-projection-summary", 4)
     ///     .unwrap();
-    /// assert_eq!(config.stream.partitions, 16);
+    /// assert_eq!(config.stream.partitions, 4);
     /// let group = config
     ///     .consumer_group(config.consumer("person-projection-summary").unwrap())
     ///     .unwrap();
     /// assert_eq!(group.partitions.len(), 4);
     /// assert_eq!(group.partitions[1].durable_name, "person-projection-summary-p1");
+    /// assert_eq!(group.partitions[1].filter_subjects, ["person.events.*.1.>"]);
+    /// assert_eq!(
+    ///     group.replays[1].filter_subjects,
+    ///     ["person.replay.person-projection-summary-p1.>"]
+    /// );
     /// // A consumer that is no group keeps seeing the events of both eras.
     /// assert_eq!(
     ///     config.consumer("person-to-location").unwrap().filter_subjects,
@@ -687,7 +699,7 @@ impl StreamingConfig {
         };
         c.partitions = partitions;
         if partitions > 1 && self.stream.partitions < partitions {
-            self.stream.partitions = partitions.max(DEFAULT_STREAM_PARTITIONS);
+            self.stream.partitions = partitions;
         }
         let this = self.with_replay_subjects();
         this.validate()?;
@@ -782,6 +794,7 @@ impl StreamingConfig {
         };
 
         let mut partitions = Vec::with_capacity(p as usize);
+        let mut replay_consumers = Vec::with_capacity(p as usize);
         for k in 0..p {
             let durable = format!("{name}-p{k}");
             person_events::subject::validate_token("durable_name", &durable).map_err(|e| {
@@ -796,14 +809,31 @@ impl StreamingConfig {
                     filter_subjects.extend(subjects.partition_filters(f, j).map_err(filters)?);
                 }
             }
-            filter_subjects.push(subjects.replay_filter(&durable));
+            let replays = format!("{durable}-replays");
+            person_events::subject::validate_token("durable_name", &replays).map_err(|e| {
+                ConfigError::invalid(
+                    "durable_name",
+                    format!(
+                        "{e}: the group's replay consumers are named <durable_name>-p<k>-replays"
+                    ),
+                )
+            })?;
+            replay_consumers.push(ConsumerSettings {
+                durable_name: replays,
+                filter_subjects: vec![subjects.replay_filter(&durable)],
+                ..settings.clone()
+            });
             partitions.push(ConsumerSettings {
                 durable_name: durable,
                 filter_subjects,
                 ..settings.clone()
             });
         }
-        Ok(ConsumerGroup { legacy, partitions })
+        Ok(ConsumerGroup {
+            legacy,
+            partitions,
+            replays: replay_consumers,
+        })
     }
 
     /// The key-value bucket that holds the consumer groups' membership and partition
@@ -1529,7 +1559,7 @@ retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, mu
     #[test]
     fn with_partitions_partitions_the_stream_when_it_has_too_few() {
         let c = partitioned("person-projection-search", 4);
-        assert_eq!(c.stream.partitions, 16);
+        assert_eq!(c.stream.partitions, 4, "as many as the group");
         assert_eq!(
             c.consumer("person-projection-search").unwrap().partitions,
             4
@@ -1604,7 +1634,9 @@ retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, mu
 
     #[test]
     fn a_consumer_group_splits_the_stream_partitions_between_its_durables() {
-        let c = partitioned("person-projection-summary", 4);
+        let mut c = StreamingConfig::default();
+        c.stream.partitions = 16;
+        let c = c.with_partitions("person-projection-summary", 4).unwrap();
         let base = c.consumer("person-projection-summary").unwrap();
         let g = c.consumer_group(base).unwrap();
         assert_eq!(
@@ -1628,11 +1660,26 @@ retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, mu
                     "person.events.*.5.>".into(),
                     "person.events.*.9.>".into(),
                     "person.events.*.13.>".into(),
-                    "person.replay.person-projection-summary-p1.>".into(),
                 ],
                 ..base.clone()
             }
         );
+        // Replays of a partition's dead letters have a durable of their own.
+        assert_eq!(
+            g.replays[1],
+            ConsumerSettings {
+                durable_name: "person-projection-summary-p1-replays".into(),
+                filter_subjects: vec!["person.replay.person-projection-summary-p1.>".into()],
+                ..base.clone()
+            }
+        );
+        // By default the stream has as many partitions as the group: one filter each.
+        let one = partitioned("person-projection-summary", 4);
+        let g1 = one
+            .consumer_group(one.consumer("person-projection-summary").unwrap())
+            .unwrap();
+        assert_eq!(one.stream.partitions, 4);
+        assert!(g1.partitions.iter().all(|p| p.filter_subjects.len() == 1));
 
         // Every stored form of every event is selected by exactly one durable.
         let all: Vec<&ConsumerSettings> = std::iter::once(&g.legacy).chain(&g.partitions).collect();
@@ -1656,11 +1703,11 @@ retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, mu
 
         // A renamed copy names its durables and replay filters after itself; a group on
         // fewer partitions than a divisor takes the rest unevenly.
-        let c = StreamingConfig::default()
+        let mut c = StreamingConfig::default()
             .with_subject_prefix("acme")
-            .unwrap()
-            .with_partitions("person-to-location", 3)
             .unwrap();
+        c.stream.partitions = 16;
+        let c = c.with_partitions("person-to-location", 3).unwrap();
         let renamed = ConsumerSettings {
             durable_name: "person-to-location-sync".into(),
             ..c.consumer("person-to-location").unwrap().clone()
@@ -1680,7 +1727,7 @@ retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, mu
             .iter()
             .map(|p| p.filter_subjects.len())
             .collect();
-        assert_eq!(sizes, [6 * 2 + 1, 5 * 2 + 1, 5 * 2 + 1]);
+        assert_eq!(sizes, [6 * 2, 5 * 2, 5 * 2]);
         assert_eq!(g.partitions[2].durable_name, "person-to-location-sync-p2");
         assert_eq!(
             g.partitions[2].filter_subjects[..2],
@@ -1690,8 +1737,12 @@ retry = { max_attempts = 5, initial_backoff_ms = 100, max_backoff_ms = 30000, mu
             ]
         );
         assert_eq!(
-            g.partitions[2].filter_subjects.last().unwrap(),
-            "acme.person.replay.person-to-location-sync-p2.>"
+            g.replays[2].filter_subjects,
+            ["acme.person.replay.person-to-location-sync-p2.>"]
+        );
+        assert_eq!(
+            g.replays[2].durable_name,
+            "person-to-location-sync-p2-replays"
         );
 
         let e = c.consumer_group(&c.consumers[0]).unwrap_err();

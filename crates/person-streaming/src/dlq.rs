@@ -896,8 +896,29 @@ impl DeadLetterQueue {
     }
 
     /// Refuses a replay `consumer` would never receive: a missing consumer, or one whose
-    /// filters leave out its replay subject.
+    /// filters leave out its replay subject, unless it is a group's partition whose
+    /// replay consumer (`<consumer>-replays`) reads it.
     async fn check_reads_replays(
+        &self,
+        events: &jetstream::stream::Stream<()>,
+        consumer: &str,
+        target: &str,
+    ) -> Result<(), StreamingError> {
+        let Err(e) = self.check_reads(events, consumer, target).await else {
+            return Ok(());
+        };
+        if e.kind() == StreamingErrorKind::InvalidInput
+            && self
+                .check_reads(events, &format!("{consumer}-replays"), target)
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        Err(e)
+    }
+
+    async fn check_reads(
         &self,
         events: &jetstream::stream::Stream<()>,
         consumer: &str,

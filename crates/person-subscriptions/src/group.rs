@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::handler::StreamingEventHandler;
 use crate::options::SubscriptionOptions;
 use crate::stats::{Counters, Stats};
-use crate::worker::{Fence, Worker};
+use crate::worker::{Fence, PersonLocks, Worker};
 
 /// The durable consumers of one slot (a partition), one per handler.
 #[derive(Debug, Clone)]
@@ -33,6 +33,9 @@ pub(crate) struct SlotConsumers {
     pub(crate) partition: u32,
     /// Per handler (same order as the handlers).
     pub(crate) settings: Vec<ConsumerSettings>,
+    /// Per handler, the consumer of the partition's replayed dead letters; empty for a
+    /// group that is one consumer.
+    pub(crate) replays: Vec<ConsumerSettings>,
     /// Per handler, the consumer of what was stored before partitions, which the owner
     /// of partition 0 runs too; empty for the other partitions and for a group that is
     /// one consumer.
@@ -445,6 +448,17 @@ fn observe(group: &mut Group, now: Duration, prefix: &str, e: &kv::Entry, slots:
     }
 }
 
+/// What one worker of a slot consumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Run {
+    /// The partition's events.
+    Events,
+    /// The partition's replayed dead letters, recorded under this consumer.
+    Replays(String),
+    /// What was stored before partitions.
+    Before,
+}
+
 /// Starts the workers of `slot`. A partition's workers wait until the consumer of
 /// what was stored before partitions has nothing left (each person's older events
 /// come first).
@@ -467,22 +481,24 @@ fn start_slot(
         .filter(|b| !b.is_empty());
     tracing::info!(group = %spec.group, partition = consumers.partition, "handling a partition");
     let mut workers = Vec::new();
-    let per_handler = consumers
-        .settings
-        .iter()
-        .zip(&spec.permits)
-        .map(|(settings, permits)| (settings, permits, true));
-    let before = consumers
-        .before
-        .iter()
-        .zip(&spec.permits)
-        .map(|(settings, permits)| (settings, permits, false));
-    for (handler, (settings, permits, waits)) in spec
-        .handlers
-        .iter()
-        .cycle()
-        .zip(per_handler.chain(before))
-    {
+    // Per handler: the partition's events (after what came before partitions), the
+    // partition's replayed dead letters, and on partition 0 what came before.
+    let mut runs = Vec::new();
+    for (i, handler) in spec.handlers.iter().enumerate() {
+        let locks = Arc::new(PersonLocks::default());
+        let permits = spec.permits.get(i);
+        if let Some(events) = consumers.settings.get(i) {
+            runs.push((handler, events, Run::Events, permits, Some(locks.clone())));
+            if let Some(replays) = consumers.replays.get(i) {
+                let of = events.durable_name.clone();
+                runs.push((handler, replays, Run::Replays(of), permits, Some(locks)));
+            }
+        }
+        if let Some(before) = consumers.before.get(i) {
+            runs.push((handler, before, Run::Before, permits, None));
+        }
+    }
+    for (handler, settings, run, permits, locks) in runs {
         let mut options = spec.options.clone();
         options.max_in_hand = options
             .max_in_hand
@@ -501,9 +517,17 @@ fn start_slot(
         );
         let _ = worker.on_breaker_open.set(pause_hook(spec, handler.name()));
         let _ = worker.fence.set(fence.clone());
-        let _ = worker.permits.set(permits.clone());
+        if let Some(permits) = permits {
+            let _ = worker.permits.set(permits.clone());
+        }
+        if let Some(locks) = locks {
+            let _ = worker.person_locks.set(locks);
+        }
+        if let Run::Replays(of) = &run {
+            let _ = worker.letters_of.set(of.clone());
+        }
         let w = worker.clone();
-        let legacy = legacy.clone().filter(|_| waits);
+        let legacy = legacy.clone().filter(|_| run == Run::Events);
         let client = spec.client.clone();
         let drained = drained.clone();
         let task = tokio::spawn(async move {
@@ -583,7 +607,13 @@ fn pause_hook(spec: &Arc<GroupSpec>, handler: &str) -> crate::worker::BreakerHoo
     let names: Vec<String> = spec
         .slots
         .iter()
-        .flat_map(|s| [s.settings.get(index), s.before.get(index)])
+        .flat_map(|s| {
+            [
+                s.settings.get(index),
+                s.replays.get(index),
+                s.before.get(index),
+            ]
+        })
         .flatten()
         .map(|c| c.durable_name.clone())
         .collect();
@@ -626,6 +656,7 @@ pub(crate) fn slots_of(
         return Ok(vec![SlotConsumers {
             partition: 0,
             settings: handler_consumers.to_vec(),
+            replays: Vec::new(),
             before: Vec::new(),
         }]);
     }
@@ -639,6 +670,10 @@ pub(crate) fn slots_of(
             settings: groups
                 .iter()
                 .map(|g| g.partitions[k as usize].clone())
+                .collect(),
+            replays: groups
+                .iter()
+                .map(|g| g.replays[k as usize].clone())
                 .collect(),
             before: if k == 0 {
                 groups.iter().map(|g| g.legacy.clone()).collect()

@@ -214,6 +214,71 @@ pub(crate) struct Worker {
     /// In a group: the instance's budget of handler calls, shared by the partitions it
     /// handles, so `concurrency` bounds the instance and not each partition.
     pub(crate) permits: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
+    /// In a group: the consumer whose dead letters this one works on, when it is not
+    /// itself (a partition's replay consumer works on the partition's letters).
+    pub(crate) letters_of: std::sync::OnceLock<String>,
+    /// In a group: per-person locks shared with the other consumer of the partition
+    /// (its events and its replays), so one person is never in two calls at once.
+    pub(crate) person_locks: std::sync::OnceLock<Arc<PersonLocks>>,
+}
+
+/// One lock per person with a call in flight, shared by the consumers of a partition.
+#[derive(Debug, Default)]
+pub(crate) struct PersonLocks {
+    locks: std::sync::Mutex<HashMap<PersonId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds a person's lock; dropping it frees the entry when nobody else waits.
+pub(crate) struct PersonGuard {
+    locks: Arc<PersonLocks>,
+    person: PersonId,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl PersonLocks {
+    pub(crate) async fn lock(self: &Arc<Self>, person: PersonId) -> PersonGuard {
+        let lock = {
+            let mut map = self
+                .locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.entry(person).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        PersonGuard {
+            locks: self.clone(),
+            person,
+            lock,
+            guard: Some(guard),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for PersonGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self
+            .locks
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The map's reference and ours: nobody else holds or waits for it.
+        if map
+            .get(&self.person)
+            .is_some_and(|l| Arc::ptr_eq(l, &self.lock) && Arc::strong_count(l) == 2)
+        {
+            map.remove(&self.person);
+        }
+    }
 }
 
 /// A deadline shared by a group member and its partition's workers: no handler call
@@ -278,11 +343,20 @@ impl Worker {
             on_breaker_open: std::sync::OnceLock::new(),
             fence: std::sync::OnceLock::new(),
             permits: std::sync::OnceLock::new(),
+            letters_of: std::sync::OnceLock::new(),
+            person_locks: std::sync::OnceLock::new(),
         })
     }
 
     fn consumer_name(&self) -> &str {
         &self.settings.durable_name
+    }
+
+    /// The consumer its dead letters are recorded under and read for.
+    fn letters_name(&self) -> &str {
+        self.letters_of
+            .get()
+            .map_or(&self.settings.durable_name, String::as_str)
     }
 
     /// The breaker's state, as the core last reported it.
@@ -442,7 +516,7 @@ impl Worker {
         if self.options.dead_letter_policy != DeadLetterPolicy::Park {
             return Vec::new();
         }
-        match dlq.parked_people(self.consumer_name()).await {
+        match dlq.parked_people(self.letters_name()).await {
             Ok(people) => people.iter().filter_map(|p| p.parse().ok()).collect(),
             Err(e) => {
                 tracing::warn!(consumer = self.consumer_name(), error = %e, "cannot read parked people from the DLQ; each person's next event is checked instead");
@@ -635,7 +709,7 @@ impl Worker {
             delivery_count: held.delivered,
             first_failure_at: now,
             last_failure_at: now,
-            consumer: self.settings.durable_name.clone(),
+            consumer: self.letters_name().to_owned(),
             handler: self.handler.name().to_owned(),
             metadata: env.map(|e| e.metadata().clone()),
             event_id: env.map(|e| e.event_id.to_string()),
@@ -932,6 +1006,7 @@ impl Driver<'_> {
             envelope.as_ref().map(|e| e.metadata()),
             held.msg.headers.as_ref(),
         );
+        let person = held.person;
         let call = async move {
             let Some(envelope) = envelope else {
                 return Done::Call {
@@ -942,8 +1017,13 @@ impl Driver<'_> {
                 };
             };
             tracing::Span::current().record("event_id", tracing::field::display(envelope.event_id));
-            // In a group, a call waits for the instance's budget, and the lease is
-            // checked again once it has a permit: the wait may have outlived it.
+            // In a group, a call waits for its person (the partition's other consumer
+            // may be in a call of theirs) and for the instance's budget, and the
+            // lease is checked again once it has both: the wait may have outlived it.
+            let _person = match (w.person_locks.get(), person) {
+                (Some(locks), Some(p)) => Some(locks.lock(p).await),
+                _ => None,
+            };
             let _permit = match w.permits.get() {
                 Some(permits) => permits.clone().acquire_owned().await.ok(),
                 None => None,
@@ -1034,7 +1114,7 @@ impl Driver<'_> {
                 };
             };
             let parked = match dlq
-                .holds_letters(w.consumer_name(), &person.to_string())
+                .holds_letters(w.letters_name(), &person.to_string())
                 .await
             {
                 Ok(parked) => parked,
@@ -1045,7 +1125,7 @@ impl Driver<'_> {
                 }
             };
             let blocker = if parked && !known {
-                first_blocker(dlq, w.consumer_name(), person).await
+                first_blocker(dlq, w.letters_name(), person).await
             } else {
                 None
             };
@@ -1243,4 +1323,38 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 fn reconnect_delay(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(5))).min(Duration::from_secs(3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_person_lock_excludes_the_same_person_only_and_frees_its_entry() {
+        let locks = Arc::new(PersonLocks::default());
+        let (a, b) = (PersonId::new(), PersonId::new());
+        let first = locks.lock(a).await;
+        // Another person goes ahead at once.
+        let other = locks.lock(b).await;
+        drop(other);
+        // The same person waits until the first lets go.
+        let waiting = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.lock(a).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the same person must wait");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("released")
+            .expect("no panic");
+        assert_eq!(
+            locks.len(),
+            1,
+            "the waiter's entry is kept while it holds it"
+        );
+        drop(second);
+        assert_eq!(locks.len(), 0, "nobody holds or waits: no entry left");
+    }
 }

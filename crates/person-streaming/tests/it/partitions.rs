@@ -158,10 +158,11 @@ async fn a_stream_partitioned_in_place_keeps_every_history_and_every_consumer_wh
     assert_eq!(before.len(), people.len() * 4);
 
     // The deploy that partitions: the plan lists the transform and the new durables,
-    // and changes nothing.
-    let config = StreamingConfig::default()
-        .with_partitions(SUMMARY, 4)
-        .unwrap();
+    // and changes nothing. The stream gets more partitions than the group (each of its
+    // durables then filters four of them).
+    let mut config = StreamingConfig::default();
+    config.stream.partitions = 16;
+    let config = config.with_partitions(SUMMARY, 4).unwrap();
     let deploy = StreamingClient::builder(server.url())
         .ensure_on_connect(false)
         .connect(config)
@@ -180,7 +181,11 @@ async fn a_stream_partitioned_in_place_keeps_every_history_and_every_consumer_wh
         plan.changes
     );
     let partition_names: Vec<String> = (0..4).map(|k| format!("{SUMMARY}-p{k}")).collect();
-    assert_eq!(plan.created_consumers, partition_names);
+    let replay_names: Vec<String> = (0..4).map(|k| format!("{SUMMARY}-p{k}-replays")).collect();
+    assert_eq!(
+        plan.created_consumers,
+        [partition_names.clone(), replay_names].concat()
+    );
     assert_eq!(plan.updated_consumers, [SUMMARY, LOCATION]);
     assert_eq!(
         plan.unchanged_consumers,
@@ -389,11 +394,11 @@ async fn a_stream_partitioned_in_place_keeps_every_history_and_every_consumer_wh
 
 #[tokio::test]
 async fn a_partitioned_stream_is_created_with_its_transform_and_never_re_partitioned() {
-    let config = StreamingConfig::default()
+    let mut config = StreamingConfig::default()
         .with_subject_prefix("acme")
-        .unwrap()
-        .with_partitions(SUMMARY, 4)
         .unwrap();
+    config.stream.partitions = 16;
+    let config = config.with_partitions(SUMMARY, 4).unwrap();
     let (server, client) = start(config.clone()).await;
     let at_creation = stream_config(&client).await;
     assert_eq!(

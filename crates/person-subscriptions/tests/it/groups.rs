@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use person_retry::CircuitBreakerConfig;
-use person_streaming::StreamingClient;
+use person_streaming::{DeadLetterFilter, StreamingClient};
 use person_subscriptions::{
     GroupHandle, HandlerError, SubscriptionErrorKind, SubscriptionManager, SubscriptionOptions,
 };
@@ -29,10 +29,15 @@ async fn join(
     manager.start_group(CONSUMER).await.unwrap()
 }
 
-/// The group's durables: every partition, and the pre-partition consumer.
+/// The group's durables: every partition, its replays, and the pre-partition consumer.
 fn durables() -> Vec<String> {
     (0..PARTITIONS)
-        .map(|k| format!("{CONSUMER}-p{k}"))
+        .flat_map(|k| {
+            [
+                format!("{CONSUMER}-p{k}"),
+                format!("{CONSUMER}-p{k}-replays"),
+            ]
+        })
         .chain([CONSUMER.to_owned()])
         .collect()
 }
@@ -197,7 +202,11 @@ async fn a_group_on_a_stream_partitioned_in_place_handles_the_older_events_first
     let partitioned = config(20).with_partitions(CONSUMER, PARTITIONS).unwrap();
     let client = connect(&server, partitioned).await;
     let after: Vec<_> = (6..=10)
-        .flat_map(|v| people.iter().map(move |&p| event(p, v, format!("step {v}"))))
+        .flat_map(|v| {
+            people
+                .iter()
+                .map(move |&p| event(p, v, format!("step {v}")))
+        })
         .collect();
     publish(&client, &after).await;
 
@@ -228,12 +237,97 @@ async fn a_group_on_a_stream_partitioned_in_place_handles_the_older_events_first
     .await;
     let runs_legacy = |g: &GroupHandle| g.consumer_names().iter().any(|c| c == CONSUMER);
     let legacy_owner = [&ga, &gb].into_iter().filter(|g| runs_legacy(g)).count();
-    assert_eq!(legacy_owner, 1, "one instance runs the pre-partition consumer");
+    assert_eq!(
+        legacy_owner, 1,
+        "one instance runs the pre-partition consumer"
+    );
     assert!(
         [&ga, &gb]
             .into_iter()
             .all(|g| runs_legacy(g) == g.partitions().contains(&0)),
         "with partition 0"
+    );
+    ga.shutdown(Duration::from_secs(5)).await;
+    gb.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A person's dead letters in a group: recorded under the partition's durable, the
+/// person's later events parked behind them, and replayed through the partition's
+/// replay consumer to the instance that owns the partition, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_partitions_dead_letters_replay_to_its_owner_in_order() {
+    let config = config(3).with_partitions(CONSUMER, PARTITIONS).unwrap();
+    let (_server, client) = start(config).await;
+    let options = SubscriptionOptions::default()
+        .group_lease(Duration::from_secs(2))
+        .fetch_expiry(Duration::from_millis(300));
+    let (people, events) = workload(8, 6);
+    let victim = people[0];
+    let fixed = Arc::new(AtomicBool::new(false));
+    let recorder = |fixed: Arc<AtomicBool>| {
+        Arc::new(Recorder::failing("replays", move |env, _| {
+            (env.aggregate_id == victim && env.sequence == 3 && !fixed.load(Ordering::SeqCst))
+                .then(|| HandlerError::permanent("corrupt"))
+        }))
+    };
+    let (a, b) = (recorder(fixed.clone()), recorder(fixed.clone()));
+    let ga = join(&client, a.clone(), options.clone()).await;
+    let gb = join(&client, b.clone(), options).await;
+    eventually(30, "the partitions split evenly", || {
+        ga.partitions().len() == 2 && gb.partitions().len() == 2
+    })
+    .await;
+    publish(&client, &events).await;
+    eventually(30, "everyone else handled, the victim parked", || {
+        a.distinct() + b.distinct() == 7 * 6 + 2
+    })
+    .await;
+    let letters = client
+        .dead_letters()
+        .list(&DeadLetterFilter {
+            person_id: Some(victim.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 4, "the failed event and the three behind it");
+    let durable = letters[0].letter.consumer.clone();
+    assert!(
+        durable.starts_with(&format!("{CONSUMER}-p")) && !durable.ends_with("-replays"),
+        "recorded under the partition's durable: {durable}"
+    );
+    assert!(letters.iter().all(|l| l.letter.consumer == durable));
+
+    fixed.store(true, Ordering::SeqCst);
+    for l in &letters {
+        client.dead_letters().replay(l.dlq_sequence).await.unwrap();
+    }
+    eventually(30, "the replayed events are handled", || {
+        a.distinct() + b.distinct() == 8 * 6
+    })
+    .await;
+    let (owner, other) = if a.order_by_person().contains_key(&victim) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!(
+        !other.order_by_person().contains_key(&victim),
+        "one instance handled the victim"
+    );
+    assert_eq!(
+        owner.first_success_order()[&victim],
+        (1..=6).collect::<Vec<u64>>(),
+        "in order"
+    );
+    assert_eq!(
+        client
+            .dead_letters()
+            .count(&Default::default())
+            .await
+            .unwrap(),
+        0,
+        "nothing parked again"
     );
     ga.shutdown(Duration::from_secs(5)).await;
     gb.shutdown(Duration::from_secs(5)).await;
