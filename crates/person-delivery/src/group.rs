@@ -344,22 +344,33 @@ impl Group {
                 }),
             },
         };
-        // Recorded as ours without our knowing (an acquire whose reply was lost):
-        // give it back rather than use a lease of unknown age.
-        if s.seen.as_ref().is_some_and(|seen| seen.owner == self.me)
-            && s.held.is_none()
-            && s.acquiring.is_none()
-            && s.worker == Worker::Idle
-        {
-            self.release_unknown(now, slot, revision);
-        }
         self.balance(now);
+    }
+
+    /// Keys recorded as ours that this instance does not hold (an acquire whose reply
+    /// was lost, a release that was lost or overtaken by a renewal) are given back
+    /// rather than used, as a lease of unknown age; again each tick until they are
+    /// seen deleted or taken.
+    fn release_strays(&mut self, now: Duration) {
+        for i in 0..self.config.slots {
+            let s = &self.slots[i as usize];
+            if let Some(seen) = &s.seen
+                && seen.owner == self.me
+                && s.held.is_none()
+                && s.acquiring.is_none()
+                && s.worker == Worker::Idle
+            {
+                let revision = seen.revision;
+                self.release_unknown(now, i, revision);
+            }
+        }
     }
 
     fn release_unknown(&mut self, now: Duration, slot: u32, revision: u64) {
         let s = &mut self.slots[slot as usize];
-        if s.released_at
-            .is_some_and(|t| now.saturating_sub(t) < self.config.tick)
+        if self.left
+            || s.released_at
+                .is_some_and(|t| now.saturating_sub(t) < self.config.tick)
         {
             return;
         }
@@ -395,7 +406,7 @@ impl Group {
             });
             if s.leaving || self.shutting_down {
                 s.leaving = true;
-                self.give_up(slot);
+                self.give_up(now, slot);
             } else {
                 self.start(now, slot);
             }
@@ -447,19 +458,12 @@ impl Group {
         }
         s.worker = Worker::Idle;
         if s.leaving {
-            self.give_up(slot);
+            self.give_up(now, slot);
         } else if s.held.is_some() && !self.shutting_down {
             // Stopped while still ours (a fence that a late renewal undid): run again.
             self.start(now, slot);
-        } else if let Some(revision) = s
-            .seen
-            .as_ref()
-            .filter(|seen| seen.owner == self.me && s.held.is_none())
-            .map(|seen| seen.revision)
-        {
-            // Fenced, and the key still names us: free it for the next owner.
-            self.release_unknown(now, slot, revision);
         }
+        // Fenced, and the key still names us: `balance` frees it for the next owner.
         self.balance(now);
         self.maybe_leave();
     }
@@ -506,12 +510,12 @@ impl Group {
                             fence: false,
                         });
                     }
-                    Worker::Idle if s.acquiring.is_none() => self.give_up(i),
+                    Worker::Idle if s.acquiring.is_none() => self.give_up(now, i),
                     _ => {}
                 }
             }
         }
-        let _ = now;
+        self.release_strays(now);
         self.maybe_leave();
     }
 
@@ -529,10 +533,11 @@ impl Group {
     }
 
     /// Releases a slot whose workers are idle.
-    fn give_up(&mut self, slot: u32) {
+    fn give_up(&mut self, now: Duration, slot: u32) {
         let s = &mut self.slots[slot as usize];
         s.leaving = false;
         if let Some(h) = s.held.take() {
+            s.released_at = Some(now);
             self.actions.push_back(GroupAction::Release {
                 slot,
                 revision: h.revision,
@@ -573,6 +578,7 @@ impl Group {
     /// Gives up slots above this instance's share, and claims free or expired ones
     /// below it.
     fn balance(&mut self, now: Duration) {
+        self.release_strays(now);
         if self.shutting_down {
             return;
         }
@@ -598,7 +604,7 @@ impl Group {
                             fence: false,
                         });
                     }
-                    Worker::Idle => self.give_up(i),
+                    Worker::Idle => self.give_up(now, i),
                     Worker::Stopping => {}
                 }
             }

@@ -1,0 +1,1296 @@
+//! Deterministic simulation of consumer-group membership and leases: [`Group`]s driven
+//! against a model of the JetStream KV bucket the runtime keeps them in (one global
+//! revision counter, create / compare-and-set update / delete with an expected
+//! revision, an ordered watch per member), with random network delays (in calm, a
+//! member's requests are stored in the order sent, as over one connection), lost requests
+//! and replies, writes stored after their request timed out, watches that restart,
+//! loop stalls, skewed clocks, members that join, leave gracefully or are killed (and
+//! come back under a new name).
+//!
+//! Each schedule has a fault window; after it the network is calm (small bounded
+//! delays, nothing lost) and membership stops changing, the group must settle within
+//! [`SETTLE_LEASES`] leases, and then one more change may be made in calm (a graceful
+//! shutdown, a kill or a join) which must settle within the same bound (a shutdown
+//! finishing within [`SHUTDOWN_LEASES`]).
+//!
+//! - `GROUP_SIM_SEEDS=N` sets how many schedules `group_schedules_keep_the_contract`
+//!   explores (default 20,000), from `GROUP_SIM_FIRST` (default 0).
+//! - `GROUP_SIM_SEED=S` makes `one_group_schedule` replay seed S with a trace.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use person_delivery::{Group, GroupAction, GroupConfig, LeaseOutcome};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::env_u64;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Once calm begins (or a change is made in calm), every slot runs on exactly one live
+/// member, shares are balanced and nothing moves any more within this many leases.
+/// The slowest case measured: a killed member's heartbeat must age out (a lease) before
+/// the others count it gone, and each of its leases must then stay unrenewed for a
+/// lease on an observer's clock before it is taken over.
+const SETTLE_LEASES: u32 = 3;
+
+/// A graceful shutdown in calm finishes (every worker drained, every lease deleted,
+/// the heartbeat deleted) within this many leases.
+const SHUTDOWN_LEASES: u32 = 1;
+
+/// Seeds that found bugs in the group; each stays a regression test.
+const REGRESSIONS: &[u64] = &[];
+
+/// A membership change made once the group has settled in calm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    Nothing,
+    Shutdown,
+    Crash,
+    Join,
+}
+
+/// The shape and faults of one schedule, drawn from its seed.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupScenario {
+    pub(crate) seed: u64,
+    pub(crate) slots: u32,
+    pub(crate) lease: Duration,
+    /// Members at the start (joining within the first tick).
+    pub(crate) members: usize,
+    /// Joins, kills (with or without a replacement) and graceful shutdowns in the fault
+    /// window, by time.
+    pub(crate) joins: Vec<Duration>,
+    pub(crate) crashes: Vec<(Duration, bool)>,
+    pub(crate) leaves: Vec<Duration>,
+    pub(crate) watch_restarts: Vec<Duration>,
+    /// End of the fault window.
+    pub(crate) calm_at: Duration,
+    pub(crate) lost_requests: f64,
+    pub(crate) lost_replies: f64,
+    /// Chance that a request or reply is slower than the request timeout.
+    pub(crate) slow: f64,
+    /// Longest watch delay in the fault window.
+    pub(crate) watch_lag: Duration,
+    /// Members' clocks have different offsets.
+    pub(crate) skew: bool,
+    /// Timers fire late (up to a quarter of the margin) in the fault window.
+    pub(crate) stalls: bool,
+    pub(crate) then: Then,
+}
+
+impl GroupScenario {
+    pub(crate) fn from_seed(seed: u64) -> Self {
+        let mut r = StdRng::seed_from_u64(seed ^ 0x0067_0a0b_5117_e001);
+        let slots = [1, 1, 2, 2, 3, 3, 4, 4, 5, 6, 7, 8][r.random_range(0..12)];
+        let lease = MS * [2000, 4000, 4000, 6000][r.random_range(0..4)];
+        let l = lease.as_millis() as u64;
+        let members = r.random_range(1..=4);
+        let calm_at = if r.random_bool(0.9) {
+            ms(r.random_range(0..=2 * l))
+        } else {
+            Duration::ZERO
+        };
+        let c = calm_at.as_millis() as u64;
+        let when = |r: &mut StdRng| ms(r.random_range(0..c.max(1)));
+        let count = |r: &mut StdRng, p: f64, max: u32| {
+            if c > 0 && r.random_bool(p) {
+                r.random_range(1..=max)
+            } else {
+                0
+            }
+        };
+        let joins = (0..count(&mut r, 0.3, 2)).map(|_| when(&mut r)).collect();
+        let crashes = (0..count(&mut r, 0.35, 2))
+            .map(|_| (when(&mut r), r.random_bool(0.6)))
+            .collect();
+        let leaves = (0..count(&mut r, 0.25, 1)).map(|_| when(&mut r)).collect();
+        let watch_restarts = (0..count(&mut r, 0.15, 2)).map(|_| when(&mut r)).collect();
+        let p = |r: &mut StdRng, max: f64| {
+            if r.random_bool(0.5) {
+                r.random_range(0.0..max)
+            } else {
+                0.0
+            }
+        };
+        let lost_requests = p(&mut r, 0.2);
+        let lost_replies = p(&mut r, 0.2);
+        let slow = p(&mut r, 0.1);
+        let watch_lag = MS * [20, 200, 1000][r.random_range(0..3)];
+        let then = [Then::Nothing, Then::Shutdown, Then::Crash, Then::Join][r.random_range(0..4)];
+        Self {
+            seed,
+            slots,
+            lease,
+            members,
+            joins,
+            crashes,
+            leaves,
+            watch_restarts,
+            calm_at,
+            lost_requests,
+            lost_replies,
+            slow,
+            watch_lag,
+            skew: r.random_bool(0.3),
+            stalls: r.random_bool(0.3),
+            then,
+        }
+    }
+}
+
+/// Totals over schedules, printed by the test.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct GroupTally {
+    pub(crate) schedules: u64,
+    pub(crate) joins: u64,
+    pub(crate) graceful: u64,
+    pub(crate) crashes: u64,
+    pub(crate) lost_requests: u64,
+    pub(crate) lost_replies: u64,
+    pub(crate) late_writes: u64,
+    pub(crate) watch_restarts: u64,
+    pub(crate) conflicts: u64,
+    pub(crate) takeovers: u64,
+    pub(crate) fences: u64,
+    pub(crate) handovers: u64,
+    pub(crate) max_settle_calm: Duration,
+    pub(crate) max_settle_crash: Duration,
+    pub(crate) max_settle_join: Duration,
+    pub(crate) max_settle_shutdown: Duration,
+    pub(crate) max_shutdown: Duration,
+}
+
+impl GroupTally {
+    pub(crate) fn add(&mut self, o: &GroupTally) {
+        let sums: [(&mut u64, u64); 12] = [
+            (&mut self.schedules, o.schedules),
+            (&mut self.joins, o.joins),
+            (&mut self.graceful, o.graceful),
+            (&mut self.crashes, o.crashes),
+            (&mut self.lost_requests, o.lost_requests),
+            (&mut self.lost_replies, o.lost_replies),
+            (&mut self.late_writes, o.late_writes),
+            (&mut self.watch_restarts, o.watch_restarts),
+            (&mut self.conflicts, o.conflicts),
+            (&mut self.takeovers, o.takeovers),
+            (&mut self.fences, o.fences),
+            (&mut self.handovers, o.handovers),
+        ];
+        for (a, b) in sums {
+            *a += b;
+        }
+        let maxes: [(&mut Duration, Duration); 5] = [
+            (&mut self.max_settle_calm, o.max_settle_calm),
+            (&mut self.max_settle_crash, o.max_settle_crash),
+            (&mut self.max_settle_join, o.max_settle_join),
+            (&mut self.max_settle_shutdown, o.max_settle_shutdown),
+            (&mut self.max_shutdown, o.max_shutdown),
+        ];
+        for (a, b) in maxes {
+            *a = (*a).max(b);
+        }
+    }
+}
+
+/// How a write to the store is made.
+#[derive(Debug, Clone, Copy)]
+enum Write {
+    /// Unconditional put (a heartbeat).
+    Put,
+    /// Only when the key is absent or deleted.
+    Create,
+    /// Only when the key's last revision is this one.
+    Update(u64),
+    /// A delete, expecting the key's last revision to be this one when given.
+    Delete(Option<u64>),
+}
+
+/// What the caller reports back for a request.
+#[derive(Debug, Clone, Copy)]
+enum Report {
+    Acquired(u32),
+    Renewed(u32),
+}
+
+#[derive(Debug)]
+enum Ev {
+    /// A request reaches the store.
+    Arrive {
+        from: usize,
+        op: u64,
+        key: String,
+        write: Write,
+    },
+    /// The store's answer reaches the caller.
+    Reply {
+        to: usize,
+        op: u64,
+        outcome: LeaseOutcome,
+    },
+    /// The request timeout of `op`.
+    Expire { to: usize, op: u64 },
+    /// A change of the store reaches a member's watch.
+    Watch {
+        to: usize,
+        epoch: u32,
+        key: String,
+        value: Option<String>,
+        revision: u64,
+    },
+    /// A slot's workers have stopped.
+    Stopped { m: usize, slot: u32, generation: u64 },
+    Join,
+    Crash { replace: bool },
+    Shutdown,
+    WatchRestart,
+    Calm,
+    /// A member that left in calm should have left nothing in the store by now.
+    Check { m: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Worker {
+    Idle,
+    Running,
+    Stopping,
+}
+
+struct Member {
+    name: String,
+    group: Group,
+    offset: Duration,
+    alive: bool,
+    shutdown_at: Option<Duration>,
+    done_at: Option<Duration>,
+    workers: Vec<Worker>,
+    generation: Vec<u64>,
+    /// The latest delivery scheduled on the watch (deliveries are in order).
+    watch_at: Duration,
+    epoch: u32,
+    /// Requests waiting for a reply: op -> what to report.
+    ops: BTreeMap<u64, Report>,
+    /// Per slot, the revisions of lease writes of this member that were stored.
+    written: Vec<BTreeSet<u64>>,
+    /// The timer: its local target and when it fires.
+    timer: Option<(Duration, Duration)>,
+    /// It asked to leave (its heartbeat deleted).
+    left: bool,
+    /// When its latest request sent in calm reaches the store.
+    sent_at: Duration,
+}
+
+impl Member {
+    fn active(&self, slot: u32) -> bool {
+        self.alive && self.workers[slot as usize] != Worker::Idle
+    }
+}
+
+/// One liveness check: from `start`, the group must settle within `bound` and stay so
+/// for `confirm`.
+struct Phase {
+    kind: Then,
+    start: Duration,
+    bound: Duration,
+    stable_since: Option<Duration>,
+}
+
+pub(crate) struct GroupSim {
+    sc: GroupScenario,
+    r: StdRng,
+    now: Duration,
+    queue: BinaryHeap<Reverse<(Duration, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    order: u64,
+    next_op: u64,
+    rev: u64,
+    /// Key -> (value or None when deleted, revision).
+    store: BTreeMap<String, (Option<String>, u64)>,
+    members: Vec<Member>,
+    phase: Option<Phase>,
+    /// A lease or worker changed hands since the last check.
+    churn: bool,
+    finished: bool,
+    pub(crate) tally: GroupTally,
+    pub(crate) trace: Option<String>,
+}
+
+impl GroupSim {
+    pub(crate) fn new(sc: GroupScenario, trace: bool) -> Self {
+        let r = StdRng::seed_from_u64(sc.seed);
+        let mut sim = Self {
+            r,
+            now: Duration::ZERO,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            order: 0,
+            next_op: 0,
+            rev: 0,
+            store: BTreeMap::new(),
+            members: Vec::new(),
+            phase: None,
+            churn: false,
+            finished: false,
+            tally: GroupTally {
+                schedules: 1,
+                ..GroupTally::default()
+            },
+            trace: trace.then(String::new),
+            sc,
+        };
+        for _ in 0..sim.sc.members {
+            let t = ms(sim.r.random_range(0..=sim.config().tick.as_millis() as u64));
+            sim.at(t, Ev::Join);
+        }
+        for t in sim.sc.joins.clone() {
+            sim.at(t, Ev::Join);
+        }
+        for (t, replace) in sim.sc.crashes.clone() {
+            sim.at(t, Ev::Crash { replace });
+        }
+        for t in sim.sc.leaves.clone() {
+            sim.at(t, Ev::Shutdown);
+        }
+        for t in sim.sc.watch_restarts.clone() {
+            sim.at(t, Ev::WatchRestart);
+        }
+        let calm = sim.sc.calm_at;
+        sim.at(calm, Ev::Calm);
+        sim
+    }
+
+    fn config(&self) -> GroupConfig {
+        GroupConfig::new(self.sc.slots, self.sc.lease)
+    }
+
+    /// The request timeout the runtime uses.
+    fn op_timeout(&self) -> Duration {
+        self.sc.lease / 4
+    }
+
+    fn margin(&self) -> Duration {
+        self.config().margin
+    }
+
+    fn faulty(&self) -> bool {
+        self.now < self.sc.calm_at
+    }
+
+    fn log(&mut self, f: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            let _ = writeln!(t, "{:>9.3}s {}", self.now.as_secs_f64(), f());
+        }
+    }
+
+    fn at(&mut self, t: Duration, ev: Ev) {
+        self.order += 1;
+        self.events.push(Some(ev));
+        self.queue.push(Reverse((
+            t.max(self.now),
+            self.order,
+            self.events.len() - 1,
+        )));
+    }
+
+    fn local(&self, m: usize) -> Duration {
+        self.now + self.members[m].offset
+    }
+
+    fn fail(&self, what: String) -> String {
+        format!("at {:.3}s: {what}", self.now.as_secs_f64())
+    }
+
+    /// A one-way network delay.
+    fn delay(&mut self) -> Duration {
+        if !self.faulty() {
+            return ms(self.r.random_range(1..=10));
+        }
+        if self.sc.slow > 0.0 && self.r.random_bool(self.sc.slow) {
+            let t = self.op_timeout().as_millis() as u64;
+            return ms(self.r.random_range(t / 2..=t * 2));
+        }
+        ms(self.r.random_range(1..=60))
+    }
+
+    fn watch_delay(&mut self) -> Duration {
+        if !self.faulty() {
+            return ms(self.r.random_range(1..=10));
+        }
+        let lag = self.sc.watch_lag.as_millis() as u64;
+        ms(self.r.random_range(1..=lag))
+    }
+
+    /// Runs the schedule to the end; an error names the broken promise.
+    pub(crate) fn run(&mut self) -> Result<(), String> {
+        let mut steps: u64 = 0;
+        let cap = 400_000;
+        loop {
+            if self.finished {
+                return Ok(());
+            }
+            let next_ev = self.queue.peek().map(|Reverse((t, _, _))| *t);
+            let next_timer = self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.alive)
+                .filter_map(|(i, m)| m.timer.map(|(_, due)| (due, i)))
+                .min();
+            steps += 1;
+            if steps > cap {
+                return Err(self.fail(format!(
+                    "runaway: over {cap} events (a busy loop without progress)"
+                )));
+            }
+            match (next_ev, next_timer) {
+                // The last member left: nothing runs, nothing is due.
+                (None, None) => {
+                    return match self.settled() {
+                        Ok(()) if self.phase.is_some() => Ok(()),
+                        Ok(()) => Err(self.fail("nothing left to happen before calm".into())),
+                        Err(e) => Err(self.fail(format!("nothing left to happen: {e}"))),
+                    };
+                }
+                (Some(te), Some((tt, m))) if tt <= te => self.fire_timer(tt, m)?,
+                (None, Some((tt, m))) => self.fire_timer(tt, m)?,
+                _ => {
+                    let Reverse((t, _, idx)) = self.queue.pop().expect("peeked");
+                    self.now = t;
+                    let ev = self.events[idx].take().expect("event taken once");
+                    self.handle(ev)?;
+                }
+            }
+            self.check()?;
+        }
+    }
+
+    fn fire_timer(&mut self, t: Duration, m: usize) -> Result<(), String> {
+        self.now = t;
+        self.members[m].timer = None;
+        let now = self.local(m);
+        self.members[m].group.on_timeout(now);
+        self.drive(m)
+    }
+
+    fn handle(&mut self, ev: Ev) -> Result<(), String> {
+        match ev {
+            Ev::Arrive {
+                from,
+                op,
+                key,
+                write,
+            } => self.arrive(from, op, key, write),
+            Ev::Reply { to, op, outcome } => self.report(to, op, outcome),
+            Ev::Expire { to, op } => self.report(to, op, LeaseOutcome::Failed),
+            Ev::Watch {
+                to,
+                epoch,
+                key,
+                value,
+                revision,
+            } => {
+                let m = &self.members[to];
+                if !m.alive || m.epoch != epoch {
+                    return Ok(());
+                }
+                self.observe(to, &key, value.as_deref(), revision)
+            }
+            Ev::Stopped {
+                m,
+                slot,
+                generation,
+            } => {
+                let mem = &mut self.members[m];
+                if !mem.alive || mem.generation[slot as usize] != generation {
+                    return Ok(());
+                }
+                mem.workers[slot as usize] = Worker::Idle;
+                let name = mem.name.clone();
+                self.log(|| format!("{name}: slot {slot} stopped"));
+                let now = self.local(m);
+                self.members[m].group.on_stopped(now, slot);
+                self.drive(m)
+            }
+            Ev::Join => self.join(),
+            Ev::Crash { replace } => {
+                let Some(m) = self.pick(|m| m.alive) else {
+                    return Ok(());
+                };
+                self.crash(m);
+                if replace {
+                    let lease = self.sc.lease.as_millis() as u64;
+                    let t = (self.now + ms(self.r.random_range(0..=lease))).min(self.sc.calm_at);
+                    self.at(t, Ev::Join);
+                }
+                Ok(())
+            }
+            Ev::Shutdown => {
+                let Some(m) = self.pick(|m| m.alive && m.shutdown_at.is_none()) else {
+                    return Ok(());
+                };
+                self.shutdown(m)
+            }
+            Ev::WatchRestart => {
+                let Some(m) = self.pick(|m| m.alive) else {
+                    return Ok(());
+                };
+                self.tally.watch_restarts += 1;
+                let name = self.members[m].name.clone();
+                self.log(|| format!("{name}: watch restarts"));
+                self.open_watch(m, Duration::from_millis(50));
+                Ok(())
+            }
+            Ev::Calm => {
+                self.log(|| "calm: no more faults or membership changes".into());
+                if !self
+                    .members
+                    .iter()
+                    .any(|m| m.alive && m.shutdown_at.is_none())
+                {
+                    self.join()?;
+                }
+                self.begin(Then::Nothing);
+                Ok(())
+            }
+            Ev::Check { m } => {
+                let name = self.members[m].name.clone();
+                for (key, (value, rev)) in &self.store {
+                    if value.as_deref() == Some(name.as_str()) && key.starts_with("l.") {
+                        return Err(self.fail(format!(
+                            "shutdown: {name} left in calm but {key} still names it (revision {rev}), \
+                             so the next owner waits a lease"
+                        )));
+                    }
+                }
+                if self
+                    .store
+                    .get(&format!("m.{name}"))
+                    .is_some_and(|(v, _)| v.is_some())
+                {
+                    return Err(self.fail(format!(
+                        "shutdown: {name} left in calm but its heartbeat was not deleted"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn pick(&mut self, f: impl Fn(&Member) -> bool) -> Option<usize> {
+        let c: Vec<usize> = (0..self.members.len())
+            .filter(|&i| f(&self.members[i]))
+            .collect();
+        (!c.is_empty()).then(|| c[self.r.random_range(0..c.len())])
+    }
+
+    fn join(&mut self) -> Result<(), String> {
+        let idx = self.members.len();
+        let name = format!("{:03x}{idx}", self.r.random_range(0..0x1000u32));
+        let offset = if self.sc.skew {
+            ms(self.r.random_range(0..30_000))
+        } else {
+            Duration::ZERO
+        };
+        self.tally.joins += 1;
+        self.log(|| format!("{name} joins"));
+        let group = Group::new(name.clone(), self.config(), self.now + offset);
+        let slots = self.sc.slots as usize;
+        self.members.push(Member {
+            name,
+            group,
+            offset,
+            alive: true,
+            shutdown_at: None,
+            done_at: None,
+            workers: vec![Worker::Idle; slots],
+            generation: vec![0; slots],
+            watch_at: self.now,
+            epoch: 0,
+            ops: BTreeMap::new(),
+            written: vec![BTreeSet::new(); slots],
+            timer: None,
+            left: false,
+            sent_at: Duration::ZERO,
+        });
+        // The runtime performs the first actions, then opens its watch.
+        self.drive(idx)?;
+        self.open_watch(idx, Duration::ZERO);
+        Ok(())
+    }
+
+    /// Opens (or reopens) a member's watch with the store's last entry per key.
+    fn open_watch(&mut self, m: usize, pause: Duration) {
+        self.members[m].epoch += 1;
+        self.members[m].watch_at = self.now + pause;
+        let mut entries: Vec<(u64, String, Option<String>)> = self
+            .store
+            .iter()
+            .map(|(k, (v, rev))| (*rev, k.clone(), v.clone()))
+            .collect();
+        entries.sort();
+        for (revision, key, value) in entries {
+            self.deliver(m, key, value, revision);
+        }
+    }
+
+    fn deliver(&mut self, m: usize, key: String, value: Option<String>, revision: u64) {
+        let d = self.watch_delay();
+        let t = (self.now + d).max(self.members[m].watch_at);
+        self.members[m].watch_at = t;
+        let epoch = self.members[m].epoch;
+        self.at(
+            t,
+            Ev::Watch {
+                to: m,
+                epoch,
+                key,
+                value,
+                revision,
+            },
+        );
+    }
+
+    fn crash(&mut self, m: usize) {
+        let mem = &mut self.members[m];
+        mem.alive = false;
+        mem.timer = None;
+        for w in &mut mem.workers {
+            *w = Worker::Idle;
+        }
+        let name = mem.name.clone();
+        self.tally.crashes += 1;
+        self.log(|| format!("{name} is killed"));
+    }
+
+    fn shutdown(&mut self, m: usize) -> Result<(), String> {
+        self.members[m].shutdown_at = Some(self.now);
+        self.tally.graceful += 1;
+        let name = self.members[m].name.clone();
+        self.log(|| format!("{name}: shutdown"));
+        let now = self.local(m);
+        self.members[m].group.on_shutdown(now);
+        self.drive(m)
+    }
+
+    fn observe(
+        &mut self,
+        m: usize,
+        key: &str,
+        value: Option<&str>,
+        revision: u64,
+    ) -> Result<(), String> {
+        let now = self.local(m);
+        let name = self.members[m].name.clone();
+        self.log(|| format!("{name} sees {key} = {value:?} @{revision}"));
+        let g = &mut self.members[m].group;
+        if let Some(member) = key.strip_prefix("m.") {
+            match value {
+                Some(_) => g.on_member(now, member, revision),
+                None => g.on_member_gone(now, member),
+            }
+        } else if let Some(slot) = key.strip_prefix("l.") {
+            let slot: u32 = slot.parse().expect("slot key");
+            g.on_lease(now, slot, value, revision);
+        }
+        self.drive(m)
+    }
+
+    fn report(&mut self, m: usize, op: u64, outcome: LeaseOutcome) -> Result<(), String> {
+        let mem = &mut self.members[m];
+        if !mem.alive {
+            return Ok(());
+        }
+        let Some(what) = mem.ops.remove(&op) else {
+            return Ok(());
+        };
+        let name = mem.name.clone();
+        self.log(|| format!("{name}: {what:?} -> {outcome:?}"));
+        let now = self.local(m);
+        let g = &mut self.members[m].group;
+        match what {
+            Report::Acquired(slot) => g.on_acquired(now, slot, outcome),
+            Report::Renewed(slot) => g.on_renewed(now, slot, outcome),
+        }
+        self.drive(m)
+    }
+
+    /// Sends a request to the store; `report` when the caller waits for the outcome.
+    fn send(&mut self, from: usize, key: String, write: Write, report: Option<Report>) {
+        self.next_op += 1;
+        let op = self.next_op;
+        if let Some(what) = report {
+            self.members[from].ops.insert(op, what);
+            let t = self.now + self.op_timeout();
+            self.at(t, Ev::Expire { to: from, op });
+        }
+        if self.faulty() && self.sc.lost_requests > 0.0 && self.r.random_bool(self.sc.lost_requests)
+        {
+            self.tally.lost_requests += 1;
+            self.log(|| format!("request {op} ({key} {write:?}) is lost"));
+            return;
+        }
+        let d = self.delay();
+        if report.is_some() && d >= self.op_timeout() {
+            self.tally.late_writes += 1;
+        }
+        // One connection to one stream: in calm, a member's requests are stored in the
+        // order sent (in the fault window a slow one may be overtaken).
+        let mut t = self.now + d;
+        if !self.faulty() {
+            t = t.max(self.members[from].sent_at);
+            self.members[from].sent_at = t;
+        }
+        self.at(
+            t,
+            Ev::Arrive {
+                from,
+                op,
+                key,
+                write,
+            },
+        );
+    }
+
+    fn arrive(&mut self, from: usize, op: u64, key: String, write: Write) -> Result<(), String> {
+        let current = self.store.get(&key).cloned();
+        let ok = match write {
+            Write::Put | Write::Delete(None) => true,
+            Write::Create => current.as_ref().is_none_or(|(v, _)| v.is_none()),
+            Write::Update(expect) | Write::Delete(Some(expect)) => {
+                current.as_ref().is_some_and(|(_, rev)| *rev == expect)
+            }
+        };
+        let outcome = if ok {
+            self.rev += 1;
+            let rev = self.rev;
+            let value = match write {
+                Write::Delete(_) => None,
+                _ => Some(self.members[from].name.clone()),
+            };
+            if let Some(slot) = key.strip_prefix("l.") {
+                let slot: usize = slot.parse().expect("slot key");
+                if value.is_some() {
+                    self.members[from].written[slot].insert(rev);
+                    if let (Write::Update(_), Some((Some(prev), _))) = (write, &current)
+                        && *prev != self.members[from].name
+                    {
+                        self.tally.takeovers += 1;
+                    }
+                }
+            }
+            self.log(|| format!("store: {key} = {value:?} @{rev} ({write:?})"));
+            self.store.insert(key.clone(), (value.clone(), rev));
+            for m in 0..self.members.len() {
+                if self.members[m].alive {
+                    self.deliver(m, key.clone(), value.clone(), rev);
+                }
+            }
+            LeaseOutcome::Written(rev)
+        } else {
+            self.tally.conflicts += 1;
+            self.log(|| format!("store: {key} {write:?} conflicts (now {current:?})"));
+            LeaseOutcome::Conflict
+        };
+        if self.members[from].ops.contains_key(&op) {
+            if self.faulty()
+                && self.sc.lost_replies > 0.0
+                && self.r.random_bool(self.sc.lost_replies)
+            {
+                self.tally.lost_replies += 1;
+                self.log(|| format!("the reply to request {op} is lost"));
+            } else {
+                let d = self.delay();
+                self.at(
+                    self.now + d,
+                    Ev::Reply {
+                        to: from,
+                        op,
+                        outcome,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Performs a member's actions, then sets its timer.
+    fn drive(&mut self, m: usize) -> Result<(), String> {
+        while let Some(action) = self.members[m].group.poll_action() {
+            self.perform(m, action)?;
+        }
+        let mem = &mut self.members[m];
+        if mem.group.is_done() && mem.done_at.is_none() {
+            mem.done_at = Some(self.now);
+            mem.alive = false;
+            mem.timer = None;
+            let name = mem.name.clone();
+            if let Some(slot) = (0..self.sc.slots).find(|&s| mem.workers[s as usize] != Worker::Idle)
+            {
+                return Err(self.fail(format!(
+                    "shutdown: {name} left the group with slot {slot}'s workers still active"
+                )));
+            }
+            let since = mem.shutdown_at.unwrap_or_default();
+            self.log(|| format!("{name} is done"));
+            if since >= self.sc.calm_at {
+                let took = self.now - since;
+                self.tally.max_shutdown = self.tally.max_shutdown.max(took);
+                if took > self.sc.lease * SHUTDOWN_LEASES {
+                    return Err(self.fail(format!(
+                        "shutdown: {name} took {:.3}s to leave in calm (bound {SHUTDOWN_LEASES} lease)",
+                        took.as_secs_f64()
+                    )));
+                }
+                // By then every request it sent has reached the store.
+                self.at(self.now + MS * 25, Ev::Check { m });
+            }
+            return Ok(());
+        }
+        if !mem.alive {
+            return Ok(());
+        }
+        match mem.group.poll_timeout() {
+            None => mem.timer = None,
+            Some(target) => {
+                if mem.timer.is_none_or(|(t, _)| t != target) {
+                    let mut due = target.saturating_sub(mem.offset).max(self.now);
+                    if self.sc.stalls && self.now < self.sc.calm_at {
+                        let quarter = (self.config().margin / 4).as_millis() as u64;
+                        due += ms(self.r.random_range(0..=quarter));
+                    }
+                    self.members[m].timer = Some((target, due));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn perform(&mut self, m: usize, action: GroupAction) -> Result<(), String> {
+        let name = self.members[m].name.clone();
+        self.log(|| format!("{name}: {action:?}"));
+        if self.members[m].left {
+            return Err(self.fail(format!("{name}: {action:?} after it left the group")));
+        }
+        let shutting = self.members[m].shutdown_at.is_some();
+        match action {
+            GroupAction::Heartbeat => {
+                self.send(m, format!("m.{name}"), Write::Put, None);
+            }
+            GroupAction::Acquire { slot, expect } => {
+                self.churn = true;
+                if shutting {
+                    return Err(self.fail(format!(
+                        "{name}: acquires slot {slot} while shutting down"
+                    )));
+                }
+                if self.members[m].workers[slot as usize] != Worker::Idle {
+                    return Err(self.fail(format!(
+                        "{name}: acquires slot {slot} while its workers are {:?}",
+                        self.members[m].workers[slot as usize]
+                    )));
+                }
+                let write = expect.map_or(Write::Create, Write::Update);
+                self.send(m, format!("l.{slot}"), write, Some(Report::Acquired(slot)));
+            }
+            GroupAction::Renew { slot, revision } => {
+                self.wrote(m, slot, revision, "renews")?;
+                self.send(
+                    m,
+                    format!("l.{slot}"),
+                    Write::Update(revision),
+                    Some(Report::Renewed(slot)),
+                );
+            }
+            GroupAction::Release { slot, revision } => {
+                self.churn = true;
+                self.wrote(m, slot, revision, "releases")?;
+                if self.members[m].workers[slot as usize] != Worker::Idle {
+                    return Err(self.fail(format!(
+                        "{name}: releases slot {slot} while its workers are {:?}",
+                        self.members[m].workers[slot as usize]
+                    )));
+                }
+                self.send(m, format!("l.{slot}"), Write::Delete(Some(revision)), None);
+            }
+            GroupAction::Start { slot } => {
+                self.churn = true;
+                let w = self.members[m].workers[slot as usize];
+                if w != Worker::Idle {
+                    return Err(self.fail(format!(
+                        "{name}: starts slot {slot} whose workers are {w:?}"
+                    )));
+                }
+                if shutting {
+                    return Err(self.fail(format!(
+                        "{name}: starts slot {slot} while shutting down"
+                    )));
+                }
+                let key = format!("l.{slot}");
+                match self.store.get(&key) {
+                    Some((Some(owner), rev)) if *owner == name => {
+                        if !self.members[m].written[slot as usize].contains(rev) {
+                            return Err(self.fail(format!(
+                                "{name}: starts slot {slot} on revision {rev}, not its own write"
+                            )));
+                        }
+                    }
+                    other => {
+                        return Err(self.fail(format!(
+                            "lease: {name} starts slot {slot} but the store has {other:?}"
+                        )));
+                    }
+                }
+                self.members[m].workers[slot as usize] = Worker::Running;
+            }
+            GroupAction::Stop { slot, fence } => {
+                self.churn = true;
+                let w = self.members[m].workers[slot as usize];
+                if w != Worker::Running {
+                    return Err(self.fail(format!(
+                        "{name}: stops slot {slot} whose workers are {w:?}"
+                    )));
+                }
+                if fence {
+                    self.tally.fences += 1;
+                } else if !shutting {
+                    self.tally.handovers += 1;
+                }
+                let mem = &mut self.members[m];
+                mem.workers[slot as usize] = Worker::Stopping;
+                mem.generation[slot as usize] += 1;
+                let generation = mem.generation[slot as usize];
+                let half = (self.margin() / 2).as_millis() as u64;
+                let d = ms(self.r.random_range(0..=half));
+                self.at(
+                    self.now + d,
+                    Ev::Stopped {
+                        m,
+                        slot,
+                        generation,
+                    },
+                );
+            }
+            GroupAction::Leave => {
+                self.members[m].left = true;
+                if !shutting {
+                    return Err(self.fail(format!("{name}: leaves without a shutdown")));
+                }
+                self.send(m, format!("m.{name}"), Write::Delete(None), None);
+            }
+            other => return Err(self.fail(format!("{name}: unknown action {other:?}"))),
+        }
+        Ok(())
+    }
+
+    fn wrote(&self, m: usize, slot: u32, revision: u64, what: &str) -> Result<(), String> {
+        let mem = &self.members[m];
+        if mem.written[slot as usize].contains(&revision) {
+            Ok(())
+        } else {
+            Err(self.fail(format!(
+                "{}: {what} slot {slot} at revision {revision}, which it never wrote \
+                 (its writes: {:?})",
+                mem.name, mem.written[slot as usize]
+            )))
+        }
+    }
+
+    /// Starts a liveness phase now.
+    fn begin(&mut self, kind: Then) {
+        let bound = self.sc.lease * SETTLE_LEASES;
+        self.log(|| format!("phase {kind:?}: settles within {:.1}s", bound.as_secs_f64()));
+        self.phase = Some(Phase {
+            kind,
+            start: self.now,
+            bound,
+            stable_since: None,
+        });
+    }
+
+    /// Safety at every step; liveness once calm.
+    fn check(&mut self) -> Result<(), String> {
+        for slot in 0..self.sc.slots {
+            let active: Vec<&str> = self
+                .members
+                .iter()
+                .filter(|m| m.active(slot))
+                .map(|m| m.name.as_str())
+                .collect();
+            if active.len() > 1 {
+                return Err(self.fail(format!(
+                    "safety: slot {slot} has active workers on {} at once",
+                    active.join(" and ")
+                )));
+            }
+        }
+        let churn = std::mem::take(&mut self.churn);
+        let settled = !churn && self.settled().is_ok();
+        let now = self.now;
+        let confirm = self.sc.lease + self.config().tick;
+        let Some(p) = &mut self.phase else {
+            return Ok(());
+        };
+        if !settled {
+            p.stable_since = None;
+        } else if p.stable_since.is_none() {
+            p.stable_since = Some(now);
+        }
+        let deadline = p.start + p.bound;
+        if let Some(since) = p.stable_since
+            && now - since >= confirm
+        {
+            let took = since - p.start;
+            let kind = p.kind;
+            let max = match kind {
+                Then::Nothing => &mut self.tally.max_settle_calm,
+                Then::Crash => &mut self.tally.max_settle_crash,
+                Then::Join => &mut self.tally.max_settle_join,
+                Then::Shutdown => &mut self.tally.max_settle_shutdown,
+            };
+            *max = (*max).max(took);
+            self.log(|| format!("phase {kind:?}: settled after {:.3}s", took.as_secs_f64()));
+            if kind == Then::Nothing && self.sc.then != Then::Nothing {
+                return self.change();
+            }
+            self.finished = true;
+            return Ok(());
+        }
+        if now > deadline && p.stable_since.is_none_or(|s| s > deadline) {
+            let kind = p.kind;
+            let start = p.start;
+            let why = self.settled().err().unwrap_or_else(|| "lease or worker churn".into());
+            return Err(self.fail(format!(
+                "liveness: not settled {SETTLE_LEASES} leases after {} at {:.3}s: {why}; {}",
+                match kind {
+                    Then::Nothing => "calm began".to_owned(),
+                    k => format!("a {k:?} in calm"),
+                },
+                start.as_secs_f64(),
+                self.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The membership change made in calm once the group settled.
+    fn change(&mut self) -> Result<(), String> {
+        let live: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].alive && self.members[i].shutdown_at.is_none())
+            .collect();
+        let mut then = self.sc.then;
+        if then == Then::Crash && live.len() < 2 {
+            then = Then::Join;
+        }
+        self.begin(then);
+        match then {
+            Then::Shutdown => {
+                let m = live[self.r.random_range(0..live.len())];
+                self.shutdown(m)?;
+            }
+            Then::Crash => {
+                let m = live[self.r.random_range(0..live.len())];
+                self.crash(m);
+            }
+            Then::Join => self.join()?,
+            Then::Nothing => {}
+        }
+        Ok(())
+    }
+
+    /// Every slot runs on exactly one live member named by the store, and shares are
+    /// balanced; else why not.
+    fn settled(&self) -> Result<(), String> {
+        if let Some(m) = self
+            .members
+            .iter()
+            .find(|m| m.alive && m.shutdown_at.is_some())
+        {
+            return Err(format!("{} is still shutting down", m.name));
+        }
+        let live: Vec<&Member> = self.members.iter().filter(|m| m.alive).collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        for slot in 0..self.sc.slots {
+            let running: Vec<&&Member> = live
+                .iter()
+                .filter(|m| m.workers[slot as usize] != Worker::Idle)
+                .collect();
+            match running[..] {
+                [m] if m.workers[slot as usize] == Worker::Running => {
+                    let key = format!("l.{slot}");
+                    match self.store.get(&key) {
+                        Some((Some(owner), _)) if *owner == m.name => {}
+                        other => {
+                            return Err(format!(
+                                "slot {slot} runs on {} but the store has {other:?}",
+                                m.name
+                            ));
+                        }
+                    }
+                }
+                [] => return Err(format!("slot {slot} runs nowhere")),
+                _ => return Err(format!("slot {slot} is stopping")),
+            }
+        }
+        let n = live.len() as u32;
+        let (lo, hi) = (self.sc.slots / n, self.sc.slots.div_ceil(n));
+        for m in &live {
+            let c = m
+                .workers
+                .iter()
+                .filter(|w| **w == Worker::Running)
+                .count() as u32;
+            if c < lo || c > hi {
+                return Err(format!(
+                    "{} runs {c} slots, not {lo}..={hi} of {} among {n}",
+                    m.name, self.sc.slots
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        let store: Vec<String> = self
+            .store
+            .iter()
+            .map(|(k, (v, r))| format!("{k}={}@{r}", v.as_deref().unwrap_or("-")))
+            .collect();
+        let members: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.alive)
+            .map(|m| {
+                let now = self.now + m.offset;
+                format!(
+                    "{} (running {:?}, held {:?}, share {}, sees {:?}{})",
+                    m.name,
+                    m.group.running(),
+                    m.group.held(),
+                    m.group.share(now),
+                    m.group.live_members(now),
+                    if m.shutdown_at.is_some() {
+                        ", shutting down"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        format!("store [{}]; members: {}", store.join(" "), members.join("; "))
+    }
+}
+
+fn run_seed(seed: u64, trace: bool) -> (Result<(), String>, GroupTally, Option<String>) {
+    let scenario = GroupScenario::from_seed(seed);
+    let described = format!("{scenario:?}");
+    let mut sim = GroupSim::new(scenario, trace);
+    let outcome = sim
+        .run()
+        .map_err(|e| format!("{e}\n  scenario: {described}"));
+    (outcome, sim.tally, sim.trace.take())
+}
+
+fn reproducer(seed: u64) -> String {
+    format!(
+        "GROUP_SIM_SEED={seed} cargo test -p person-delivery --test sim one_group_schedule -- --nocapture"
+    )
+}
+
+#[test]
+fn group_schedules_keep_the_contract() {
+    let count = env_u64("GROUP_SIM_SEEDS").unwrap_or(20_000);
+    let first = env_u64("GROUP_SIM_FIRST").unwrap_or(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8) as u64;
+    let failures = Mutex::new(Vec::new());
+    let total = Mutex::new(GroupTally::default());
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (failures, total) = (&failures, &total);
+            s.spawn(move || {
+                let mut tally = GroupTally::default();
+                let mut seed = first + t;
+                while seed < first + count {
+                    let (outcome, t2, _) = run_seed(seed, false);
+                    tally.add(&t2);
+                    if let Err(e) = outcome {
+                        failures.lock().unwrap().push((seed, e));
+                        break;
+                    }
+                    seed += threads;
+                }
+                total.lock().unwrap().add(&tally);
+            });
+        }
+    });
+    let t = total.into_inner().unwrap();
+    eprintln!(
+        "group sim: {} schedules in {:.1?}: {} joins, {} graceful leaves, {} kills; {} lost \
+         requests, {} lost replies, {} requests slower than their timeout, {} watch restarts; \
+         {} conflicts, {} takeovers after expiry, {} fences, {} handovers; settled after calm \
+         within {:.2?} (bound {SETTLE_LEASES} leases), after a kill {:.2?}, a join {:.2?}, a \
+         shutdown {:.2?}; shutdowns in calm took up to {:.2?} (bound {SHUTDOWN_LEASES} lease)",
+        t.schedules,
+        started.elapsed(),
+        t.joins,
+        t.graceful,
+        t.crashes,
+        t.lost_requests,
+        t.lost_replies,
+        t.late_writes,
+        t.watch_restarts,
+        t.conflicts,
+        t.takeovers,
+        t.fences,
+        t.handovers,
+        t.max_settle_calm,
+        t.max_settle_crash,
+        t.max_settle_join,
+        t.max_settle_shutdown,
+        t.max_shutdown,
+    );
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|(s, _)| *s);
+    if let Some((seed, e)) = failures.first() {
+        panic!(
+            "{} failing seed(s), first {seed}: {e}\n  reproduce: {}",
+            failures.len(),
+            reproducer(*seed)
+        );
+    }
+}
+
+#[test]
+fn one_group_schedule() {
+    let seeds: Vec<u64> = match env_u64("GROUP_SIM_SEED") {
+        Some(s) => vec![s],
+        None => REGRESSIONS.to_vec(),
+    };
+    for seed in seeds {
+        let (outcome, _, trace) = run_seed(seed, true);
+        if let Err(e) = outcome {
+            let trace = trace.unwrap_or_default();
+            let keep = std::env::var("GROUP_SIM_TRACE_LINES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(400);
+            let tail: Vec<&str> = trace.lines().rev().take(keep).collect();
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            panic!("seed {seed}: {e}\n  reproduce: {}", reproducer(seed));
+        }
+    }
+}
