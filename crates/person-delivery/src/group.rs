@@ -131,8 +131,6 @@ struct Seen {
 struct Held {
     revision: u64,
     valid_until: Duration,
-    /// When the renewal in flight was sent.
-    renewing: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +147,10 @@ struct Slot {
     held: Option<Held>,
     /// When the acquire in flight was sent.
     acquiring: Option<Duration>,
+    /// When the renewal in flight was sent. It outlives the lease it renews (a fence
+    /// or a give-up does not wait for it), so no other write of the slot is sent
+    /// until it is answered: its answer is never taken for another one's.
+    renewing: Option<Duration>,
     worker: Worker,
     /// Give it up once the workers have stopped.
     leaving: bool,
@@ -164,6 +166,7 @@ impl Slot {
             seen: None,
             held: None,
             acquiring: None,
+            renewing: None,
             worker: Worker::Idle,
             leaving: false,
             released_at: None,
@@ -358,6 +361,7 @@ impl Group {
                 && seen.owner == self.me
                 && s.held.is_none()
                 && s.acquiring.is_none()
+                && s.renewing.is_none()
                 && s.worker == Worker::Idle
             {
                 let revision = seen.revision;
@@ -397,7 +401,6 @@ impl Group {
             s.held = Some(Held {
                 revision,
                 valid_until: sent + lease - margin,
-                renewing: None,
             });
             s.seen = Some(Seen {
                 owner: self.me.clone(),
@@ -422,30 +425,41 @@ impl Group {
         let Some(s) = self.slots.get_mut(slot as usize) else {
             return;
         };
-        let Some(h) = &mut s.held else {
+        let Some(sent) = s.renewing.take() else {
             return;
         };
-        let Some(sent) = h.renewing.take() else {
-            return;
-        };
-        match outcome {
-            LeaseOutcome::Written(revision) => {
+        let mut lost = false;
+        match (outcome, &mut s.held) {
+            (LeaseOutcome::Written(revision), Some(h)) => {
                 h.revision = revision;
                 h.valid_until = h.valid_until.max(sent + lease - margin);
-                s.seen = Some(Seen {
-                    owner: self.me.clone(),
-                    revision,
-                    at: now,
-                });
             }
-            LeaseOutcome::Conflict => {
+            (LeaseOutcome::Conflict, Some(_)) => {
                 // Someone else owns it now: stop at once.
                 s.held = None;
-                self.fence(slot);
+                s.leaving = false;
+                lost = true;
             }
-            LeaseOutcome::Failed => {}
+            _ => {}
+        }
+        if let LeaseOutcome::Written(revision) = outcome {
+            // Ours at that revision (if fenced meanwhile, a stray to give back).
+            s.seen = Some(Seen {
+                owner: self.me.clone(),
+                revision,
+                at: now,
+            });
+        }
+        if lost {
+            self.fence(slot);
+        }
+        let s = &self.slots[slot as usize];
+        if s.leaving && s.worker == Worker::Idle {
+            // A give-up that waited for this answer, to release the latest revision.
+            self.give_up(now, slot);
         }
         self.check_fences(now);
+        self.balance(now);
     }
 
     /// The slot's workers have stopped (after [`GroupAction::Stop`]).
@@ -465,7 +479,7 @@ impl Group {
         }
         // Fenced, and the key still names us: `balance` frees it for the next owner.
         self.balance(now);
-        self.maybe_leave();
+        self.maybe_leave(now);
     }
 
     /// Time has passed.
@@ -478,10 +492,10 @@ impl Group {
             }
             for i in 0..self.config.slots {
                 let s = &mut self.slots[i as usize];
-                if let Some(h) = &mut s.held
-                    && h.renewing.is_none()
+                if let Some(h) = &s.held
+                    && s.renewing.is_none()
                 {
-                    h.renewing = Some(now);
+                    s.renewing = Some(now);
                     self.actions.push_back(GroupAction::Renew {
                         slot: i,
                         revision: h.revision,
@@ -515,18 +529,21 @@ impl Group {
                 }
             }
         }
-        self.release_strays(now);
-        self.maybe_leave();
+        self.maybe_leave(now);
     }
 
-    fn maybe_leave(&mut self) {
+    fn maybe_leave(&mut self, now: Duration) {
         if self.shutting_down
             && !self.left
-            && self
-                .slots
-                .iter()
-                .all(|s| s.held.is_none() && s.acquiring.is_none() && s.worker == Worker::Idle)
+            && self.slots.iter().all(|s| {
+                s.held.is_none()
+                    && s.acquiring.is_none()
+                    && s.renewing.is_none()
+                    && s.worker == Worker::Idle
+            })
         {
+            // Keys still naming this instance are deleted before it leaves.
+            self.release_strays(now);
             self.left = true;
             self.actions.push_back(GroupAction::Leave);
         }
@@ -535,6 +552,12 @@ impl Group {
     /// Releases a slot whose workers are idle.
     fn give_up(&mut self, now: Duration, slot: u32) {
         let s = &mut self.slots[slot as usize];
+        if s.renewing.is_some() && s.held.is_some() {
+            // Released once the renewal is answered, at the revision it wrote: a
+            // release sent now could be overtaken by it and leave the key behind.
+            s.leaving = true;
+            return;
+        }
         s.leaving = false;
         if let Some(h) = s.held.take() {
             s.released_at = Some(now);
@@ -543,7 +566,7 @@ impl Group {
                 revision: h.revision,
             });
         }
-        self.maybe_leave();
+        self.maybe_leave(now);
     }
 
     fn start(&mut self, now: Duration, slot: u32) {
@@ -572,7 +595,7 @@ impl Group {
                 self.fence(i);
             }
         }
-        self.maybe_leave();
+        self.maybe_leave(now);
     }
 
     /// Gives up slots above this instance's share, and claims free or expired ones
@@ -618,6 +641,7 @@ impl Group {
                 let s = &mut self.slots[i as usize];
                 if s.held.is_some()
                     || s.acquiring.is_some()
+                    || s.renewing.is_some()
                     || s.worker != Worker::Idle
                     || s.retry_at.is_some_and(|t| now < t)
                 {
@@ -721,12 +745,19 @@ mod tests {
             ]
         );
         a.on_stopped(ms(1100), 3);
+        // The renewal sent at the tick is still in flight: the release waits for it,
+        // and deletes the revision it wrote.
         assert!(
-            drain(&mut a)
+            !drain(&mut a)
                 .iter()
-                .any(|x| matches!(x, GroupAction::Release { slot: 3, .. }))
+                .any(|x| matches!(x, GroupAction::Release { .. }))
         );
-        assert_eq!(a.share(ms(1100)), 2);
+        a.on_renewed(ms(1110), 3, LeaseOutcome::Written(20));
+        assert!(drain(&mut a).contains(&GroupAction::Release {
+            slot: 3,
+            revision: 20
+        }));
+        assert_eq!(a.share(ms(1110)), 2);
     }
 
     #[test]

@@ -162,11 +162,11 @@ pub(crate) struct GroupTally {
     pub(crate) takeovers: u64,
     pub(crate) fences: u64,
     pub(crate) handovers: u64,
-    pub(crate) max_settle_calm: Duration,
-    pub(crate) max_settle_crash: Duration,
-    pub(crate) max_settle_join: Duration,
-    pub(crate) max_settle_shutdown: Duration,
-    pub(crate) max_shutdown: Duration,
+    pub(crate) max_settle_calm: f64,
+    pub(crate) max_settle_crash: f64,
+    pub(crate) max_settle_join: f64,
+    pub(crate) max_settle_shutdown: f64,
+    pub(crate) max_shutdown: f64,
 }
 
 impl GroupTally {
@@ -188,7 +188,7 @@ impl GroupTally {
         for (a, b) in sums {
             *a += b;
         }
-        let maxes: [(&mut Duration, Duration); 5] = [
+        let maxes: [(&mut f64, f64); 5] = [
             (&mut self.max_settle_calm, o.max_settle_calm),
             (&mut self.max_settle_crash, o.max_settle_crash),
             (&mut self.max_settle_join, o.max_settle_join),
@@ -196,9 +196,16 @@ impl GroupTally {
             (&mut self.max_shutdown, o.max_shutdown),
         ];
         for (a, b) in maxes {
-            *a = (*a).max(b);
+            *a = a.max(b);
         }
     }
+}
+
+/// A key of the bucket: a member's heartbeat or a slot's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Member(usize),
+    Lease(u32),
 }
 
 /// How a write to the store is made.
@@ -227,7 +234,7 @@ enum Ev {
     Arrive {
         from: usize,
         op: u64,
-        key: String,
+        key: Key,
         write: Write,
     },
     /// The store's answer reaches the caller.
@@ -242,8 +249,9 @@ enum Ev {
     Watch {
         to: usize,
         epoch: u32,
-        key: String,
-        value: Option<String>,
+        key: Key,
+        /// The member it names; None when deleted.
+        value: Option<usize>,
         revision: u64,
     },
     /// A slot's workers have stopped.
@@ -312,9 +320,11 @@ pub(crate) struct GroupSim {
     order: u64,
     next_op: u64,
     rev: u64,
-    /// Key -> (value or None when deleted, revision).
-    store: BTreeMap<String, (Option<String>, u64)>,
+    /// Key -> (the member it names or None when deleted, revision).
+    store: BTreeMap<Key, (Option<usize>, u64)>,
     members: Vec<Member>,
+    /// Members' names, by index.
+    names: Vec<String>,
     phase: Option<Phase>,
     /// A lease or worker changed hands since the last check.
     churn: bool,
@@ -336,6 +346,7 @@ impl GroupSim {
             rev: 0,
             store: BTreeMap::new(),
             members: Vec::new(),
+            names: Vec::new(),
             phase: None,
             churn: false,
             finished: false,
@@ -384,10 +395,25 @@ impl GroupSim {
         self.now < self.sc.calm_at
     }
 
-    fn log(&mut self, f: impl FnOnce() -> String) {
-        if let Some(t) = &mut self.trace {
-            let _ = writeln!(t, "{:>9.3}s {}", self.now.as_secs_f64(), f());
+    fn log(&mut self, f: impl FnOnce(&Self) -> String) {
+        if self.trace.is_some() {
+            let line = f(self);
+            let now = self.now.as_secs_f64();
+            if let Some(t) = &mut self.trace {
+                let _ = writeln!(t, "{now:>9.3}s {line}");
+            }
         }
+    }
+
+    fn key_name(&self, key: Key) -> String {
+        match key {
+            Key::Member(m) => format!("m.{}", self.members[m].name),
+            Key::Lease(slot) => format!("l.{slot}"),
+        }
+    }
+
+    fn value_name(&self, value: Option<usize>) -> &str {
+        value.map_or("-", |m| self.members[m].name.as_str())
     }
 
     fn at(&mut self, t: Duration, ev: Ev) {
@@ -501,7 +527,7 @@ impl GroupSim {
                 if !m.alive || m.epoch != epoch {
                     return Ok(());
                 }
-                self.observe(to, &key, value.as_deref(), revision)
+                self.observe(to, key, value, revision)
             }
             Ev::Stopped {
                 m,
@@ -513,8 +539,7 @@ impl GroupSim {
                     return Ok(());
                 }
                 mem.workers[slot as usize] = Worker::Idle;
-                let name = mem.name.clone();
-                self.log(|| format!("{name}: slot {slot} stopped"));
+                self.log(|s| format!("{}: slot {slot} stopped", s.members[m].name));
                 let now = self.local(m);
                 self.members[m].group.on_stopped(now, slot);
                 self.drive(m)
@@ -543,13 +568,12 @@ impl GroupSim {
                     return Ok(());
                 };
                 self.tally.watch_restarts += 1;
-                let name = self.members[m].name.clone();
-                self.log(|| format!("{name}: watch restarts"));
+                self.log(|s| format!("{}: watch restarts", s.names[m]));
                 self.open_watch(m, Duration::from_millis(50));
                 Ok(())
             }
             Ev::Calm => {
-                self.log(|| "calm: no more faults or membership changes".into());
+                self.log(|_| "calm: no more faults or membership changes".into());
                 if !self
                     .members
                     .iter()
@@ -561,18 +585,19 @@ impl GroupSim {
                 Ok(())
             }
             Ev::Check { m } => {
-                let name = self.members[m].name.clone();
+                let name = &self.names[m];
                 for (key, (value, rev)) in &self.store {
-                    if value.as_deref() == Some(name.as_str()) && key.starts_with("l.") {
+                    if *value == Some(m) && matches!(key, Key::Lease(_)) {
                         return Err(self.fail(format!(
-                            "shutdown: {name} left in calm but {key} still names it (revision {rev}), \
-                             so the next owner waits a lease"
+                            "shutdown: {name} left in calm but {} still names it (revision {rev}), \
+                             so the next owner waits a lease",
+                            self.key_name(*key)
                         )));
                     }
                 }
                 if self
                     .store
-                    .get(&format!("m.{name}"))
+                    .get(&Key::Member(m))
                     .is_some_and(|(v, _)| v.is_some())
                 {
                     return Err(self.fail(format!(
@@ -600,8 +625,9 @@ impl GroupSim {
             Duration::ZERO
         };
         self.tally.joins += 1;
-        self.log(|| format!("{name} joins"));
+        self.log(|_| format!("{name} joins"));
         let group = Group::new(name.clone(), self.config(), self.now + offset);
+        self.names.push(name.clone());
         let slots = self.sc.slots as usize;
         self.members.push(Member {
             name,
@@ -630,10 +656,10 @@ impl GroupSim {
     fn open_watch(&mut self, m: usize, pause: Duration) {
         self.members[m].epoch += 1;
         self.members[m].watch_at = self.now + pause;
-        let mut entries: Vec<(u64, String, Option<String>)> = self
+        let mut entries: Vec<(u64, Key, Option<usize>)> = self
             .store
             .iter()
-            .map(|(k, (v, rev))| (*rev, k.clone(), v.clone()))
+            .map(|(k, (v, rev))| (*rev, *k, *v))
             .collect();
         entries.sort();
         for (revision, key, value) in entries {
@@ -641,7 +667,7 @@ impl GroupSim {
         }
     }
 
-    fn deliver(&mut self, m: usize, key: String, value: Option<String>, revision: u64) {
+    fn deliver(&mut self, m: usize, key: Key, value: Option<usize>, revision: u64) {
         let d = self.watch_delay();
         let t = (self.now + d).max(self.members[m].watch_at);
         self.members[m].watch_at = t;
@@ -665,16 +691,14 @@ impl GroupSim {
         for w in &mut mem.workers {
             *w = Worker::Idle;
         }
-        let name = mem.name.clone();
         self.tally.crashes += 1;
-        self.log(|| format!("{name} is killed"));
+        self.log(|s| format!("{} is killed", s.names[m]));
     }
 
     fn shutdown(&mut self, m: usize) -> Result<(), String> {
         self.members[m].shutdown_at = Some(self.now);
         self.tally.graceful += 1;
-        let name = self.members[m].name.clone();
-        self.log(|| format!("{name}: shutdown"));
+        self.log(|s| format!("{}: shutdown", s.names[m]));
         let now = self.local(m);
         self.members[m].group.on_shutdown(now);
         self.drive(m)
@@ -683,22 +707,26 @@ impl GroupSim {
     fn observe(
         &mut self,
         m: usize,
-        key: &str,
-        value: Option<&str>,
+        key: Key,
+        value: Option<usize>,
         revision: u64,
     ) -> Result<(), String> {
         let now = self.local(m);
-        let name = self.members[m].name.clone();
-        self.log(|| format!("{name} sees {key} = {value:?} @{revision}"));
-        let g = &mut self.members[m].group;
-        if let Some(member) = key.strip_prefix("m.") {
-            match value {
-                Some(_) => g.on_member(now, member, revision),
-                None => g.on_member_gone(now, member),
+        self.log(|s| {
+            format!(
+                "{} sees {} = {} @{revision}",
+                s.names[m],
+                s.key_name(key),
+                s.value_name(value)
+            )
+        });
+        let (names, g) = (&self.names, &mut self.members[m].group);
+        match (key, value) {
+            (Key::Member(who), Some(_)) => g.on_member(now, &names[who], revision),
+            (Key::Member(who), None) => g.on_member_gone(now, &names[who]),
+            (Key::Lease(slot), owner) => {
+                g.on_lease(now, slot, owner.map(|o| names[o].as_str()), revision);
             }
-        } else if let Some(slot) = key.strip_prefix("l.") {
-            let slot: u32 = slot.parse().expect("slot key");
-            g.on_lease(now, slot, value, revision);
         }
         self.drive(m)
     }
@@ -711,8 +739,7 @@ impl GroupSim {
         let Some(what) = mem.ops.remove(&op) else {
             return Ok(());
         };
-        let name = mem.name.clone();
-        self.log(|| format!("{name}: {what:?} -> {outcome:?}"));
+        self.log(|s| format!("{}: {what:?} -> {outcome:?}", s.names[m]));
         let now = self.local(m);
         let g = &mut self.members[m].group;
         match what {
@@ -723,7 +750,7 @@ impl GroupSim {
     }
 
     /// Sends a request to the store; `report` when the caller waits for the outcome.
-    fn send(&mut self, from: usize, key: String, write: Write, report: Option<Report>) {
+    fn send(&mut self, from: usize, key: Key, write: Write, report: Option<Report>) {
         self.next_op += 1;
         let op = self.next_op;
         if let Some(what) = report {
@@ -734,7 +761,7 @@ impl GroupSim {
         if self.faulty() && self.sc.lost_requests > 0.0 && self.r.random_bool(self.sc.lost_requests)
         {
             self.tally.lost_requests += 1;
-            self.log(|| format!("request {op} ({key} {write:?}) is lost"));
+            self.log(|s| format!("request {op} ({} {write:?}) is lost", s.key_name(key)));
             return;
         }
         let d = self.delay();
@@ -759,13 +786,13 @@ impl GroupSim {
         );
     }
 
-    fn arrive(&mut self, from: usize, op: u64, key: String, write: Write) -> Result<(), String> {
-        let current = self.store.get(&key).cloned();
+    fn arrive(&mut self, from: usize, op: u64, key: Key, write: Write) -> Result<(), String> {
+        let current = self.store.get(&key).copied();
         let ok = match write {
             Write::Put | Write::Delete(None) => true,
-            Write::Create => current.as_ref().is_none_or(|(v, _)| v.is_none()),
+            Write::Create => current.is_none_or(|(v, _)| v.is_none()),
             Write::Update(expect) | Write::Delete(Some(expect)) => {
-                current.as_ref().is_some_and(|(_, rev)| *rev == expect)
+                current.is_some_and(|(_, rev)| rev == expect)
             }
         };
         let outcome = if ok {
@@ -773,30 +800,42 @@ impl GroupSim {
             let rev = self.rev;
             let value = match write {
                 Write::Delete(_) => None,
-                _ => Some(self.members[from].name.clone()),
+                _ => Some(from),
             };
-            if let Some(slot) = key.strip_prefix("l.") {
-                let slot: usize = slot.parse().expect("slot key");
-                if value.is_some() {
-                    self.members[from].written[slot].insert(rev);
-                    if let (Write::Update(_), Some((Some(prev), _))) = (write, &current)
-                        && *prev != self.members[from].name
-                    {
-                        self.tally.takeovers += 1;
-                    }
+            if let (Key::Lease(slot), Some(_)) = (key, value) {
+                self.members[from].written[slot as usize].insert(rev);
+                if let (Write::Update(_), Some((Some(prev), _))) = (write, current)
+                    && prev != from
+                {
+                    self.tally.takeovers += 1;
                 }
             }
-            self.log(|| format!("store: {key} = {value:?} @{rev} ({write:?})"));
-            self.store.insert(key.clone(), (value.clone(), rev));
+            self.log(|s| {
+                format!(
+                    "store: {} = {} @{rev} ({write:?})",
+                    s.key_name(key),
+                    s.value_name(value)
+                )
+            });
+            self.store.insert(key, (value, rev));
             for m in 0..self.members.len() {
                 if self.members[m].alive {
-                    self.deliver(m, key.clone(), value.clone(), rev);
+                    self.deliver(m, key, value, rev);
                 }
             }
             LeaseOutcome::Written(rev)
         } else {
             self.tally.conflicts += 1;
-            self.log(|| format!("store: {key} {write:?} conflicts (now {current:?})"));
+            self.log(|s| {
+                format!(
+                    "store: {} {write:?} conflicts (now {})",
+                    s.key_name(key),
+                    current.map_or("absent".into(), |(v, r)| format!(
+                        "{} @{r}",
+                        s.value_name(v)
+                    ))
+                )
+            });
             LeaseOutcome::Conflict
         };
         if self.members[from].ops.contains_key(&op) {
@@ -805,7 +844,7 @@ impl GroupSim {
                 && self.r.random_bool(self.sc.lost_replies)
             {
                 self.tally.lost_replies += 1;
-                self.log(|| format!("the reply to request {op} is lost"));
+                self.log(|_| format!("the reply to request {op} is lost"));
             } else {
                 let d = self.delay();
                 self.at(
@@ -831,21 +870,23 @@ impl GroupSim {
             mem.done_at = Some(self.now);
             mem.alive = false;
             mem.timer = None;
-            let name = mem.name.clone();
             if let Some(slot) = (0..self.sc.slots).find(|&s| mem.workers[s as usize] != Worker::Idle)
             {
                 return Err(self.fail(format!(
-                    "shutdown: {name} left the group with slot {slot}'s workers still active"
+                    "shutdown: {} left the group with slot {slot}'s workers still active",
+                    self.names[m]
                 )));
             }
             let since = mem.shutdown_at.unwrap_or_default();
-            self.log(|| format!("{name} is done"));
+            self.log(|s| format!("{} is done", s.names[m]));
             if since >= self.sc.calm_at {
                 let took = self.now - since;
-                self.tally.max_shutdown = self.tally.max_shutdown.max(took);
+                let leases = took.as_secs_f64() / self.sc.lease.as_secs_f64();
+                self.tally.max_shutdown = self.tally.max_shutdown.max(leases);
                 if took > self.sc.lease * SHUTDOWN_LEASES {
                     return Err(self.fail(format!(
-                        "shutdown: {name} took {:.3}s to leave in calm (bound {SHUTDOWN_LEASES} lease)",
+                        "shutdown: {} took {:.3}s to leave in calm (bound {SHUTDOWN_LEASES} lease)",
+                        self.names[m],
                         took.as_secs_f64()
                     )));
                 }
@@ -874,15 +915,15 @@ impl GroupSim {
     }
 
     fn perform(&mut self, m: usize, action: GroupAction) -> Result<(), String> {
-        let name = self.members[m].name.clone();
-        self.log(|| format!("{name}: {action:?}"));
+        self.log(|s| format!("{}: {action:?}", s.names[m]));
+        let name = &self.names[m];
         if self.members[m].left {
             return Err(self.fail(format!("{name}: {action:?} after it left the group")));
         }
         let shutting = self.members[m].shutdown_at.is_some();
         match action {
             GroupAction::Heartbeat => {
-                self.send(m, format!("m.{name}"), Write::Put, None);
+                self.send(m, Key::Member(m), Write::Put, None);
             }
             GroupAction::Acquire { slot, expect } => {
                 self.churn = true;
@@ -898,13 +939,13 @@ impl GroupSim {
                     )));
                 }
                 let write = expect.map_or(Write::Create, Write::Update);
-                self.send(m, format!("l.{slot}"), write, Some(Report::Acquired(slot)));
+                self.send(m, Key::Lease(slot), write, Some(Report::Acquired(slot)));
             }
             GroupAction::Renew { slot, revision } => {
                 self.wrote(m, slot, revision, "renews")?;
                 self.send(
                     m,
-                    format!("l.{slot}"),
+                    Key::Lease(slot),
                     Write::Update(revision),
                     Some(Report::Renewed(slot)),
                 );
@@ -918,7 +959,7 @@ impl GroupSim {
                         self.members[m].workers[slot as usize]
                     )));
                 }
-                self.send(m, format!("l.{slot}"), Write::Delete(Some(revision)), None);
+                self.send(m, Key::Lease(slot), Write::Delete(Some(revision)), None);
             }
             GroupAction::Start { slot } => {
                 self.churn = true;
@@ -933,9 +974,8 @@ impl GroupSim {
                         "{name}: starts slot {slot} while shutting down"
                     )));
                 }
-                let key = format!("l.{slot}");
-                match self.store.get(&key) {
-                    Some((Some(owner), rev)) if *owner == name => {
+                match self.store.get(&Key::Lease(slot)) {
+                    Some((Some(owner), rev)) if *owner == m => {
                         if !self.members[m].written[slot as usize].contains(rev) {
                             return Err(self.fail(format!(
                                 "{name}: starts slot {slot} on revision {rev}, not its own write"
@@ -944,7 +984,11 @@ impl GroupSim {
                     }
                     other => {
                         return Err(self.fail(format!(
-                            "lease: {name} starts slot {slot} but the store has {other:?}"
+                            "lease: {name} starts slot {slot} but the store has {}",
+                            other.map_or("no key".into(), |(v, r)| format!(
+                                "{} @{r}",
+                                self.value_name(*v)
+                            ))
                         )));
                     }
                 }
@@ -983,7 +1027,7 @@ impl GroupSim {
                 if !shutting {
                     return Err(self.fail(format!("{name}: leaves without a shutdown")));
                 }
-                self.send(m, format!("m.{name}"), Write::Delete(None), None);
+                self.send(m, Key::Member(m), Write::Delete(None), None);
             }
             other => return Err(self.fail(format!("{name}: unknown action {other:?}"))),
         }
@@ -1006,7 +1050,7 @@ impl GroupSim {
     /// Starts a liveness phase now.
     fn begin(&mut self, kind: Then) {
         let bound = self.sc.lease * SETTLE_LEASES;
-        self.log(|| format!("phase {kind:?}: settles within {:.1}s", bound.as_secs_f64()));
+        self.log(|_| format!("phase {kind:?}: settles within {:.1}s", bound.as_secs_f64()));
         self.phase = Some(Phase {
             kind,
             start: self.now,
@@ -1018,13 +1062,13 @@ impl GroupSim {
     /// Safety at every step; liveness once calm.
     fn check(&mut self) -> Result<(), String> {
         for slot in 0..self.sc.slots {
-            let active: Vec<&str> = self
-                .members
-                .iter()
-                .filter(|m| m.active(slot))
-                .map(|m| m.name.as_str())
-                .collect();
-            if active.len() > 1 {
+            if self.members.iter().filter(|m| m.active(slot)).count() > 1 {
+                let active: Vec<&str> = self
+                    .members
+                    .iter()
+                    .filter(|m| m.active(slot))
+                    .map(|m| m.name.as_str())
+                    .collect();
                 return Err(self.fail(format!(
                     "safety: slot {slot} has active workers on {} at once",
                     active.join(" and ")
@@ -1032,7 +1076,10 @@ impl GroupSim {
             }
         }
         let churn = std::mem::take(&mut self.churn);
-        let settled = !churn && self.settled().is_ok();
+        if self.phase.is_none() {
+            return Ok(());
+        }
+        let settled = !churn && self.is_settled();
         let now = self.now;
         let confirm = self.sc.lease + self.config().tick;
         let Some(p) = &mut self.phase else {
@@ -1055,8 +1102,8 @@ impl GroupSim {
                 Then::Join => &mut self.tally.max_settle_join,
                 Then::Shutdown => &mut self.tally.max_settle_shutdown,
             };
-            *max = (*max).max(took);
-            self.log(|| format!("phase {kind:?}: settled after {:.3}s", took.as_secs_f64()));
+            *max = max.max(took.as_secs_f64() / self.sc.lease.as_secs_f64());
+            self.log(|_| format!("phase {kind:?}: settled after {:.3}s", took.as_secs_f64()));
             if kind == Then::Nothing && self.sc.then != Then::Nothing {
                 return self.change();
             }
@@ -1106,7 +1153,50 @@ impl GroupSim {
     }
 
     /// Every slot runs on exactly one live member named by the store, and shares are
-    /// balanced; else why not.
+    /// balanced (what [`settled`](Self::settled) explains).
+    fn is_settled(&self) -> bool {
+        let mut live = 0;
+        for m in &self.members {
+            if m.alive {
+                if m.shutdown_at.is_some() {
+                    return false;
+                }
+                live += 1;
+            }
+        }
+        if live == 0 {
+            return true;
+        }
+        let (lo, hi) = (self.sc.slots / live, self.sc.slots.div_ceil(live));
+        let mut runs = [0u32; 16];
+        for slot in 0..self.sc.slots {
+            let mut on = None;
+            for (i, m) in self.members.iter().enumerate() {
+                if m.active(slot) {
+                    if on.is_some() || m.workers[slot as usize] != Worker::Running {
+                        return false;
+                    }
+                    on = Some(i);
+                }
+            }
+            let Some(i) = on else {
+                return false;
+            };
+            if self.store.get(&Key::Lease(slot)).is_none_or(|(v, _)| *v != Some(i)) {
+                return false;
+            }
+            if let Some(r) = runs.get_mut(i) {
+                *r += 1;
+            }
+        }
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.alive)
+            .all(|(i, _)| runs.get(i).is_some_and(|c| (lo..=hi).contains(c)))
+    }
+
+    /// Why the group is not settled, if it is not.
     fn settled(&self) -> Result<(), String> {
         if let Some(m) = self
             .members
@@ -1115,24 +1205,27 @@ impl GroupSim {
         {
             return Err(format!("{} is still shutting down", m.name));
         }
-        let live: Vec<&Member> = self.members.iter().filter(|m| m.alive).collect();
+        let live: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].alive)
+            .collect();
         if live.is_empty() {
             return Ok(());
         }
         for slot in 0..self.sc.slots {
-            let running: Vec<&&Member> = live
+            let running: Vec<usize> = live
                 .iter()
-                .filter(|m| m.workers[slot as usize] != Worker::Idle)
+                .copied()
+                .filter(|&i| self.members[i].workers[slot as usize] != Worker::Idle)
                 .collect();
             match running[..] {
-                [m] if m.workers[slot as usize] == Worker::Running => {
-                    let key = format!("l.{slot}");
-                    match self.store.get(&key) {
-                        Some((Some(owner), _)) if *owner == m.name => {}
+                [i] if self.members[i].workers[slot as usize] == Worker::Running => {
+                    match self.store.get(&Key::Lease(slot)) {
+                        Some((Some(owner), _)) if *owner == i => {}
                         other => {
                             return Err(format!(
-                                "slot {slot} runs on {} but the store has {other:?}",
-                                m.name
+                                "slot {slot} runs on {} but the store names {}",
+                                self.names[i],
+                                self.value_name(other.and_then(|(v, _)| *v))
                             ));
                         }
                     }
@@ -1143,7 +1236,8 @@ impl GroupSim {
         }
         let n = live.len() as u32;
         let (lo, hi) = (self.sc.slots / n, self.sc.slots.div_ceil(n));
-        for m in &live {
+        for &i in &live {
+            let m = &self.members[i];
             let c = m
                 .workers
                 .iter()
@@ -1163,7 +1257,7 @@ impl GroupSim {
         let store: Vec<String> = self
             .store
             .iter()
-            .map(|(k, (v, r))| format!("{k}={}@{r}", v.as_deref().unwrap_or("-")))
+            .map(|(k, (v, r))| format!("{}={}@{r}", self.key_name(*k), self.value_name(*v)))
             .collect();
         let members: Vec<String> = self
             .members
@@ -1239,9 +1333,9 @@ fn group_schedules_keep_the_contract() {
     eprintln!(
         "group sim: {} schedules in {:.1?}: {} joins, {} graceful leaves, {} kills; {} lost \
          requests, {} lost replies, {} requests slower than their timeout, {} watch restarts; \
-         {} conflicts, {} takeovers after expiry, {} fences, {} handovers; settled after calm \
-         within {:.2?} (bound {SETTLE_LEASES} leases), after a kill {:.2?}, a join {:.2?}, a \
-         shutdown {:.2?}; shutdowns in calm took up to {:.2?} (bound {SHUTDOWN_LEASES} lease)",
+         {} conflicts, {} takeovers after expiry, {} fences, {} handovers; settled (in leases) \
+         after calm within {:.2} (bound {SETTLE_LEASES}), after a kill {:.2}, a join {:.2}, a \
+         shutdown {:.2}; shutdowns in calm took up to {:.2} (bound {SHUTDOWN_LEASES})",
         t.schedules,
         started.elapsed(),
         t.joins,
