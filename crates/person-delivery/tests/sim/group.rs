@@ -4,7 +4,7 @@
 //! revision, an ordered watch per member), with random network delays (in calm, a
 //! member's requests are stored in the order sent, as over one connection), lost requests
 //! and replies, writes stored after their request timed out, watches that restart,
-//! loop stalls, skewed clocks, members that join, leave gracefully or are killed (and
+//! members cut off from the store for a while, loop stalls, skewed clocks, members that join, leave gracefully or are killed (and
 //! come back under a new name).
 //!
 //! Each schedule has a fault window; after it the network is calm (small bounded
@@ -74,6 +74,9 @@ pub(crate) struct GroupScenario {
     pub(crate) crashes: Vec<(Duration, bool)>,
     pub(crate) leaves: Vec<Duration>,
     pub(crate) watch_restarts: Vec<Duration>,
+    /// A member cut off from the store (requests and replies lost, its watch held
+    /// back) from a time, for a while.
+    pub(crate) partitions: Vec<(Duration, Duration)>,
     /// End of the fault window.
     pub(crate) calm_at: Duration,
     pub(crate) lost_requests: f64,
@@ -116,6 +119,9 @@ impl GroupScenario {
             .collect();
         let leaves = (0..count(&mut r, 0.25, 1)).map(|_| when(&mut r)).collect();
         let watch_restarts = (0..count(&mut r, 0.15, 2)).map(|_| when(&mut r)).collect();
+        let partitions = (0..count(&mut r, 0.3, 2))
+            .map(|_| (when(&mut r), ms(r.random_range(1..=2 * l))))
+            .collect();
         let p = |r: &mut StdRng, max: f64| {
             if r.random_bool(0.5) {
                 r.random_range(0.0..max)
@@ -137,6 +143,7 @@ impl GroupScenario {
             crashes,
             leaves,
             watch_restarts,
+            partitions,
             calm_at,
             lost_requests,
             lost_replies,
@@ -160,6 +167,7 @@ pub(crate) struct GroupTally {
     pub(crate) lost_replies: u64,
     pub(crate) late_writes: u64,
     pub(crate) watch_restarts: u64,
+    pub(crate) partitions: u64,
     pub(crate) conflicts: u64,
     pub(crate) takeovers: u64,
     pub(crate) fences: u64,
@@ -173,7 +181,7 @@ pub(crate) struct GroupTally {
 
 impl GroupTally {
     pub(crate) fn add(&mut self, o: &GroupTally) {
-        let sums: [(&mut u64, u64); 12] = [
+        let sums: [(&mut u64, u64); 13] = [
             (&mut self.schedules, o.schedules),
             (&mut self.joins, o.joins),
             (&mut self.graceful, o.graceful),
@@ -182,6 +190,7 @@ impl GroupTally {
             (&mut self.lost_replies, o.lost_replies),
             (&mut self.late_writes, o.late_writes),
             (&mut self.watch_restarts, o.watch_restarts),
+            (&mut self.partitions, o.partitions),
             (&mut self.conflicts, o.conflicts),
             (&mut self.takeovers, o.takeovers),
             (&mut self.fences, o.fences),
@@ -262,6 +271,7 @@ enum Ev {
     Crash { replace: bool },
     Shutdown,
     WatchRestart,
+    Partition { length: Duration },
     Calm,
     /// A member that left in calm should have left nothing in the store by now.
     Check { m: usize },
@@ -296,6 +306,8 @@ struct Member {
     left: bool,
     /// When its latest request sent in calm reaches the store.
     sent_at: Duration,
+    /// Cut off from the store until then.
+    cut_until: Duration,
 }
 
 impl Member {
@@ -374,6 +386,9 @@ impl GroupSim {
         }
         for t in sim.sc.watch_restarts.clone() {
             sim.at(t, Ev::WatchRestart);
+        }
+        for (t, length) in sim.sc.partitions.clone() {
+            sim.at(t, Ev::Partition { length });
         }
         let calm = sim.sc.calm_at;
         sim.at(calm, Ev::Calm);
@@ -516,6 +531,11 @@ impl GroupSim {
                 key,
                 write,
             } => self.arrive(from, op, key, write),
+            Ev::Reply { to, op, .. } if self.members[to].cut_until > self.now => {
+                self.tally.lost_replies += 1;
+                self.log(|_| format!("the reply to request {op} is lost (cut off)"));
+                Ok(())
+            }
             Ev::Reply { to, op, outcome } => self.report(to, op, outcome),
             Ev::Expire { to, op } => self.report(to, op, LeaseOutcome::Failed),
             Ev::Watch {
@@ -572,6 +592,22 @@ impl GroupSim {
                 self.tally.watch_restarts += 1;
                 self.log(|s| format!("{}: watch restarts", s.names[m]));
                 self.open_watch(m, Duration::from_millis(50));
+                Ok(())
+            }
+            Ev::Partition { length } => {
+                let Some(m) = self.pick(|m| m.alive) else {
+                    return Ok(());
+                };
+                self.tally.partitions += 1;
+                let until = (self.now + length).min(self.sc.calm_at);
+                self.members[m].cut_until = until;
+                self.log(|s| {
+                    format!(
+                        "{} is cut off from the store until {:.3}s",
+                        s.names[m],
+                        until.as_secs_f64()
+                    )
+                });
                 Ok(())
             }
             Ev::Calm => {
@@ -647,6 +683,7 @@ impl GroupSim {
             timer: None,
             left: false,
             sent_at: Duration::ZERO,
+            cut_until: Duration::ZERO,
         });
         // The runtime performs the first actions, then opens its watch.
         self.drive(idx)?;
@@ -671,7 +708,9 @@ impl GroupSim {
 
     fn deliver(&mut self, m: usize, key: Key, value: Option<usize>, revision: u64) {
         let d = self.watch_delay();
-        let t = (self.now + d).max(self.members[m].watch_at);
+        let t = (self.now + d)
+            .max(self.members[m].watch_at)
+            .max(self.members[m].cut_until);
         self.members[m].watch_at = t;
         let epoch = self.members[m].epoch;
         self.at(
@@ -760,7 +799,11 @@ impl GroupSim {
             let t = self.now + self.op_timeout();
             self.at(t, Ev::Expire { to: from, op });
         }
-        if self.faulty() && self.sc.lost_requests > 0.0 && self.r.random_bool(self.sc.lost_requests)
+        let cut = self.members[from].cut_until > self.now;
+        if cut
+            || (self.faulty()
+                && self.sc.lost_requests > 0.0
+                && self.r.random_bool(self.sc.lost_requests))
         {
             self.tally.lost_requests += 1;
             self.log(|s| format!("request {op} ({} {write:?}) is lost", s.key_name(key)));
@@ -1334,7 +1377,8 @@ fn group_schedules_keep_the_contract() {
     let t = total.into_inner().unwrap();
     eprintln!(
         "group sim: {} schedules in {:.1?}: {} joins, {} graceful leaves, {} kills; {} lost \
-         requests, {} lost replies, {} requests slower than their timeout, {} watch restarts; \
+         requests, {} lost replies, {} requests slower than their timeout, {} watch restarts, \
+         {} partitions; \
          {} conflicts, {} takeovers after expiry, {} fences, {} handovers; settled (in leases) \
          after calm within {:.2} (bound {SETTLE_LEASES}), after a kill {:.2}, a join {:.2}, a \
          shutdown {:.2}; shutdowns in calm took up to {:.2} (bound {SHUTDOWN_LEASES})",
@@ -1347,6 +1391,7 @@ fn group_schedules_keep_the_contract() {
         t.lost_replies,
         t.late_writes,
         t.watch_restarts,
+        t.partitions,
         t.conflicts,
         t.takeovers,
         t.fences,
