@@ -74,8 +74,10 @@ pub(crate) struct GroupScenario {
     pub(crate) crashes: Vec<(Duration, bool)>,
     pub(crate) leaves: Vec<Duration>,
     pub(crate) watch_restarts: Vec<Duration>,
-    /// A member cut off from the store (requests and replies lost, its watch held
-    /// back) from a time, for a while.
+    /// A member's link degrades from a time: the replies to it take about the request
+    /// timeout until it is told a lease write succeeded, then it is cut off
+    /// from the store (requests and replies lost, its watch held back) for a while
+    /// (the worst moment: it counts on that late answer for its whole validity).
     pub(crate) partitions: Vec<(Duration, Duration)>,
     /// End of the fault window.
     pub(crate) calm_at: Duration,
@@ -308,6 +310,8 @@ struct Member {
     sent_at: Duration,
     /// Cut off from the store until then.
     cut_until: Duration,
+    /// Its link is slow, to be cut off for this long once told a lease write succeeded.
+    cut_next: Option<Duration>,
 }
 
 impl Member {
@@ -451,14 +455,20 @@ impl GroupSim {
         format!("at {:.3}s: {what}", self.now.as_secs_f64())
     }
 
-    /// A one-way network delay.
-    fn delay(&mut self) -> Duration {
+    /// A one-way network delay to or from member `m`.
+    fn delay(&mut self, m: usize, reply: bool) -> Duration {
         if !self.faulty() {
             return ms(self.r.random_range(1..=10));
         }
-        if self.sc.slow > 0.0 && self.r.random_bool(self.sc.slow) {
+        if reply && self.members[m].cut_next.is_some() {
+            // A degrading link: answers come about when the caller gives up.
             let t = self.op_timeout().as_millis() as u64;
-            return ms(self.r.random_range(t / 2..=t * 2));
+            return ms(self.r.random_range(t / 2..=t * 5 / 4));
+        }
+        if self.sc.slow > 0.0 && self.r.random_bool(self.sc.slow) {
+            // Around the request timeout: answered just in time, or stored too late.
+            let t = self.op_timeout().as_millis() as u64;
+            return ms(self.r.random_range(t * 3 / 4..=t * 3 / 2));
         }
         ms(self.r.random_range(1..=60))
     }
@@ -599,15 +609,7 @@ impl GroupSim {
                     return Ok(());
                 };
                 self.tally.partitions += 1;
-                let until = (self.now + length).min(self.sc.calm_at);
-                self.members[m].cut_until = until;
-                self.log(|s| {
-                    format!(
-                        "{} is cut off from the store until {:.3}s",
-                        s.names[m],
-                        until.as_secs_f64()
-                    )
-                });
+                self.members[m].cut_next = Some(length);
                 Ok(())
             }
             Ev::Calm => {
@@ -684,6 +686,7 @@ impl GroupSim {
             left: false,
             sent_at: Duration::ZERO,
             cut_until: Duration::ZERO,
+            cut_next: None,
         });
         // The runtime performs the first actions, then opens its watch.
         self.drive(idx)?;
@@ -787,6 +790,19 @@ impl GroupSim {
             Report::Acquired(slot) => g.on_acquired(now, slot, outcome),
             Report::Renewed(slot) => g.on_renewed(now, slot, outcome),
         }
+        if matches!(outcome, LeaseOutcome::Written(_))
+            && let Some(length) = self.members[m].cut_next.take()
+        {
+            let until = (self.now + length).min(self.sc.calm_at);
+            self.members[m].cut_until = until;
+            self.log(|s| {
+                format!(
+                    "{} is cut off from the store until {:.3}s",
+                    s.names[m],
+                    until.as_secs_f64()
+                )
+            });
+        }
         self.drive(m)
     }
 
@@ -809,7 +825,7 @@ impl GroupSim {
             self.log(|s| format!("request {op} ({} {write:?}) is lost", s.key_name(key)));
             return;
         }
-        let d = self.delay();
+        let d = self.delay(from, false);
         if report.is_some() && d >= self.op_timeout() {
             self.tally.late_writes += 1;
         }
@@ -891,7 +907,7 @@ impl GroupSim {
                 self.tally.lost_replies += 1;
                 self.log(|_| format!("the reply to request {op} is lost"));
             } else {
-                let d = self.delay();
+                let d = self.delay(from, true);
                 self.at(
                     self.now + d,
                     Ev::Reply {
@@ -950,7 +966,11 @@ impl GroupSim {
                     let mut due = target.saturating_sub(mem.offset).max(self.now);
                     if self.sc.stalls && self.now < self.sc.calm_at {
                         let quarter = (self.config().margin / 4).as_millis() as u64;
-                        due += ms(self.r.random_range(0..=quarter));
+                        due += ms(if self.r.random_bool(0.3) {
+                            quarter
+                        } else {
+                            self.r.random_range(0..=quarter)
+                        });
                     }
                     self.members[m].timer = Some((target, due));
                 }
@@ -1056,8 +1076,13 @@ impl GroupSim {
                 mem.workers[slot as usize] = Worker::Stopping;
                 mem.generation[slot as usize] += 1;
                 let generation = mem.generation[slot as usize];
+                // Stopping takes up to half the margin, often all of it.
                 let half = (self.margin() / 2).as_millis() as u64;
-                let d = ms(self.r.random_range(0..=half));
+                let d = ms(if self.r.random_bool(0.3) {
+                    half
+                } else {
+                    self.r.random_range(0..=half)
+                });
                 self.at(
                     self.now + d,
                     Ev::Stopped {
