@@ -21,7 +21,13 @@
 //!   loop not to stall longer than `margin`).
 //! - A worker starts only while this instance holds a valid lease, and a slot this
 //!   instance finds itself recorded as owning without knowing it (an acquire whose
-//!   reply was lost) is released, never used.
+//!   reply was lost, a release that was lost) is released, never used: again each
+//!   tick until the key is seen deleted or taken.
+//! - A slot has at most one renewal in flight, and it outlives the lease it renews: a
+//!   fence does not wait for its answer, but no other write of the slot (an acquire,
+//!   a release) is sent until it is answered. So an answer is never taken for another
+//!   write's, and a release deletes the latest revision rather than being overtaken
+//!   by a renewal and leaving the key to expire.
 //!
 //! # Balance
 //!
@@ -32,6 +38,12 @@
 //! drain first, then the lease is deleted so the next owner need not wait); below, it
 //! acquires free or expired slots, lowest first. Views converge once heartbeats are
 //! seen, so shares add up to `slots` and every slot gets an owner.
+//!
+//! # Shutdown
+//!
+//! [`Group::on_shutdown`] drains every slot's workers, deletes each lease (and any key
+//! still naming this instance) and then the heartbeat, so the other members take the
+//! slots over at once rather than after a lease.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -770,6 +782,60 @@ mod tests {
         assert!(drain(&mut g).contains(&GroupAction::Release {
             slot: 0,
             revision: 9
+        }));
+    }
+
+    #[test]
+    fn an_acquire_stored_and_seen_but_reported_failed_is_released_until_seen_gone() {
+        let mut g = Group::new("a", GroupConfig::new(1, ms(4000)), ms(0));
+        drain(&mut g);
+        // The write is stored and seen while the acquire is still in flight...
+        g.on_lease(ms(5), 0, Some("a"), 3);
+        assert!(drain(&mut g).is_empty());
+        // ...and then its reply is lost: the key names us, we hold nothing.
+        g.on_acquired(ms(1000), 0, LeaseOutcome::Failed);
+        let release = GroupAction::Release {
+            slot: 0,
+            revision: 3,
+        };
+        assert!(drain(&mut g).contains(&release));
+        // That release is lost too: sent again at the next tick, until seen deleted.
+        g.on_timeout(ms(2000));
+        assert!(drain(&mut g).contains(&release));
+        g.on_lease(ms(2100), 0, None, 4);
+        assert!(drain(&mut g).contains(&GroupAction::Acquire {
+            slot: 0,
+            expect: None
+        }));
+    }
+
+    #[test]
+    fn a_renewal_answered_after_its_lease_was_fenced_is_not_taken_for_a_later_write() {
+        let mut g = Group::new("a", GroupConfig::new(1, ms(4000)), ms(0));
+        drain(&mut g);
+        g.on_acquired(ms(10), 0, LeaseOutcome::Written(1));
+        drain(&mut g);
+        g.on_timeout(ms(1000));
+        assert!(drain(&mut g).contains(&GroupAction::Renew {
+            slot: 0,
+            revision: 1
+        }));
+        // Not answered before the lease runs out: fenced.
+        g.on_timeout(ms(3000));
+        assert!(drain(&mut g).contains(&GroupAction::Stop {
+            slot: 0,
+            fence: true
+        }));
+        g.on_stopped(ms(3010), 0);
+        // The key is seen deleted, but the renewal is still unanswered: no acquire
+        // (its answer would be taken for the acquire's), no release.
+        g.on_lease(ms(3020), 0, None, 2);
+        g.on_timeout(ms(3050));
+        assert!(drain(&mut g).is_empty());
+        g.on_renewed(ms(3060), 0, LeaseOutcome::Conflict);
+        assert!(drain(&mut g).contains(&GroupAction::Acquire {
+            slot: 0,
+            expect: None
         }));
     }
 

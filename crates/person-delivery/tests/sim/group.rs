@@ -48,8 +48,11 @@ const SETTLE_LEASES: f64 = 2.5;
 /// within the request timeout (a quarter lease), a drain takes at most an eighth.
 const SHUTDOWN_LEASES: f64 = 0.5;
 
-/// Seeds that found bugs in the group; each stays a regression test.
-const REGRESSIONS: &[u64] = &[];
+/// Seeds that found bugs in the group; each stays a regression test: 15 and 2502 (a
+/// key naming a member that holds nothing was never released: an acquire's write seen
+/// while in flight, then its reply lost), 337 (a release overtaken by the renewal in
+/// flight left the key to expire after a shutdown).
+const REGRESSIONS: &[u64] = &[15, 337, 2502];
 
 /// A membership change made once the group has settled in calm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,7 +260,10 @@ enum Ev {
         outcome: LeaseOutcome,
     },
     /// The request timeout of `op`.
-    Expire { to: usize, op: u64 },
+    Expire {
+        to: usize,
+        op: u64,
+    },
     /// A change of the store reaches a member's watch.
     Watch {
         to: usize,
@@ -268,15 +274,25 @@ enum Ev {
         revision: u64,
     },
     /// A slot's workers have stopped.
-    Stopped { m: usize, slot: u32, generation: u64 },
+    Stopped {
+        m: usize,
+        slot: u32,
+        generation: u64,
+    },
     Join,
-    Crash { replace: bool },
+    Crash {
+        replace: bool,
+    },
     Shutdown,
     WatchRestart,
-    Partition { length: Duration },
+    Partition {
+        length: Duration,
+    },
     Calm,
     /// A member that left in calm should have left nothing in the store by now.
-    Check { m: usize },
+    Check {
+        m: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -931,7 +947,8 @@ impl GroupSim {
             mem.done_at = Some(self.now);
             mem.alive = false;
             mem.timer = None;
-            if let Some(slot) = (0..self.sc.slots).find(|&s| mem.workers[s as usize] != Worker::Idle)
+            if let Some(slot) =
+                (0..self.sc.slots).find(|&s| mem.workers[s as usize] != Worker::Idle)
             {
                 return Err(self.fail(format!(
                     "shutdown: {} left the group with slot {slot}'s workers still active",
@@ -993,9 +1010,9 @@ impl GroupSim {
             GroupAction::Acquire { slot, expect } => {
                 self.churn = true;
                 if shutting {
-                    return Err(self.fail(format!(
-                        "{name}: acquires slot {slot} while shutting down"
-                    )));
+                    return Err(
+                        self.fail(format!("{name}: acquires slot {slot} while shutting down"))
+                    );
                 }
                 if self.members[m].workers[slot as usize] != Worker::Idle {
                     return Err(self.fail(format!(
@@ -1035,9 +1052,9 @@ impl GroupSim {
                     )));
                 }
                 if shutting {
-                    return Err(self.fail(format!(
-                        "{name}: starts slot {slot} while shutting down"
-                    )));
+                    return Err(
+                        self.fail(format!("{name}: starts slot {slot} while shutting down"))
+                    );
                 }
                 match self.store.get(&Key::Lease(slot)) {
                     Some((Some(owner), rev)) if *owner == m => {
@@ -1063,9 +1080,9 @@ impl GroupSim {
                 self.churn = true;
                 let w = self.members[m].workers[slot as usize];
                 if w != Worker::Running {
-                    return Err(self.fail(format!(
-                        "{name}: stops slot {slot} whose workers are {w:?}"
-                    )));
+                    return Err(
+                        self.fail(format!("{name}: stops slot {slot} whose workers are {w:?}"))
+                    );
                 }
                 if fence {
                     self.tally.fences += 1;
@@ -1183,7 +1200,10 @@ impl GroupSim {
         if now > deadline && p.stable_since.is_none_or(|s| s > deadline) {
             let kind = p.kind;
             let start = p.start;
-            let why = self.settled().err().unwrap_or_else(|| "lease or worker churn".into());
+            let why = self
+                .settled()
+                .err()
+                .unwrap_or_else(|| "lease or worker churn".into());
             return Err(self.fail(format!(
                 "liveness: not settled {SETTLE_LEASES} leases after {} at {:.3}s: {why}; {}",
                 match kind {
@@ -1252,7 +1272,11 @@ impl GroupSim {
             let Some(i) = on else {
                 return false;
             };
-            if self.store.get(&Key::Lease(slot)).is_none_or(|(v, _)| *v != Some(i)) {
+            if self
+                .store
+                .get(&Key::Lease(slot))
+                .is_none_or(|(v, _)| *v != Some(i))
+            {
                 return false;
             }
             if let Some(r) = runs.get_mut(i) {
@@ -1308,11 +1332,7 @@ impl GroupSim {
         let (lo, hi) = (self.sc.slots / n, self.sc.slots.div_ceil(n));
         for &i in &live {
             let m = &self.members[i];
-            let c = m
-                .workers
-                .iter()
-                .filter(|w| **w == Worker::Running)
-                .count() as u32;
+            let c = m.workers.iter().filter(|w| **w == Worker::Running).count() as u32;
             if c < lo || c > hi {
                 return Err(format!(
                     "{} runs {c} slots, not {lo}..={hi} of {} among {n}",
@@ -1350,7 +1370,11 @@ impl GroupSim {
                 )
             })
             .collect();
-        format!("store [{}]; members: {}", store.join(" "), members.join("; "))
+        format!(
+            "store [{}]; members: {}",
+            store.join(" "),
+            members.join("; ")
+        )
     }
 }
 
