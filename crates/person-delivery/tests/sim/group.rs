@@ -1,21 +1,39 @@
 //! Deterministic simulation of consumer-group membership and leases: [`Group`]s driven
-//! against a model of the JetStream KV bucket the runtime keeps them in (one global
-//! revision counter, create / compare-and-set update / delete with an expected
-//! revision, an ordered watch per member), with random network delays (in calm, a
-//! member's requests are stored in the order sent, as over one connection), lost requests
-//! and replies, writes stored after their request timed out, watches that restart,
-//! members cut off from the store for a while, loop stalls, skewed clocks, members that join, leave gracefully or are killed (and
-//! come back under a new name).
+//! against a model of the JetStream KV bucket the runtime keeps them in.
 //!
-//! Each schedule has a fault window; after it the network is calm (small bounded
-//! delays, nothing lost) and membership stops changing, the group must settle within
-//! [`SETTLE_LEASES`] leases, and then one more change may be made in calm (a graceful
-//! shutdown, a kill or a join) which must settle within the same bound (a shutdown
-//! finishing within [`SHUTDOWN_LEASES`]).
+//! - The store: one revision counter for every write and delete; a create succeeds
+//!   only on an absent or deleted key, an update or a delete with an expected revision
+//!   only when it is the key's last one; heartbeats are plain puts. Each member
+//!   watches it all: every change, in store order, each after its own delay; a watch
+//!   reopens with the last entry per key.
+//! - The network: requests and replies take random delays; in the fault window they
+//!   are lost, or slower than the request timeout (the caller reports `Failed`, the
+//!   write may still be stored later), and a member's link may degrade (answers come
+//!   about when the caller gives up) and then be cut off for a while. In calm, delays
+//!   are small, nothing is lost, and a member's requests are stored in the order sent
+//!   (one connection to one stream).
+//! - Members: join at random times, leave gracefully (driven until done), are killed
+//!   (workers gone at once, keys left behind) and may come back under a new name;
+//!   clocks have different offsets, timers fire up to a quarter of the margin late in
+//!   the fault window, a worker takes up to half the margin to stop, as the group's
+//!   documented assumptions allow.
+//!
+//! Checked after every event: no slot has active workers (started, not yet stopped)
+//! on two members at once; a worker starts only while the store names its member at a
+//! revision that member wrote; no action the runtime would find nonsensical (starting
+//! a running slot, stopping one that is not running, renewing or releasing a revision
+//! the member never wrote, releasing a slot whose workers run, acquiring or starting
+//! while shutting down, anything after leaving). Once the fault window ends, every
+//! slot must run on exactly one live member named by the store, each member running
+//! its fair number of slots and nothing changing hands any more, within
+//! [`SETTLE_LEASES`] leases; then one more change may be made in calm (a graceful
+//! shutdown, a kill or a join) which must settle within the same bound, a shutdown
+//! finishing within [`SHUTDOWN_LEASES`] with its leases and heartbeat deleted.
 //!
 //! - `GROUP_SIM_SEEDS=N` sets how many schedules `group_schedules_keep_the_contract`
 //!   explores (default 20,000), from `GROUP_SIM_FIRST` (default 0).
-//! - `GROUP_SIM_SEED=S` makes `one_group_schedule` replay seed S with a trace.
+//! - `GROUP_SIM_SEED=S` makes `one_group_schedule` replay seed S with a trace
+//!   (`GROUP_SIM_TRACE_LINES` sets how much of it is printed, default 400 lines).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -305,14 +323,19 @@ enum Worker {
 struct Member {
     name: String,
     group: Group,
+    /// Its clock reads the global time plus this.
     offset: Duration,
+    /// Neither killed nor done.
     alive: bool,
     shutdown_at: Option<Duration>,
     done_at: Option<Duration>,
+    /// Per slot, its workers as the runtime runs them.
     workers: Vec<Worker>,
+    /// Per slot, counts stops, so a stop completion is matched to its stop.
     generation: Vec<u64>,
     /// The latest delivery scheduled on the watch (deliveries are in order).
     watch_at: Duration,
+    /// Counts watch openings; deliveries of an earlier one are dropped.
     epoch: u32,
     /// Requests waiting for a reply: op -> what to report.
     ops: BTreeMap<u64, Report>,
