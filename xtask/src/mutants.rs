@@ -48,10 +48,11 @@ const TARGETS: &[Target] = &[
         package: "person-delivery",
         files: &[],
         scope: "whole crate (core, config, breaker gate)",
-        // Unit tests, and the simulation over 5,000 schedules (about a second) plus
-        // its regression seeds; doc-tests add build time and no checks the unit tests lack.
+        // Unit tests, and the simulations over 5,000 schedules each (about a second)
+        // plus their regression seeds; doc-tests add build time and no checks the unit
+        // tests lack.
         test_args: &["--lib", "--tests"],
-        env: &[("SIM_SEEDS", "5000")],
+        env: &[("SIM_SEEDS", "5000"), ("GROUP_SIM_SEEDS", "5000")],
     },
     Target {
         package: "person-retry",

@@ -21,7 +21,13 @@
 //!   loop not to stall longer than `margin`).
 //! - A worker starts only while this instance holds a valid lease, and a slot this
 //!   instance finds itself recorded as owning without knowing it (an acquire whose
-//!   reply was lost) is released, never used.
+//!   reply was lost, a release that was lost) is released, never used: again each
+//!   tick until the key is seen deleted or taken.
+//! - A slot has at most one renewal in flight, and it outlives the lease it renews: a
+//!   fence does not wait for its answer, but no other write of the slot (an acquire,
+//!   a release) is sent until it is answered. So an answer is never taken for another
+//!   write's, and a release deletes the latest revision rather than being overtaken
+//!   by a renewal and leaving the key to expire.
 //!
 //! # Balance
 //!
@@ -32,6 +38,12 @@
 //! drain first, then the lease is deleted so the next owner need not wait); below, it
 //! acquires free or expired slots, lowest first. Views converge once heartbeats are
 //! seen, so shares add up to `slots` and every slot gets an owner.
+//!
+//! # Shutdown
+//!
+//! [`Group::on_shutdown`] drains every slot's workers, deletes each lease (and any key
+//! still naming this instance) and then the heartbeat, so the other members take the
+//! slots over at once rather than after a lease.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -131,8 +143,6 @@ struct Seen {
 struct Held {
     revision: u64,
     valid_until: Duration,
-    /// When the renewal in flight was sent.
-    renewing: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +159,10 @@ struct Slot {
     held: Option<Held>,
     /// When the acquire in flight was sent.
     acquiring: Option<Duration>,
+    /// When the renewal in flight was sent. It outlives the lease it renews (a fence
+    /// or a give-up does not wait for it), so no other write of the slot is sent
+    /// until it is answered: its answer is never taken for another one's.
+    renewing: Option<Duration>,
     worker: Worker,
     /// Give it up once the workers have stopped.
     leaving: bool,
@@ -164,6 +178,7 @@ impl Slot {
             seen: None,
             held: None,
             acquiring: None,
+            renewing: None,
             worker: Worker::Idle,
             leaving: false,
             released_at: None,
@@ -344,22 +359,34 @@ impl Group {
                 }),
             },
         };
-        // Recorded as ours without our knowing (an acquire whose reply was lost):
-        // give it back rather than use a lease of unknown age.
-        if s.seen.as_ref().is_some_and(|seen| seen.owner == self.me)
-            && s.held.is_none()
-            && s.acquiring.is_none()
-            && s.worker == Worker::Idle
-        {
-            self.release_unknown(now, slot, revision);
-        }
         self.balance(now);
+    }
+
+    /// Keys recorded as ours that this instance does not hold (an acquire whose reply
+    /// was lost, a release that was lost or overtaken by a renewal) are given back
+    /// rather than used, as a lease of unknown age; again each tick until they are
+    /// seen deleted or taken.
+    fn release_strays(&mut self, now: Duration) {
+        for i in 0..self.config.slots {
+            let s = &self.slots[i as usize];
+            if let Some(seen) = &s.seen
+                && seen.owner == self.me
+                && s.held.is_none()
+                && s.acquiring.is_none()
+                && s.renewing.is_none()
+                && s.worker == Worker::Idle
+            {
+                let revision = seen.revision;
+                self.release_unknown(now, i, revision);
+            }
+        }
     }
 
     fn release_unknown(&mut self, now: Duration, slot: u32, revision: u64) {
         let s = &mut self.slots[slot as usize];
-        if s.released_at
-            .is_some_and(|t| now.saturating_sub(t) < self.config.tick)
+        if self.left
+            || s.released_at
+                .is_some_and(|t| now.saturating_sub(t) < self.config.tick)
         {
             return;
         }
@@ -386,7 +413,6 @@ impl Group {
             s.held = Some(Held {
                 revision,
                 valid_until: sent + lease - margin,
-                renewing: None,
             });
             s.seen = Some(Seen {
                 owner: self.me.clone(),
@@ -395,7 +421,7 @@ impl Group {
             });
             if s.leaving || self.shutting_down {
                 s.leaving = true;
-                self.give_up(slot);
+                self.give_up(now, slot);
             } else {
                 self.start(now, slot);
             }
@@ -411,30 +437,41 @@ impl Group {
         let Some(s) = self.slots.get_mut(slot as usize) else {
             return;
         };
-        let Some(h) = &mut s.held else {
+        let Some(sent) = s.renewing.take() else {
             return;
         };
-        let Some(sent) = h.renewing.take() else {
-            return;
-        };
-        match outcome {
-            LeaseOutcome::Written(revision) => {
+        let mut lost = false;
+        match (outcome, &mut s.held) {
+            (LeaseOutcome::Written(revision), Some(h)) => {
                 h.revision = revision;
                 h.valid_until = h.valid_until.max(sent + lease - margin);
-                s.seen = Some(Seen {
-                    owner: self.me.clone(),
-                    revision,
-                    at: now,
-                });
             }
-            LeaseOutcome::Conflict => {
+            (LeaseOutcome::Conflict, Some(_)) => {
                 // Someone else owns it now: stop at once.
                 s.held = None;
-                self.fence(slot);
+                s.leaving = false;
+                lost = true;
             }
-            LeaseOutcome::Failed => {}
+            _ => {}
+        }
+        if let LeaseOutcome::Written(revision) = outcome {
+            // Ours at that revision (if fenced meanwhile, a stray to give back).
+            s.seen = Some(Seen {
+                owner: self.me.clone(),
+                revision,
+                at: now,
+            });
+        }
+        if lost {
+            self.fence(slot);
+        }
+        let s = &self.slots[slot as usize];
+        if s.leaving && s.worker == Worker::Idle {
+            // A give-up that waited for this answer, to release the latest revision.
+            self.give_up(now, slot);
         }
         self.check_fences(now);
+        self.balance(now);
     }
 
     /// The slot's workers have stopped (after [`GroupAction::Stop`]).
@@ -447,21 +484,14 @@ impl Group {
         }
         s.worker = Worker::Idle;
         if s.leaving {
-            self.give_up(slot);
+            self.give_up(now, slot);
         } else if s.held.is_some() && !self.shutting_down {
             // Stopped while still ours (a fence that a late renewal undid): run again.
             self.start(now, slot);
-        } else if let Some(revision) = s
-            .seen
-            .as_ref()
-            .filter(|seen| seen.owner == self.me && s.held.is_none())
-            .map(|seen| seen.revision)
-        {
-            // Fenced, and the key still names us: free it for the next owner.
-            self.release_unknown(now, slot, revision);
         }
+        // Fenced, and the key still names us: `balance` frees it for the next owner.
         self.balance(now);
-        self.maybe_leave();
+        self.maybe_leave(now);
     }
 
     /// Time has passed.
@@ -474,10 +504,10 @@ impl Group {
             }
             for i in 0..self.config.slots {
                 let s = &mut self.slots[i as usize];
-                if let Some(h) = &mut s.held
-                    && h.renewing.is_none()
+                if let Some(h) = &s.held
+                    && s.renewing.is_none()
                 {
-                    h.renewing = Some(now);
+                    s.renewing = Some(now);
                     self.actions.push_back(GroupAction::Renew {
                         slot: i,
                         revision: h.revision,
@@ -506,39 +536,49 @@ impl Group {
                             fence: false,
                         });
                     }
-                    Worker::Idle if s.acquiring.is_none() => self.give_up(i),
+                    Worker::Idle if s.acquiring.is_none() => self.give_up(now, i),
                     _ => {}
                 }
             }
         }
-        let _ = now;
-        self.maybe_leave();
+        self.maybe_leave(now);
     }
 
-    fn maybe_leave(&mut self) {
+    fn maybe_leave(&mut self, now: Duration) {
         if self.shutting_down
             && !self.left
-            && self
-                .slots
-                .iter()
-                .all(|s| s.held.is_none() && s.acquiring.is_none() && s.worker == Worker::Idle)
+            && self.slots.iter().all(|s| {
+                s.held.is_none()
+                    && s.acquiring.is_none()
+                    && s.renewing.is_none()
+                    && s.worker == Worker::Idle
+            })
         {
+            // Keys still naming this instance are deleted before it leaves.
+            self.release_strays(now);
             self.left = true;
             self.actions.push_back(GroupAction::Leave);
         }
     }
 
     /// Releases a slot whose workers are idle.
-    fn give_up(&mut self, slot: u32) {
+    fn give_up(&mut self, now: Duration, slot: u32) {
         let s = &mut self.slots[slot as usize];
+        if s.renewing.is_some() && s.held.is_some() {
+            // Released once the renewal is answered, at the revision it wrote: a
+            // release sent now could be overtaken by it and leave the key behind.
+            s.leaving = true;
+            return;
+        }
         s.leaving = false;
         if let Some(h) = s.held.take() {
+            s.released_at = Some(now);
             self.actions.push_back(GroupAction::Release {
                 slot,
                 revision: h.revision,
             });
         }
-        self.maybe_leave();
+        self.maybe_leave(now);
     }
 
     fn start(&mut self, now: Duration, slot: u32) {
@@ -567,12 +607,13 @@ impl Group {
                 self.fence(i);
             }
         }
-        self.maybe_leave();
+        self.maybe_leave(now);
     }
 
     /// Gives up slots above this instance's share, and claims free or expired ones
     /// below it.
     fn balance(&mut self, now: Duration) {
+        self.release_strays(now);
         if self.shutting_down {
             return;
         }
@@ -598,7 +639,7 @@ impl Group {
                             fence: false,
                         });
                     }
-                    Worker::Idle => self.give_up(i),
+                    Worker::Idle => self.give_up(now, i),
                     Worker::Stopping => {}
                 }
             }
@@ -612,6 +653,7 @@ impl Group {
                 let s = &mut self.slots[i as usize];
                 if s.held.is_some()
                     || s.acquiring.is_some()
+                    || s.renewing.is_some()
                     || s.worker != Worker::Idle
                     || s.retry_at.is_some_and(|t| now < t)
                 {
@@ -715,12 +757,19 @@ mod tests {
             ]
         );
         a.on_stopped(ms(1100), 3);
+        // The renewal sent at the tick is still in flight: the release waits for it,
+        // and deletes the revision it wrote.
         assert!(
-            drain(&mut a)
+            !drain(&mut a)
                 .iter()
-                .any(|x| matches!(x, GroupAction::Release { slot: 3, .. }))
+                .any(|x| matches!(x, GroupAction::Release { .. }))
         );
-        assert_eq!(a.share(ms(1100)), 2);
+        a.on_renewed(ms(1110), 3, LeaseOutcome::Written(20));
+        assert!(drain(&mut a).contains(&GroupAction::Release {
+            slot: 3,
+            revision: 20
+        }));
+        assert_eq!(a.share(ms(1110)), 2);
     }
 
     #[test]
@@ -733,6 +782,60 @@ mod tests {
         assert!(drain(&mut g).contains(&GroupAction::Release {
             slot: 0,
             revision: 9
+        }));
+    }
+
+    #[test]
+    fn an_acquire_stored_and_seen_but_reported_failed_is_released_until_seen_gone() {
+        let mut g = Group::new("a", GroupConfig::new(1, ms(4000)), ms(0));
+        drain(&mut g);
+        // The write is stored and seen while the acquire is still in flight...
+        g.on_lease(ms(5), 0, Some("a"), 3);
+        assert!(drain(&mut g).is_empty());
+        // ...and then its reply is lost: the key names us, we hold nothing.
+        g.on_acquired(ms(1000), 0, LeaseOutcome::Failed);
+        let release = GroupAction::Release {
+            slot: 0,
+            revision: 3,
+        };
+        assert!(drain(&mut g).contains(&release));
+        // That release is lost too: sent again at the next tick, until seen deleted.
+        g.on_timeout(ms(2000));
+        assert!(drain(&mut g).contains(&release));
+        g.on_lease(ms(2100), 0, None, 4);
+        assert!(drain(&mut g).contains(&GroupAction::Acquire {
+            slot: 0,
+            expect: None
+        }));
+    }
+
+    #[test]
+    fn a_renewal_answered_after_its_lease_was_fenced_is_not_taken_for_a_later_write() {
+        let mut g = Group::new("a", GroupConfig::new(1, ms(4000)), ms(0));
+        drain(&mut g);
+        g.on_acquired(ms(10), 0, LeaseOutcome::Written(1));
+        drain(&mut g);
+        g.on_timeout(ms(1000));
+        assert!(drain(&mut g).contains(&GroupAction::Renew {
+            slot: 0,
+            revision: 1
+        }));
+        // Not answered before the lease runs out: fenced.
+        g.on_timeout(ms(3000));
+        assert!(drain(&mut g).contains(&GroupAction::Stop {
+            slot: 0,
+            fence: true
+        }));
+        g.on_stopped(ms(3010), 0);
+        // The key is seen deleted, but the renewal is still unanswered: no acquire
+        // (its answer would be taken for the acquire's), no release.
+        g.on_lease(ms(3020), 0, None, 2);
+        g.on_timeout(ms(3050));
+        assert!(drain(&mut g).is_empty());
+        g.on_renewed(ms(3060), 0, LeaseOutcome::Conflict);
+        assert!(drain(&mut g).contains(&GroupAction::Acquire {
+            slot: 0,
+            expect: None
         }));
     }
 

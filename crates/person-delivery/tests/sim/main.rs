@@ -6,7 +6,10 @@
 //! - `SIM_SEEDS=N` sets how many schedules `schedules_keep_the_contract` explores
 //!   (default 100,000), from `SIM_FIRST` (default 0).
 //! - `SIM_SEED=S` makes `one_schedule` replay seed S with a trace.
+//!
+//! The consumer-group simulation (`group`) has its own tests and variables: see there.
 
+mod group;
 mod model;
 
 use std::sync::Mutex;
