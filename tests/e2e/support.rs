@@ -273,15 +273,16 @@ impl StreamingEventHandler for ProjectionHandler {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        if let Some((applied, release)) = &self.hold {
-            if self.projection.distinct() >= *applied && !release.load(Ordering::SeqCst) {
-                self.projection.holding.fetch_add(1, Ordering::SeqCst);
-                while !release.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                self.projection.holding.fetch_sub(1, Ordering::SeqCst);
-                self.projection.held.fetch_add(1, Ordering::SeqCst);
+        if let Some((applied, release)) = &self.hold
+            && self.projection.distinct() >= *applied
+            && !release.load(Ordering::SeqCst)
+        {
+            self.projection.holding.fetch_add(1, Ordering::SeqCst);
+            while !release.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            self.projection.holding.fetch_sub(1, Ordering::SeqCst);
+            self.projection.held.fetch_add(1, Ordering::SeqCst);
         }
         if let Some(e) = (self.fail)(&envelope, attempt) {
             return Err(e);

@@ -16,9 +16,6 @@ const DAY: u64 = 24 * 60 * 60;
 /// The most stream partitions accepted in `stream.partitions`.
 const MAX_PARTITIONS: u32 = 1024;
 
-/// The stream partitions [`StreamingConfig::with_partitions`] gives a stream that has
-/// fewer than a consumer group asks for.
-
 /// How the stream keeps messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
