@@ -10,7 +10,9 @@ use person_cli::filter::parse_time;
 use person_cli::format::{table, time, truncate};
 use person_cli::progress::Progress;
 use person_legacy_compat::{Origin, RawMessage, decode_message};
-use person_streaming::{DeadLetterFilter, DeadLetterQueue, StoredDeadLetter, StreamingErrorKind};
+use person_streaming::{
+    DeadLetterFilter, DeadLetterQueue, StoredDeadLetter, StreamingConfig, StreamingErrorKind,
+};
 
 use super::{Global, Interrupt, print_json};
 
@@ -125,6 +127,20 @@ impl FilterArgs {
             && self.until.is_none()
     }
 
+    /// When `--consumer` names a consumer group, where its dead letters really are: each
+    /// partition records its own under its durable.
+    fn group_note(&self, config: &StreamingConfig) -> Option<String> {
+        let name = self.consumer.as_deref()?;
+        let c = config.consumer(name).filter(|c| c.partitions > 1)?;
+        Some(format!(
+            "note: {name} is a consumer group of {p} partitions: --consumer {name} selects only what \
+             it dead-lettered before partitions; each partition's dead letters are under its \
+             durable, {name}-p0 to {name}-p{last} (or select them with --person)",
+            p = c.partitions,
+            last = c.partitions - 1
+        ))
+    }
+
     fn filter(&self) -> Result<DeadLetterFilter, CliError> {
         let now = Utc::now();
         let time = |flag: &str, t: &Option<String>| {
@@ -222,6 +238,9 @@ async fn list(g: &Global, args: ListArgs) -> Result<(), CliError> {
         return Err(CliError::usage("--limit must be at least 1"));
     }
     let client = g.connect().await?;
+    if let Some(note) = args.filter.group_note(client.config()) {
+        eprintln!("{note}");
+    }
     let dlq = client.dead_letters();
     let page = dlq
         .page(&filter, args.after, args.limit)
@@ -623,6 +642,9 @@ async fn replay(g: &Global, args: ReplayArgs) -> Result<(), CliError> {
     }
     check_selection(&args.ids, &args.filter, args.all)?;
     let client = g.connect().await?;
+    if let Some(note) = args.filter.group_note(client.config()) {
+        eprintln!("{note}");
+    }
     let dlq = client.dead_letters();
     let (mut selection, total) = Selection::new(g, &dlq, &args.ids, &args.filter).await?;
     if args.dry_run {
@@ -832,6 +854,9 @@ fn selection_done(selection: &Selection) -> bool {
 async fn purge(g: &Global, args: PurgeArgs) -> Result<(), CliError> {
     check_selection(&args.ids, &args.filter, args.all)?;
     let client = g.connect().await?;
+    if let Some(note) = args.filter.group_note(client.config()) {
+        eprintln!("{note}");
+    }
     let dlq = client.dead_letters();
     let mut ids = args.ids.clone();
     ids.sort_unstable();

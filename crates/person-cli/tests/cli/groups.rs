@@ -1,5 +1,6 @@
 //! `status` on a consumer group: each partition's owner, lag and pause state, read from
-//! the groups bucket and the partitions' consumers while two members run.
+//! the groups bucket and the partitions' consumers while two members run; and what a
+//! dead-letter filter on the group's name says.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +49,8 @@ async fn status_shows_who_owns_each_partition_and_which_are_paused() {
         manager.register_handler(Arc::new(Nothing));
         members.push(manager.start_group(GROUP).await.unwrap());
     }
-    // Three partitions and the durable of what came before: four slots over two members.
+    // Three partitions over two members; the durable of what came before goes with
+    // partition 0.
     eventually("every partition runs", async || {
         let mut all: Vec<u32> = members.iter().flat_map(|m| m.partitions()).collect();
         all.sort_unstable();
@@ -73,6 +75,21 @@ async fn status_shows_who_owns_each_partition_and_which_are_paused() {
     }
     assert!(slots[3]["partition"].is_null());
     assert_eq!(slots[3]["consumer"], GROUP);
+    assert_eq!(slots[3]["owner"], slots[0]["owner"], "with partition 0");
+
+    // The group's name in a dead-letter filter says where its letters are.
+    let list = cli(
+        &url,
+        &["--config", &path, "dlq", "list", "--consumer", GROUP],
+    )
+    .await;
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(
+        list.stderr
+            .contains(&format!("{GROUP} is a consumer group of 3 partitions"))
+            && list.stderr.contains(&format!("{GROUP}-p0 to {GROUP}-p2")),
+        "{list:?}"
+    );
 
     let paused = cli(
         &url,
