@@ -6,7 +6,8 @@
 //! - `S <unix ns> <person> <version> <event id>`: a call starts;
 //! - `E <unix ns> <person> <version> <event id> ok|err`: it ended;
 //! - `X <unix ns> <person> <version> <event id>`: a call was cancelled midway;
-//! - `P <unix ns> <partitions, comma-separated>`: what this instance runs (every 100 ms).
+//! - `P <unix ns> <partitions, comma-separated>`: what this instance runs (every 100 ms);
+//! - `B <unix ns> <consumer> <state>`: a breaker not closed (every 100 ms while so).
 //!
 //! Settings come from the environment: `GROUP_NATS_URL`, `GROUP_CONFIG` (a JSON
 //! streaming configuration), `GROUP_CONSUMER`, `GROUP_LOG`, `GROUP_FAIL_EVERY` (an
@@ -144,6 +145,11 @@ async fn main() {
             loop {
                 let parts: Vec<String> = handle.partitions().iter().map(u32::to_string).collect();
                 log.line(format!("P {} {}\n", unix_ns(), parts.join(",")));
+                for (consumer, state) in handle.breaker_states() {
+                    if format!("{state:?}") != "Closed" {
+                        log.line(format!("B {} {consumer} {state:?}\n", unix_ns()));
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })

@@ -53,6 +53,8 @@ struct Barrier {
     upto: u64,
     outstanding: u64,
     seen: HashSet<u64>,
+    /// On the live clock (time the consumer was not paused): nothing can come back
+    /// while it is.
     until: Duration,
     room_made_at: Option<Duration>,
 }
@@ -66,6 +68,10 @@ pub enum CallResult {
     Failed(ErrorClass),
     /// The handler panicked: a failure like a transient error.
     Panicked,
+    /// The call was not made: the instance may not run it any more (its lease on the
+    /// partition ran out). The message goes back, owed, without counting as a
+    /// failure: neither the breaker nor the retries see it.
+    NotRun,
 }
 
 /// Why a message is dead-lettered.
@@ -286,7 +292,8 @@ enum Phase {
 ///   unless its dead letter was stored;
 /// - a person's messages are worked on one at a time, in stream order; a NAKed message
 ///   of a person is waited for (it is *owed*) before anything later of that person
-///   runs, for at most its delay plus [`Config::give_up_after`];
+///   runs, for at most its delay plus [`Config::give_up_after`] of pulling while the
+///   consumer is not paused ([`Core::on_paused`]);
 /// - at most [`Config::max_in_hand`] messages are held, counting an outstanding pull;
 ///   when the hand is full of messages queued behind an owed redelivery that is due,
 ///   the latest of them is given back (a NAK with [`Config::evict_delay`]) so the
@@ -313,6 +320,11 @@ pub struct Core<K> {
     /// only after pulls were open long enough to bring it: time when nothing could be
     /// pulled (breaker Open, a full hand) does not count.
     pull_clock: Duration,
+    /// The server delivers nothing before this (the consumer is paused): pulls open
+    /// until then do not count on the pull clock.
+    paused_until: Duration,
+    /// Time passed while the consumer was not paused, since the core started.
+    live_clock: Duration,
     pulling: bool,
     reserved: usize,
     linger_until: Option<Duration>,
@@ -362,7 +374,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
             upto: recovery.delivered_up_to,
             outstanding: recovery.outstanding,
             seen: HashSet::new(),
-            until: now + config.ack_wait + config.pull_expiry + config.overdue_after(),
+            until: config.ack_wait + config.pull_expiry + config.overdue_after(),
             room_made_at: None,
         });
         let mut core = Self {
@@ -380,6 +392,8 @@ impl<K: Clone + Eq + Hash> Core<K> {
             breaker_wait: Vec::new(),
             loose: VecDeque::new(),
             pull_clock: Duration::ZERO,
+            paused_until: Duration::ZERO,
+            live_clock: Duration::ZERO,
             pulling: false,
             reserved: 0,
             linger_until: None,
@@ -479,6 +493,16 @@ impl<K: Clone + Eq + Hash> Core<K> {
         self.step();
     }
 
+    /// The consumer is paused on the server for `remaining` from `now` (by another
+    /// instance's breaker, or an operator): nothing can be delivered meanwhile, so owed
+    /// redeliveries are not given up on for want of them, and a recovery barrier waits
+    /// that much longer for an earlier instance's messages.
+    pub fn on_paused(&mut self, now: Duration, remaining: Duration) {
+        self.advance(now);
+        self.paused_until = self.paused_until.max(self.now + remaining);
+        self.step();
+    }
+
     /// A handler call on `seq` ended.
     pub fn on_call_done(&mut self, now: Duration, seq: u64, result: CallResult) {
         self.advance(now);
@@ -495,7 +519,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
         self.calls -= 1;
         let verdict = match result {
             CallResult::Ok => Verdict::Success,
-            CallResult::Failed(ErrorClass::Permanent) => Verdict::Neutral,
+            CallResult::Failed(ErrorClass::Permanent) | CallResult::NotRun => Verdict::Neutral,
             CallResult::Failed(_) | CallResult::Panicked => Verdict::Failure,
         };
         if let Some(t) = self.gate.record(self.now, permit, verdict) {
@@ -515,6 +539,12 @@ impl<K: Clone + Eq + Hash> Core<K> {
             }
             CallResult::Failed(ErrorClass::Permanent) => {
                 self.store(seq, Cause::Permanent);
+                self.step();
+                return;
+            }
+            CallResult::NotRun => {
+                let delay = self.config.evict_delay;
+                self.nak_owed(seq, delay);
                 self.step();
                 return;
             }
@@ -656,7 +686,10 @@ impl<K: Clone + Eq + Hash> Core<K> {
         }
         at(self.gate.opens_until());
         at(self.linger_until);
-        at(self.barrier.as_ref().map(|b| b.until));
+        at(self
+            .barrier
+            .as_ref()
+            .map(|b| self.now.max(self.paused_until) + b.until.saturating_sub(self.live_clock)));
         if let Some(t) = self.barrier.as_ref().and_then(|b| b.room_made_at)
             && self.msgs.len() >= self.config.max_in_hand
         {
@@ -722,8 +755,10 @@ impl<K: Clone + Eq + Hash> Core<K> {
     // ---- the machine ----
 
     fn advance(&mut self, now: Duration) {
+        let live = now.saturating_sub(self.now.max(self.paused_until));
+        self.live_clock += live;
         if self.pulling {
-            self.pull_clock += now.saturating_sub(self.now);
+            self.pull_clock += live;
         }
         self.now = self.now.max(now);
     }
@@ -832,7 +867,11 @@ impl<K: Clone + Eq + Hash> Core<K> {
         if let Some(t) = self.gate.tick(self.now) {
             self.breaker_changed(t);
         }
-        if self.barrier.as_ref().is_some_and(|b| self.now >= b.until) {
+        if self
+            .barrier
+            .as_ref()
+            .is_some_and(|b| self.live_clock >= b.until)
+        {
             self.lift_barrier();
         }
         self.fire_timers();
@@ -1297,6 +1336,38 @@ mod tests {
     }
 
     #[test]
+    fn a_call_not_made_goes_back_owed_without_touching_the_breaker_or_the_retries() {
+        let mut c = config(4);
+        c.breaker = CircuitBreakerConfig::builder()
+            .failure_threshold(1)
+            .open_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let mut core = Core::new(c, [], Recovery::default(), Duration::ZERO);
+        drain(&mut core);
+        core.on_message(MS, event(1, 1));
+        core.on_message(MS, event(2, 1));
+        core.on_pull_done(MS);
+        assert!(drain(&mut core).contains(&Action::Run { seq: 1, attempt: 1 }));
+        core.on_call_done(MS * 2, 1, CallResult::NotRun);
+        assert_eq!(core.breaker_state(), BreakerState::Closed, "not a failure");
+        assert_eq!(core.counts().retried, 0, "not an attempt");
+        let acts = drain(&mut core);
+        assert!(
+            acts.contains(&Action::Nak {
+                seq: 1,
+                delay: MS * 500
+            }),
+            "{acts:?}"
+        );
+        assert!(
+            !acts.contains(&Action::Run { seq: 2, attempt: 1 }),
+            "the person's next event waits for it: {acts:?}"
+        );
+        assert_eq!(core.waiting_lanes(), 1);
+    }
+
+    #[test]
     fn an_open_breaker_pulls_nothing_and_half_opens_on_its_own_timer() {
         let mut c = config(4);
         c.breaker = CircuitBreakerConfig::builder()
@@ -1553,6 +1624,37 @@ mod tests {
         );
         assert_eq!(core.waiting_lanes(), 0);
         assert_eq!(core.counts().stopped_waiting, 1);
+    }
+
+    #[test]
+    fn a_redelivery_is_not_given_up_on_while_the_consumer_is_paused() {
+        let mut core = Core::new(config(8), [], Recovery::default(), Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 8 }]);
+        core.on_message(MS, event(1, 1));
+        core.on_message(MS, event(2, 1));
+        core.on_call_done(MS * 2, 1, CallResult::Failed(ErrorClass::Transient));
+        drain(&mut core);
+        // Paused on the server from 500 ms for 30 s: the pull stays open, nothing comes.
+        core.on_paused(MS * 500, Duration::from_secs(30));
+        for t in (600..30_500).step_by(100) {
+            core.on_timeout(MS * t);
+            assert!(
+                !notices(&mut core).contains(&Notice::StoppedWaiting { person: 1, seq: 1 }),
+                "gave up at {t} ms while paused"
+            );
+            assert!(
+                !drain(&mut core).contains(&Action::Run { seq: 2, attempt: 1 }),
+                "ran the later event at {t} ms while its person waits"
+            );
+        }
+        assert_eq!(core.waiting_lanes(), 1);
+        // After the pause, pulls count again: given up once open for the ack wait plus
+        // the overdue second, counted from when it was first found due (600 ms, in the
+        // pause).
+        core.on_timeout(MS * 34_400);
+        assert!(notices(&mut core).is_empty());
+        core.on_timeout(MS * 34_500);
+        assert!(notices(&mut core).contains(&Notice::StoppedWaiting { person: 1, seq: 1 }));
     }
 
     #[test]

@@ -133,7 +133,9 @@ impl StreamingClientBuilder {
     }
 
     /// Connects, validates `config`, and ensures its streams and consumers exist (unless
-    /// [`ensure_on_connect`](Self::ensure_on_connect) is off).
+    /// [`ensure_on_connect`](Self::ensure_on_connect) is off). An ensure whose requests
+    /// go unanswered (a cluster still electing leaders or placing replicas) is tried
+    /// again for up to 30 s; any other error is returned at once.
     pub async fn connect(self, config: StreamingConfig) -> Result<StreamingClient, StreamingError> {
         let config = config.with_replay_subjects();
         config.validate()?;
@@ -231,11 +233,31 @@ impl StreamingClientBuilder {
             denials,
         };
         if self.ensure_on_connect {
-            this.ensure().await?;
+            let deadline = tokio::time::Instant::now() + ENSURE_PATIENCE;
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match this.ensure().await {
+                    Ok(_) => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            StreamingErrorKind::TimedOut | StreamingErrorKind::JetStream
+                        ) && tokio::time::Instant::now() + delay < deadline =>
+                    {
+                        tracing::warn!(error = %e, "ensuring the streams went unanswered; trying again");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(this)
     }
 }
+
+/// How long `connect` keeps trying an ensure whose requests go unanswered.
+const ENSURE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A NATS connection with JetStream, and the configuration it set up.
 ///

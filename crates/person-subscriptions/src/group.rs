@@ -333,7 +333,12 @@ async fn run(
                 GroupAction::Stop { slot, fence } => {
                     let workers = {
                         let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
-                        s.fences.remove(&slot);
+                        // Fenced: no call from now on. Draining: the lease is still
+                        // held and renewed, so the deadline keeps moving with it until
+                        // the workers have stopped.
+                        if fence && let Some(f) = s.fences.remove(&slot) {
+                            f.set(Duration::ZERO);
+                        }
                         s.running.remove(&slot).unwrap_or_default()
                     };
                     let grace = if fence { Duration::ZERO } else { grace };
@@ -387,7 +392,15 @@ async fn run(
                     Done::Nothing => {}
                 }
             }
-            Some(slot) = stopped_rx.recv() => group.on_stopped(now(), slot),
+            Some(slot) = stopped_rx.recv() => {
+                // Before the group may start the slot again (with a fence of its own).
+                shared
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .fences
+                    .remove(&slot);
+                group.on_stopped(now(), slot);
+            }
             entry = next_entry(&mut watch) => match entry {
                 Some(Ok(e)) => observe(&mut group, now(), &prefix, &e, slots),
                 Some(Err(e)) => {

@@ -152,6 +152,12 @@ enum Done {
         /// What the person is parked behind, when this process did not know it.
         blocker: Option<String>,
     },
+    /// Whether the consumer is paused on the server, and for how long still.
+    Paused(Option<Duration>),
+    /// A call not made: past this instance's lease on the partition (in a group).
+    NotRun {
+        seq: u64,
+    },
     /// An aborted operation; nothing to report.
     Aborted,
 }
@@ -564,6 +570,8 @@ impl Worker {
                 .unwrap_or(0)
                 .max(1024),
             started: HashMap::new(),
+            pull_got: 0,
+            checking_pause: false,
         };
         // One timer, moved only when the core's next wake-up changes.
         let timer = tokio::time::sleep_until(origin);
@@ -769,6 +777,10 @@ struct Driver<'a> {
     attempts_cap: usize,
     /// Running calls: when each started, and its event's timestamp.
     started: HashMap<u64, (Instant, Option<chrono::DateTime<Utc>>)>,
+    /// Messages the outstanding pull brought so far.
+    pull_got: u64,
+    /// A check of whether the consumer is paused is on its way.
+    checking_pause: bool,
 }
 
 impl Driver<'_> {
@@ -800,6 +812,7 @@ impl Driver<'_> {
     }
 
     fn start_pull(&mut self, max: usize) {
+        self.pull_got = 0;
         let consumer = self.consumer.clone();
         let known = self.limits;
         let w = self.w.clone();
@@ -881,9 +894,20 @@ impl Driver<'_> {
             Pulled::Ended => {
                 self.pull = None;
                 core.on_pull_done(now);
+                // An empty pull while people (or a recovery) wait for redeliveries:
+                // the consumer may be paused on the server (another instance's
+                // breaker, an operator), which the core must know so as not to give
+                // up on them.
+                if self.pull_got == 0
+                    && (core.waiting_lanes() > 0 || core.recovering())
+                    && !self.checking_pause
+                {
+                    self.check_paused();
+                }
             }
             Pulled::Message(msg) => {
                 self.pull_failures = 0;
+                self.pull_got += 1;
                 self.arrived(core, *msg, now);
             }
         }
@@ -962,14 +986,7 @@ impl Driver<'_> {
         if w.fence.get().is_some_and(|f| !f.allows()) {
             // In a group, past this instance's lease on the partition: the call is not
             // made (another instance may own the person by now); the message goes back.
-            self.spawn_op(seq, async move {
-                Done::Call {
-                    seq,
-                    result: Ok(Err(crate::HandlerError::transient(
-                        "not handled: this instance's lease on the partition ran out",
-                    ))),
-                }
-            });
+            self.spawn_op(seq, async move { Done::NotRun { seq } });
             return;
         }
         // Taken before the envelope moves into the handler.
@@ -1029,12 +1046,7 @@ impl Driver<'_> {
                 None => None,
             };
             if w.fence.get().is_some_and(|f| !f.allows()) {
-                return Done::Call {
-                    seq,
-                    result: Ok(Err(crate::HandlerError::transient(
-                        "not handled: this instance's lease on the partition ran out",
-                    ))),
-                };
+                return Done::NotRun { seq };
             }
             let timeout = w.options.handler_timeout;
             let handler = w.handler.clone();
@@ -1099,6 +1111,23 @@ impl Driver<'_> {
                 }
             }
         });
+    }
+
+    fn check_paused(&mut self) {
+        let Some(consumer) = self.consumer.clone() else {
+            return;
+        };
+        self.checking_pause = true;
+        self.ops.push(Box::pin(async move {
+            let mut consumer = consumer;
+            match consumer.info().await {
+                Ok(info) => Done::Paused(
+                    info.paused
+                        .then(|| info.pause_remaining.unwrap_or_default()),
+                ),
+                Err(_) => Done::Paused(None),
+            }
+        }));
     }
 
     fn check_parked(&mut self, person: PersonId) {
@@ -1189,6 +1218,26 @@ impl Driver<'_> {
                     self.blockers.entry(person).or_insert(b);
                 }
                 core.on_parked_checked(now, person, parked);
+            }
+            Done::NotRun { seq } => {
+                self.aborts.remove(&seq);
+                self.started.remove(&seq);
+                tracing::debug!(
+                    seq,
+                    "not handled: this instance's lease on the partition ran out"
+                );
+                core.on_call_done(now, seq, CallResult::NotRun);
+            }
+            Done::Paused(remaining) => {
+                self.checking_pause = false;
+                if let Some(remaining) = remaining {
+                    tracing::info!(
+                        consumer = self.w.consumer_name(),
+                        ?remaining,
+                        "the consumer is paused on the server: redeliveries are waited for"
+                    );
+                    core.on_paused(now, remaining);
+                }
             }
             Done::Aborted => {}
         }

@@ -1,7 +1,8 @@
 //! Deterministic simulation of the delivery core against a model of a JetStream
 //! consumer: seeded schedules of failures, panics, hung handlers, DLQ outages,
-//! breaker outages, crashes, graceful restarts, operator purges, hot people and
-//! crowds of people, with the contract checked throughout.
+//! breaker outages, crashes, graceful restarts, operator purges, the consumer paused on
+//! the server (longer than the ack wait), hot people and crowds of people, with the
+//! contract checked throughout.
 //!
 //! - `SIM_SEEDS=N` sets how many schedules `schedules_keep_the_contract` explores
 //!   (default 100,000), from `SIM_FIRST` (default 0).
@@ -17,7 +18,7 @@ use std::sync::Mutex;
 use model::{Scenario, Sim, Tally};
 
 /// Seeds that found bugs while the core was written; each stays a regression test.
-const REGRESSIONS: &[u64] = &[1, 4, 5, 7, 11, 13, 14, 1907, 10270];
+const REGRESSIONS: &[u64] = &[1, 4, 5, 7, 11, 13, 14, 78, 1414, 1907, 10270];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -75,7 +76,7 @@ fn schedules_keep_the_contract() {
     eprintln!(
         "sim: {} schedules in {:.1?}: {} messages; faults: {} transient, {} permanent, {} panicking, \
          {} hung, {} rejected, {} crashes, {} graceful restarts, {} handler outages, {} DLQ outages \
-         ({} failed stores), {} purges; {} multi-instance, {} hot-person; the core opened the \
+         ({} failed stores), {} purges, {} server pauses; {} multi-instance, {} hot-person; the core opened the \
          breaker {} times, evicted {} messages to make room, stopped waiting {} times",
         t.schedules,
         started.elapsed(),
@@ -91,6 +92,7 @@ fn schedules_keep_the_contract() {
         t.dlq_outages,
         t.dlq_failures,
         t.purges,
+        t.pauses,
         t.multi_instance,
         t.hot_person,
         t.breaker_opens,

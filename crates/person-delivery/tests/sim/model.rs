@@ -45,6 +45,9 @@ pub(crate) struct Scenario {
     pub(crate) graceful_restarts: u32,
     pub(crate) outage: Option<(Duration, Duration)>,
     pub(crate) dlq_outage: Option<(Duration, Duration)>,
+    /// The consumer paused on the server (by another instance's breaker, or an
+    /// operator): nothing is delivered in this window, often longer than the ack wait.
+    pub(crate) pause: Option<(Duration, Duration)>,
     pub(crate) purges: u32,
     pub(crate) config: Config,
     pub(crate) latency: Duration,
@@ -74,11 +77,12 @@ pub(crate) struct Tally {
     pub(crate) stopped_waiting: u64,
     pub(crate) multi_instance: u64,
     pub(crate) hot_person: u64,
+    pub(crate) pauses: u64,
 }
 
 impl Tally {
     pub(crate) fn add(&mut self, o: &Tally) {
-        let fields: [(&mut u64, u64); 18] = [
+        let fields: [(&mut u64, u64); 19] = [
             (&mut self.schedules, o.schedules),
             (&mut self.messages, o.messages),
             (&mut self.transient, o.transient),
@@ -97,6 +101,7 @@ impl Tally {
             (&mut self.stopped_waiting, o.stopped_waiting),
             (&mut self.multi_instance, o.multi_instance),
             (&mut self.hot_person, o.hot_person),
+            (&mut self.pauses, o.pauses),
         ];
         for (a, b) in fields {
             *a += b;
@@ -148,6 +153,7 @@ impl Scenario {
         if extra.random_bool(0.2) {
             config.max_pull = extra.random_range(1..=8);
         }
+
         config.breaker = CircuitBreakerConfig::builder()
             .failure_threshold(r.random_range(1..=6))
             .open_timeout(MS * r.random_range(100..3000))
@@ -157,6 +163,15 @@ impl Scenario {
             .expect("valid breaker");
         let instances = if r.random_bool(0.1) { 2 } else { 1 };
         let horizon = Duration::from_secs(r.random_range(1..=8));
+        // Drawn apart too.
+        let mut other = StdRng::seed_from_u64(seed ^ 0x0057_a115_0000_0002);
+        let pause = other.random_bool(0.15).then(|| {
+            let a = MS * other.random_range(0..horizon.as_millis() as u32);
+            (
+                a,
+                a + ack_wait * other.random_range(1..=3) + MS * other.random_range(0..1000),
+            )
+        });
         let window = |r: &mut StdRng| {
             let a = MS * r.random_range(0..horizon.as_millis() as u32);
             (a, a + MS * r.random_range(50..2000))
@@ -179,6 +194,7 @@ impl Scenario {
             },
             outage: r.random_bool(0.2).then(|| window(&mut r)),
             dlq_outage: r.random_bool(0.15).then(|| window(&mut r)),
+            pause,
             purges: if config.park && r.random_bool(0.2) {
                 r.random_range(1..=3)
             } else {
@@ -358,6 +374,7 @@ impl Sim {
         tally.graceful = u64::from(sc.graceful_restarts);
         tally.outages = u64::from(sc.outage.is_some());
         tally.dlq_outages = u64::from(sc.dlq_outage.is_some());
+        tally.pauses = u64::from(sc.pause.is_some());
         tally.purges = u64::from(sc.purges);
         let mut sim = Self {
             r,
@@ -429,7 +446,10 @@ impl Sim {
 
     fn faults_over(&self) -> Duration {
         let mut t = self.sc.horizon;
-        for (_, b) in [self.sc.outage, self.sc.dlq_outage].into_iter().flatten() {
+        for (_, b) in [self.sc.outage, self.sc.dlq_outage, self.sc.pause]
+            .into_iter()
+            .flatten()
+        {
             t = t.max(b);
         }
         t
@@ -772,8 +792,17 @@ impl Sim {
             }
             Ev::PullDone { inst } => {
                 let now = self.now;
+                let paused = self.sc.pause.filter(|(a, b)| *a <= now && now < *b);
                 if let Some(i) = self.inst_mut(inst) {
                     i.core.on_pull_done(now);
+                    // As the runtime does: a pull ended while people (or a recovery)
+                    // wait for redeliveries, so it asks the server whether the
+                    // consumer is paused.
+                    if let Some((_, until)) = paused
+                        && (i.core.waiting_lanes() > 0 || i.core.recovering())
+                    {
+                        i.core.on_paused(now, until - now);
+                    }
                     self.drive(inst);
                 }
             }
@@ -1002,6 +1031,14 @@ impl Sim {
     /// messages; ends filled pulls.
     fn serve(&mut self) {
         let now = self.now;
+        if let Some((_, until)) = self.sc.pause.filter(|(a, b)| *a <= now && now < *b) {
+            // Paused: the server delivers nothing; open pulls expire on their own.
+            if !self.pulls.is_empty() && self.wake_at.is_none_or(|w| w > until || w <= now) {
+                self.wake_at = Some(until);
+                self.at(until, Ev::ServerWake);
+            }
+            return;
+        }
         let aw = self.sc.config.ack_wait;
         // The consumer's max_ack_pending equals each instance's hand, as the runtime
         // sets it: whatever a crashed instance left outstanding fits in the next one's
