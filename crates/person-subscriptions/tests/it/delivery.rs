@@ -243,3 +243,54 @@ async fn later_events_of_a_dead_lettered_person_are_parked() {
     assert_eq!(handle.stats().dead_lettered, 4, "nothing parked again");
     handle.shutdown(std::time::Duration::from_secs(5)).await;
 }
+
+/// A consumer paused on the server for longer than the ack wait, while a person's
+/// failed event waits for its redelivery: the person's later events, already in hand,
+/// wait too, however long the pause, and run in order once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_longer_than_the_ack_wait_keeps_a_waiting_person_in_order() {
+    let (_server, client) = start(config(20)).await;
+    let (people, events) = workload(3, 5);
+    let victim = people[0];
+    publish(&client, &events).await;
+    // The victim's event 2 fails once, asking to be retried in 2 s.
+    let recorder = Arc::new(Recorder::failing("paused", move |env, call| {
+        (env.aggregate_id == victim && env.sequence == 2 && call == 1)
+            .then(|| HandlerError::retry_after(std::time::Duration::from_secs(2), "later"))
+    }));
+    let handle = run(&client, recorder.clone(), SubscriptionOptions::default()).await;
+    let failed = events
+        .iter()
+        .find(|e| e.aggregate_id == victim && e.sequence == 2)
+        .unwrap()
+        .event_id;
+    eventually(30, "the victim's event 2 failed once", || {
+        recorder.calls_of(failed) == 1
+    })
+    .await;
+    // Paused before its redelivery is due, for well over the ack wait (5 s) plus the
+    // margin after which a lane would stop waiting.
+    let pause = std::time::Duration::from_secs(12);
+    let paused_at = std::time::Instant::now();
+    client
+        .pause_consumer(
+            CONSUMER,
+            chrono::Utc::now() + chrono::Duration::from_std(pause).unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually(60, "everything handled after the pause", || {
+        recorder.distinct() == events.len()
+    })
+    .await;
+    assert!(
+        paused_at.elapsed() >= pause - std::time::Duration::from_millis(500),
+        "the redelivery came only after the pause"
+    );
+    assert_eq!(
+        recorder.first_success_order()[&victim],
+        (1..=5).collect::<Vec<u64>>(),
+        "the victim's events in order"
+    );
+    handle.shutdown(std::time::Duration::from_secs(5)).await;
+}
