@@ -38,14 +38,13 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use person_delivery::{Group, GroupAction, GroupConfig, LeaseOutcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::env_u64;
+use crate::{env_u64, explore, fail_on, replay};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -1421,32 +1420,15 @@ fn reproducer(seed: u64) -> String {
 fn group_schedules_keep_the_contract() {
     let count = env_u64("GROUP_SIM_SEEDS").unwrap_or(20_000);
     let first = env_u64("GROUP_SIM_FIRST").unwrap_or(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(8) as u64;
-    let failures = Mutex::new(Vec::new());
-    let total = Mutex::new(GroupTally::default());
-    let started = std::time::Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let (failures, total) = (&failures, &total);
-            s.spawn(move || {
-                let mut tally = GroupTally::default();
-                let mut seed = first + t;
-                while seed < first + count {
-                    let (outcome, t2, _) = run_seed(seed, false);
-                    tally.add(&t2);
-                    if let Err(e) = outcome {
-                        failures.lock().unwrap().push((seed, e));
-                        break;
-                    }
-                    seed += threads;
-                }
-                total.lock().unwrap().add(&tally);
-            });
-        }
-    });
-    let t = total.into_inner().unwrap();
+    let (t, failures, elapsed) = explore(
+        count,
+        first,
+        |seed| {
+            let (outcome, tally, _) = run_seed(seed, false);
+            (outcome, tally)
+        },
+        GroupTally::add,
+    );
     eprintln!(
         "group sim: {} schedules in {:.1?}: {} joins, {} graceful leaves, {} kills; {} lost \
          requests, {} lost replies, {} requests slower than their timeout, {} watch restarts, \
@@ -1455,7 +1437,7 @@ fn group_schedules_keep_the_contract() {
          after calm within {:.2} (bound {SETTLE_LEASES}), after a kill {:.2}, a join {:.2}, a \
          shutdown {:.2}; shutdowns in calm took up to {:.2} (bound {SHUTDOWN_LEASES})",
         t.schedules,
-        started.elapsed(),
+        elapsed,
         t.joins,
         t.graceful,
         t.crashes,
@@ -1474,15 +1456,7 @@ fn group_schedules_keep_the_contract() {
         t.max_settle_shutdown,
         t.max_shutdown,
     );
-    let mut failures = failures.into_inner().unwrap();
-    failures.sort_by_key(|(s, _)| *s);
-    if let Some((seed, e)) = failures.first() {
-        panic!(
-            "{} failing seed(s), first {seed}: {e}\n  reproduce: {}",
-            failures.len(),
-            reproducer(*seed)
-        );
-    }
+    fail_on(&failures, reproducer);
 }
 
 #[test]
@@ -1491,19 +1465,13 @@ fn one_group_schedule() {
         Some(s) => vec![s],
         None => REGRESSIONS.to_vec(),
     };
-    for seed in seeds {
-        let (outcome, _, trace) = run_seed(seed, true);
-        if let Err(e) = outcome {
-            let trace = trace.unwrap_or_default();
-            let keep = std::env::var("GROUP_SIM_TRACE_LINES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(400);
-            let tail: Vec<&str> = trace.lines().rev().take(keep).collect();
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-            panic!("seed {seed}: {e}\n  reproduce: {}", reproducer(seed));
-        }
-    }
+    replay(
+        &seeds,
+        |seed| {
+            let (outcome, _, trace) = run_seed(seed, true);
+            (outcome, trace)
+        },
+        "GROUP_SIM_TRACE_LINES",
+        reproducer,
+    );
 }

@@ -29,6 +29,81 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// Runs seeds `first..first + count` over the machine's threads (at most 8): each
+/// thread takes every `threads`-th seed and stops at its first failure. Returns the
+/// summed tallies, the failures sorted by seed, and the wall time.
+fn explore<T: Default + Send>(
+    count: u64,
+    first: u64,
+    run: impl Fn(u64) -> (Result<(), String>, T) + Sync,
+    add: impl Fn(&mut T, &T) + Sync,
+) -> (T, Vec<(u64, String)>, std::time::Duration) {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8) as u64;
+    let failures = Mutex::new(Vec::new());
+    let total = Mutex::new(T::default());
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (failures, total, run, add) = (&failures, &total, &run, &add);
+            s.spawn(move || {
+                let mut tally = T::default();
+                let mut seed = first + t;
+                while seed < first + count {
+                    let (outcome, t2) = run(seed);
+                    add(&mut tally, &t2);
+                    if let Err(e) = outcome {
+                        failures.lock().unwrap().push((seed, e));
+                        break;
+                    }
+                    seed += threads;
+                }
+                add(&mut total.lock().unwrap(), &tally);
+            });
+        }
+    });
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|(s, _)| *s);
+    (total.into_inner().unwrap(), failures, started.elapsed())
+}
+
+/// Panics naming the first failing seed and how to replay it, if any failed.
+fn fail_on(failures: &[(u64, String)], reproducer: impl Fn(u64) -> String) {
+    if let Some((seed, e)) = failures.first() {
+        panic!(
+            "{} failing seed(s), first {seed}: {e}\n  reproduce: {}",
+            failures.len(),
+            reproducer(*seed)
+        );
+    }
+}
+
+/// Replays `seeds` with a trace; on a failure prints the trace's last lines (the
+/// number in `lines_var`, default 400) and panics with the reproducer.
+fn replay(
+    seeds: &[u64],
+    run: impl Fn(u64) -> (Result<(), String>, Option<String>),
+    lines_var: &str,
+    reproducer: impl Fn(u64) -> String,
+) {
+    for &seed in seeds {
+        let (outcome, trace) = run(seed);
+        if let Err(e) = outcome {
+            let trace = trace.unwrap_or_default();
+            let keep = std::env::var(lines_var)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(400);
+            let tail: Vec<&str> = trace.lines().rev().take(keep).collect();
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            panic!("seed {seed}: {e}\n  reproduce: {}", reproducer(seed));
+        }
+    }
+}
+
 fn run_seed(seed: u64, trace: bool) -> (Result<(), String>, Tally, Option<String>) {
     let scenario = Scenario::from_seed(seed);
     let described = format!("{scenario:?}");
@@ -47,39 +122,22 @@ fn reproducer(seed: u64) -> String {
 fn schedules_keep_the_contract() {
     let count = env_u64("SIM_SEEDS").unwrap_or(100_000);
     let first = env_u64("SIM_FIRST").unwrap_or(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(8) as u64;
-    let failures = Mutex::new(Vec::new());
-    let total = Mutex::new(Tally::default());
-    let started = std::time::Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let (failures, total) = (&failures, &total);
-            s.spawn(move || {
-                let mut tally = Tally::default();
-                let mut seed = first + t;
-                while seed < first + count {
-                    let (outcome, t2, _) = run_seed(seed, false);
-                    tally.add(&t2);
-                    if let Err(e) = outcome {
-                        failures.lock().unwrap().push((seed, e));
-                        break;
-                    }
-                    seed += threads;
-                }
-                total.lock().unwrap().add(&tally);
-            });
-        }
-    });
-    let t = total.into_inner().unwrap();
+    let (t, failures, elapsed) = explore(
+        count,
+        first,
+        |seed| {
+            let (outcome, tally, _) = run_seed(seed, false);
+            (outcome, tally)
+        },
+        Tally::add,
+    );
     eprintln!(
         "sim: {} schedules in {:.1?}: {} messages; faults: {} transient, {} permanent, {} panicking, \
          {} hung, {} rejected, {} crashes, {} graceful restarts, {} handler outages, {} DLQ outages \
          ({} failed stores), {} purges, {} server pauses; {} multi-instance, {} hot-person; the core opened the \
          breaker {} times, evicted {} messages to make room, stopped waiting {} times",
         t.schedules,
-        started.elapsed(),
+        elapsed,
         t.messages,
         t.transient,
         t.permanent,
@@ -99,15 +157,7 @@ fn schedules_keep_the_contract() {
         t.evictions,
         t.stopped_waiting,
     );
-    let mut failures = failures.into_inner().unwrap();
-    failures.sort_by_key(|(s, _)| *s);
-    if let Some((seed, e)) = failures.first() {
-        panic!(
-            "{} failing seed(s), first {seed}: {e}\n  reproduce: {}",
-            failures.len(),
-            reproducer(*seed)
-        );
-    }
+    fail_on(&failures, reproducer);
 }
 
 #[test]
@@ -116,19 +166,13 @@ fn one_schedule() {
         Some(s) => vec![s],
         None => REGRESSIONS.to_vec(),
     };
-    for seed in seeds {
-        let (outcome, _, trace) = run_seed(seed, true);
-        if let Err(e) = outcome {
-            let trace = trace.unwrap_or_default();
-            let keep = std::env::var("SIM_TRACE_LINES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(400);
-            let tail: Vec<&str> = trace.lines().rev().take(keep).collect();
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-            panic!("seed {seed}: {e}\n  reproduce: {}", reproducer(seed));
-        }
-    }
+    replay(
+        &seeds,
+        |seed| {
+            let (outcome, _, trace) = run_seed(seed, true);
+            (outcome, trace)
+        },
+        "SIM_TRACE_LINES",
+        reproducer,
+    );
 }
