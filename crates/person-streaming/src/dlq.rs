@@ -1,5 +1,7 @@
 //! [`DeadLetterQueue`]: stores, lists, replays and purges dead letters on the DLQ stream.
 
+use std::collections::BTreeMap;
+
 use async_nats::header::{self, HeaderMap, HeaderValue};
 use async_nats::jetstream;
 use async_trait::async_trait;
@@ -77,6 +79,7 @@ impl StoredDeadLetter {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetterFilter {
     /// Only this consumer's (a subject token; wildcards are rejected, `None` is all).
+    /// A consumer group's name also selects its partitions' (`<name>-p<k>`).
     pub consumer: Option<String>,
     /// Only this person's (a subject token; wildcards are rejected, `None` is all).
     pub person_id: Option<String>,
@@ -89,10 +92,15 @@ pub struct DeadLetterFilter {
 }
 
 impl DeadLetterFilter {
-    /// The subject filter covering the consumer and person given. A given value must
-    /// be a plain token: `*` or `>` from input would widen the filter (`None` is how to
-    /// ask for all).
-    fn subject(&self, subjects: &subject::Subjects) -> Result<String, StreamingError> {
+    /// The subject filters covering the consumer and person given: one, or one per
+    /// durable when the consumer is a group of `groups` (group name → its durables). A
+    /// given value must be a plain token: `*` or `>` from input would widen the filter
+    /// (`None` is how to ask for all).
+    fn subjects(
+        &self,
+        subjects: &subject::Subjects,
+        groups: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Vec<String>, StreamingError> {
         for (part, token) in [
             ("consumer", self.consumer.as_deref()),
             ("person", self.person_id.as_deref()),
@@ -107,13 +115,21 @@ impl DeadLetterFilter {
                 })?;
             }
         }
-        let consumer = self.consumer.as_deref().unwrap_or("*");
         let person = self.person_id.as_deref().unwrap_or("*");
-        Ok(format!("{}.{consumer}.{person}.*", subjects.dlq_prefix()))
+        let subject = |consumer: &str| format!("{}.{consumer}.{person}.*", subjects.dlq_prefix());
+        Ok(match self.consumer.as_deref() {
+            None => vec![subject("*")],
+            Some(c) => match groups.get(c) {
+                Some(durables) => durables.iter().map(|d| subject(d)).collect(),
+                None => vec![subject(c)],
+            },
+        })
     }
 
     /// `true` when `letter` passes the filter. Checks every field, also consumer and
-    /// person (which [`DeadLetterQueue::list`] already narrows on the server).
+    /// person (which [`DeadLetterQueue::list`] already narrows on the server). Knowing
+    /// no configuration, it takes a consumer group's name as that one durable's; the
+    /// queue's reads also select the group's partitions.
     pub fn matches(&self, letter: &DeadLetter) -> bool {
         self.consumer
             .as_deref()
@@ -203,6 +219,8 @@ pub struct DeadLetterQueue {
     events_stream: String,
     subjects: subject::Subjects,
     denials: Denials,
+    /// Each consumer group's name and the durables its dead letters are under.
+    groups: BTreeMap<String, Vec<String>>,
 }
 
 impl DeadLetterQueue {
@@ -214,6 +232,17 @@ impl DeadLetterQueue {
             events_stream: config.stream.name.clone(),
             subjects: config.subjects(),
             denials: Denials::default(),
+            groups: config
+                .consumers
+                .iter()
+                .filter_map(|c| {
+                    let group = config.consumer_group(c).ok()?;
+                    let durables = std::iter::once(group.legacy.durable_name)
+                        .chain(group.partitions.into_iter().map(|p| p.durable_name))
+                        .collect();
+                    Some((c.durable_name.clone(), durables))
+                })
+                .collect(),
         }
     }
 
@@ -470,10 +499,10 @@ impl DeadLetterQueue {
                 "a page of dead letters needs a limit of at least 1",
             ));
         }
-        let subject = filter.subject(&self.subjects)?;
+        let subjects = filter.subjects(&self.subjects, &self.groups)?;
         let batch = limit.saturating_add(1).min(READ_BATCH);
         let start = after.map(|a| a.saturating_add(1));
-        self.read_page(filter, &subject, start, limit, batch)
+        self.read_page(filter, &subjects, start, limit, batch)
             .await
             .map_err(|e| e.denied_on(&self.denials, stream_api(&self.dlq_stream)))
     }
@@ -481,13 +510,14 @@ impl DeadLetterQueue {
     async fn read_page(
         &self,
         filter: &DeadLetterFilter,
-        subject: &str,
+        subjects: &[String],
         start: Option<u64>,
         limit: usize,
         batch: usize,
     ) -> Result<DeadLetterPage, StreamingError> {
         let mut read =
-            OrderedRead::open(&self.js, &self.dlq_stream, subject, start, false, batch).await?;
+            OrderedRead::open_filters(&self.js, &self.dlq_stream, subjects, start, false, batch)
+                .await?;
         let mut page = DeadLetterPage::default();
         while let Some(msg) = read.next().await? {
             let stored = stored_of(msg)?;
@@ -512,12 +542,12 @@ impl DeadLetterQueue {
         filter: &DeadLetterFilter,
         mut each: impl FnMut(StoredDeadLetter) -> Result<(), StreamingError>,
     ) -> Result<(), StreamingError> {
-        let subject = filter.subject(&self.subjects)?;
+        let subjects = filter.subjects(&self.subjects, &self.groups)?;
         let visit = async {
-            let mut read = OrderedRead::open(
+            let mut read = OrderedRead::open_filters(
                 &self.js,
                 &self.dlq_stream,
-                &subject,
+                &subjects,
                 None,
                 false,
                 READ_BATCH,
@@ -541,9 +571,9 @@ impl DeadLetterQueue {
     /// none; a filter on reason or time reads the records one at a time (memory stays
     /// bounded, but the time grows with the DLQ).
     pub async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, StreamingError> {
-        let subject = filter.subject(&self.subjects)?;
+        let subjects = filter.subjects(&self.subjects, &self.groups)?;
         if !filter.has_content() {
-            return count_matching(&self.js, &self.dlq_stream, &subject)
+            return count_matching(&self.js, &self.dlq_stream, &subjects)
                 .await
                 .map_err(|e| e.denied_on(&self.denials, stream_api(&self.dlq_stream)));
         }
@@ -1083,25 +1113,32 @@ impl DeadLetterQueue {
         }
     }
 
-    /// Removes a batch read in order from `subject` with one purge request (every
-    /// message on `subject` below the batch's last sequence + 1, which are those of
+    /// Removes a batch read in order from `subjects` with one purge request each (every
+    /// message on the subject below the batch's last sequence + 1, which are those of
     /// the batch), then their body objects. Each sequence is reported done; a failed
     /// request is reported for each.
     async fn purge_batch(
         &self,
         stream: &jetstream::stream::Stream<()>,
-        subject: &str,
+        subjects: &[String],
         batch: &mut Vec<(u64, Option<BodyObject>)>,
     ) -> Result<Vec<(u64, Result<(), StreamingError>)>, StreamingError> {
         use futures::StreamExt;
         let Some(last) = batch.last().map(|(seq, _)| *seq) else {
             return Ok(Vec::new());
         };
-        let purged = stream
-            .purge()
-            .filter(subject)
-            .sequence(last.saturating_add(1))
-            .await;
+        let mut purged = Ok(());
+        for subject in subjects {
+            purged = stream
+                .purge()
+                .filter(subject)
+                .sequence(last.saturating_add(1))
+                .await
+                .map(|_| ());
+            if purged.is_err() {
+                break;
+            }
+        }
         if let Err(e) = purged {
             let text = e.to_string();
             return Ok(batch
@@ -1166,7 +1203,7 @@ impl DeadLetterQueue {
         mut each: impl FnMut(u64, Result<(), StreamingError>) -> bool,
     ) -> Result<usize, StreamingError> {
         use futures::StreamExt;
-        let subject = filter.subject(&self.subjects)?;
+        let subjects = filter.subjects(&self.subjects, &self.groups)?;
         let headers_only = !filter.has_content();
         let denied = |e: StreamingError| e.denied_on(&self.denials, stream_api(&self.dlq_stream));
         let stream = self
@@ -1174,10 +1211,10 @@ impl DeadLetterQueue {
             .get_stream_no_info(&self.dlq_stream)
             .await
             .map_err(|e| self.fail(format!("cannot open stream {}", self.dlq_stream), e))?;
-        let mut read = OrderedRead::open(
+        let mut read = OrderedRead::open_filters(
             &self.js,
             &self.dlq_stream,
-            &subject,
+            &subjects,
             None,
             headers_only,
             READ_BATCH,
@@ -1209,7 +1246,7 @@ impl DeadLetterQueue {
                 // Every message on the filter's subjects up to the batch's last one is
                 // in the batch (they are read in order): one purge request removes
                 // them, then their bodies go.
-                self.purge_batch(&stream, &subject, &mut batch).await?
+                self.purge_batch(&stream, &subjects, &mut batch).await?
             } else {
                 futures::stream::iter(batch.drain(..))
                     .map(|(seq, body)| {
@@ -1690,10 +1727,11 @@ mod tests {
 
     #[test]
     fn filters_take_plain_tokens_only() {
+        let none = BTreeMap::new();
         let all = DeadLetterFilter::default();
         assert_eq!(
-            all.subject(&Default::default()).unwrap(),
-            "person.dlq.*.*.*"
+            all.subjects(&Default::default(), &none).unwrap(),
+            ["person.dlq.*.*.*"]
         );
         for bad in ["*", ">", "a.b", "a b", ""] {
             let f = DeadLetterFilter {
@@ -1701,7 +1739,7 @@ mod tests {
                 ..DeadLetterFilter::default()
             };
             assert_eq!(
-                f.subject(&Default::default()).unwrap_err().kind(),
+                f.subjects(&Default::default(), &none).unwrap_err().kind(),
                 StreamingErrorKind::InvalidInput,
                 "{bad:?}"
             );
@@ -1709,7 +1747,18 @@ mod tests {
                 consumer: Some(bad.into()),
                 ..DeadLetterFilter::default()
             };
-            assert!(f.subject(&Default::default()).is_err(), "{bad:?}");
+            assert!(f.subjects(&Default::default(), &none).is_err(), "{bad:?}");
         }
+        // A group's name stands for its durables, each a subject of its own.
+        let groups = BTreeMap::from([("g".to_owned(), vec!["g".to_owned(), "g-p0".to_owned()])]);
+        let f = DeadLetterFilter {
+            consumer: Some("g".into()),
+            person_id: Some("p".into()),
+            ..DeadLetterFilter::default()
+        };
+        assert_eq!(
+            f.subjects(&Default::default(), &groups).unwrap(),
+            ["person.dlq.g.p.*", "person.dlq.g-p0.p.*"]
+        );
     }
 }

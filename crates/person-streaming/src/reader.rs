@@ -184,7 +184,27 @@ impl OrderedRead {
         headers_only: bool,
         batch: usize,
     ) -> Result<Self, StreamingError> {
-        let label = format!("{filter} from {stream}");
+        Self::open_filters(
+            js,
+            stream,
+            std::slice::from_ref(&filter.to_owned()),
+            start,
+            headers_only,
+            batch,
+        )
+        .await
+    }
+
+    /// [`open`](Self::open) with several filters (any of them).
+    pub(crate) async fn open_filters(
+        js: &jetstream::Context,
+        stream: &str,
+        filters: &[String],
+        start: Option<u64>,
+        headers_only: bool,
+        batch: usize,
+    ) -> Result<Self, StreamingError> {
+        let label = format!("{} from {stream}", filters.join(", "));
         let stream_handle = js
             .get_stream_no_info(stream)
             .await
@@ -197,7 +217,8 @@ impl OrderedRead {
         };
         let mut consumer = stream_handle
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: filter.to_owned(),
+                filter_subject: one_filter(filters),
+                filter_subjects: many_filters(filters),
                 deliver_policy,
                 headers_only,
                 max_batch: i64::try_from(batch.max(1)).unwrap_or(i64::MAX),
@@ -278,19 +299,35 @@ impl OrderedRead {
 
 /// How many messages of `stream` match `filter`, from an ordered consumer's pending
 /// count: no message is read, whatever their number.
+/// One filter as `filter_subject`; several go to `filter_subjects` instead.
+fn one_filter(filters: &[String]) -> String {
+    match filters {
+        [one] => one.clone(),
+        _ => String::new(),
+    }
+}
+
+fn many_filters(filters: &[String]) -> Vec<String> {
+    match filters {
+        [_] => Vec::new(),
+        many => many.to_vec(),
+    }
+}
+
 pub(crate) async fn count_matching(
     js: &jetstream::Context,
     stream: &str,
-    filter: &str,
+    filters: &[String],
 ) -> Result<u64, StreamingError> {
-    let label = format!("{filter} from {stream}");
+    let label = format!("{} from {stream}", filters.join(", "));
     let stream_handle = js
         .get_stream_no_info(stream)
         .await
         .map_err(|e| js_error(format!("cannot open stream {stream}"), e))?;
     let mut consumer = stream_handle
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
+            filter_subject: one_filter(filters),
+            filter_subjects: many_filters(filters),
             headers_only: true,
             ..Default::default()
         })

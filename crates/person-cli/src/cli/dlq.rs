@@ -127,15 +127,15 @@ impl FilterArgs {
             && self.until.is_none()
     }
 
-    /// When `--consumer` names a consumer group, where its dead letters really are: each
-    /// partition records its own under its durable.
+    /// When `--consumer` names a consumer group, what it selects: each partition records
+    /// its dead letters under its own durable, and the group's name stands for all.
     fn group_note(&self, config: &StreamingConfig) -> Option<String> {
         let name = self.consumer.as_deref()?;
         let c = config.consumer(name).filter(|c| c.partitions > 1)?;
         Some(format!(
-            "note: {name} is a consumer group of {p} partitions: --consumer {name} selects only what \
-             it dead-lettered before partitions; each partition's dead letters are under its \
-             durable, {name}-p0 to {name}-p{last} (or select them with --person)",
+            "note: {name} is a consumer group of {p} partitions: --consumer {name} selects the \
+             dead letters of all of them, recorded under {name}-p0 to {name}-p{last} (and under \
+             {name}, before partitions); name one of those for a single partition",
             p = c.partitions,
             last = c.partitions - 1
         ))

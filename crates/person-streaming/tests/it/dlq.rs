@@ -178,6 +178,67 @@ async fn purge_by_filter() {
     assert!(dlq.get(999).await.is_err());
 }
 
+/// A consumer group's name selects the dead letters of all its durables (the partitions
+/// and the one before partitions), in list, count and purge; another consumer's stay.
+#[tokio::test]
+async fn a_group_name_selects_every_partitions_dead_letters() {
+    let config = StreamingConfig::default()
+        .with_partitions("person-projection-summary", 3)
+        .unwrap();
+    let (_server, client) = start(config).await;
+    let dlq = client.dead_letters();
+    let p = PersonId::new();
+    let consumers = [
+        "person-projection-summary-p0",
+        "person-projection-summary-p2",
+        "person-projection-summary",
+        "person-projection-search",
+        "person-projection-summary-p1",
+    ];
+    for (i, consumer) in consumers.iter().enumerate() {
+        let mut l = letter_for(
+            &format!("person.events.{p}.created"),
+            i as u64 + 1,
+            Bytes::from_static(b"{}"),
+            vec![],
+            &p,
+        );
+        l.consumer = (*consumer).to_owned();
+        dlq.put(&l).await.unwrap();
+    }
+    let group = DeadLetterFilter {
+        consumer: Some("person-projection-summary".into()),
+        ..Default::default()
+    };
+    assert_eq!(dlq.count(&group).await.unwrap(), 4);
+    let listed: Vec<String> = dlq
+        .list(&group)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.letter.consumer)
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "person-projection-summary-p0",
+            "person-projection-summary-p2",
+            "person-projection-summary",
+            "person-projection-summary-p1",
+        ],
+        "in DLQ order"
+    );
+    let one = DeadLetterFilter {
+        consumer: Some("person-projection-summary-p2".into()),
+        ..Default::default()
+    };
+    assert_eq!(dlq.count(&one).await.unwrap(), 1);
+    assert_eq!(dlq.purge(&group).await.unwrap(), 4);
+    let left = dlq.list(&DeadLetterFilter::default()).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].letter.consumer, "person-projection-search");
+}
+
 #[tokio::test]
 async fn the_seed_retry_handler_records_final_failures_in_the_dlq() {
     use person_streaming::{RetryHandler, RetryPolicy};

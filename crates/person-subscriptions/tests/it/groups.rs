@@ -297,6 +297,22 @@ async fn a_group_partitions_dead_letters_replay_to_its_owner_in_order() {
         "recorded under the partition's durable: {durable}"
     );
     assert!(letters.iter().all(|l| l.letter.consumer == durable));
+    // The group's name selects its partitions' letters.
+    let by_group = DeadLetterFilter {
+        consumer: Some(CONSUMER.to_owned()),
+        ..Default::default()
+    };
+    let dlq = client.dead_letters();
+    assert_eq!(dlq.count(&by_group).await.unwrap(), 4);
+    let listed: Vec<u64> = dlq
+        .list(&by_group)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.dlq_sequence)
+        .collect();
+    let want: Vec<u64> = letters.iter().map(|l| l.dlq_sequence).collect();
+    assert_eq!(listed, want);
 
     fixed.store(true, Ordering::SeqCst);
     for l in &letters {
