@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use model::{Scenario, Sim, Tally};
 
 /// Seeds that found bugs while the core was written; each stays a regression test.
-const REGRESSIONS: &[u64] = &[1, 4, 5, 7, 11, 13, 14, 78, 1414, 1907, 10270];
+const REGRESSIONS: &[u64] = &[1, 4, 5, 6, 7, 11, 13, 14, 25, 78, 1414, 1907, 10270];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -134,7 +134,7 @@ fn schedules_keep_the_contract() {
     eprintln!(
         "sim: {} schedules in {:.1?}: {} messages; faults: {} transient, {} permanent, {} panicking, \
          {} hung, {} rejected, {} crashes, {} graceful restarts, {} handler outages, {} DLQ outages \
-         ({} failed stores), {} purges, {} server pauses; {} multi-instance, {} hot-person; the core opened the \
+         ({} failed stores), {} purges, {} server pauses, {} calls refused (not run); {} multi-instance, {} hot-person; the core opened the \
          breaker {} times, evicted {} messages to make room, stopped waiting {} times",
         t.schedules,
         elapsed,
@@ -151,6 +151,7 @@ fn schedules_keep_the_contract() {
         t.dlq_failures,
         t.purges,
         t.pauses,
+        t.not_run,
         t.multi_instance,
         t.hot_person,
         t.breaker_opens,

@@ -48,6 +48,9 @@ pub(crate) struct Scenario {
     /// The consumer paused on the server (by another instance's breaker, or an
     /// operator): nothing is delivered in this window, often longer than the ack wait.
     pub(crate) pause: Option<(Duration, Duration)>,
+    /// How often a call is refused before it runs (a group worker past its lease):
+    /// `CallResult::NotRun`.
+    pub(crate) not_run: f64,
     pub(crate) purges: u32,
     pub(crate) config: Config,
     pub(crate) latency: Duration,
@@ -78,11 +81,12 @@ pub(crate) struct Tally {
     pub(crate) multi_instance: u64,
     pub(crate) hot_person: u64,
     pub(crate) pauses: u64,
+    pub(crate) not_run: u64,
 }
 
 impl Tally {
     pub(crate) fn add(&mut self, o: &Tally) {
-        let fields: [(&mut u64, u64); 19] = [
+        let fields: [(&mut u64, u64); 20] = [
             (&mut self.schedules, o.schedules),
             (&mut self.messages, o.messages),
             (&mut self.transient, o.transient),
@@ -102,6 +106,7 @@ impl Tally {
             (&mut self.multi_instance, o.multi_instance),
             (&mut self.hot_person, o.hot_person),
             (&mut self.pauses, o.pauses),
+            (&mut self.not_run, o.not_run),
         ];
         for (a, b) in fields {
             *a += b;
@@ -172,6 +177,11 @@ impl Scenario {
                 a + ack_wait * other.random_range(1..=3) + MS * other.random_range(0..1000),
             )
         });
+        let not_run = if other.random_bool(0.2) {
+            other.random_range(0.01..0.2)
+        } else {
+            0.0
+        };
         let window = |r: &mut StdRng| {
             let a = MS * r.random_range(0..horizon.as_millis() as u32);
             (a, a + MS * r.random_range(50..2000))
@@ -195,6 +205,7 @@ impl Scenario {
             outage: r.random_bool(0.2).then(|| window(&mut r)),
             dlq_outage: r.random_bool(0.15).then(|| window(&mut r)),
             pause,
+            not_run,
             purges: if config.park && r.random_bool(0.2) {
                 r.random_range(1..=3)
             } else {
@@ -291,6 +302,8 @@ struct Instance {
 pub(crate) struct Sim {
     sc: Scenario,
     r: StdRng,
+    /// Draws for refused calls, apart from `r` so the other draws stay as they were.
+    refuse: StdRng,
     now: Duration,
     queue: BinaryHeap<Reverse<(Duration, u64, usize)>>,
     events: Vec<Option<Ev>>,
@@ -378,6 +391,7 @@ impl Sim {
         tally.purges = u64::from(sc.purges);
         let mut sim = Self {
             r,
+            refuse: StdRng::seed_from_u64(sc.seed ^ 0x0000_0000_4e07_4a11),
             now: Duration::ZERO,
             queue: BinaryHeap::new(),
             events: Vec::new(),
@@ -748,6 +762,10 @@ impl Sim {
             .sc
             .outage
             .is_some_and(|(a, b)| self.now >= a && self.now < b);
+        if faulty && self.sc.not_run > 0.0 && self.refuse.random_bool(self.sc.not_run) {
+            self.tally.not_run += 1;
+            return (CallResult::NotRun, MS);
+        }
         if plan.permanent {
             return (CallResult::Failed(ErrorClass::Permanent), took);
         }
