@@ -18,6 +18,8 @@ use person_streaming::{StreamingClient, StreamingConfig};
 use person_subscriptions::{GroupHandle, SubscriptionManager, SubscriptionOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::cpu::cpu_time;
+
 use crate::Count;
 
 /// Partitions of the benchmark's group.
@@ -81,21 +83,6 @@ async fn wait(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> Result<D
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(started.elapsed())
-}
-
-/// Events handled per second over `window`, once warm; fails if the backlog of `n`
-/// ran out meanwhile (the figure would then be the backlog's, not the group's).
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name in parentheses: fields 14 and 15 are utime and stime.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    Duration::from_millis(ticks * 10)
 }
 
 /// A steady run's figures.

@@ -21,9 +21,12 @@ use person_subscriptions::{
     DomainResult, StreamingEventHandler, SubscriptionManager, SubscriptionOptions,
 };
 
+mod cpu;
 mod groups;
 mod latency;
 mod memory;
+
+use cpu::{Meter, PerEvent};
 
 struct Figure {
     name: &'static str,
@@ -63,6 +66,7 @@ async fn main() -> Result<()> {
         server.url()
     );
     let mut figures = Vec::new();
+    let pid = server.pid().map(|p| p.to_string()).unwrap_or_default();
 
     let window = 256;
     if selected("publish_pipelined") {
@@ -72,26 +76,28 @@ async fn main() -> Result<()> {
         for rep in 0..reps {
             let client = fresh(&server, &format!("PUB{rep}"), window).await?;
             let events = workload(events_n, 1_000);
+            let meter = Meter::start(&pid);
             let started = Instant::now();
             let results: Vec<_> = client.publisher().publish_all(events).collect().await;
             let elapsed = started.elapsed();
             anyhow::ensure!(results.iter().all(|r| r.is_ok()), "product publish failed");
-            product.push(events_n as f64 / elapsed.as_secs_f64());
+            product.push(Side::of(events_n, elapsed, &meter));
 
             let client = fresh(&server, &format!("RAW{rep}"), window).await?;
             let prepared = prepare(workload(events_n, 1_000));
             let js = client.jetstream().clone();
+            let meter = Meter::start(&pid);
             let started = Instant::now();
             raw_publish(&js, prepared, window).await?;
-            raw.push(events_n as f64 / started.elapsed().as_secs_f64());
+            raw.push(Side::of(events_n, started.elapsed(), &meter));
         }
         push_pair(
             &mut figures,
             "publish_pipelined",
-            median(product),
-            median(raw),
-            0.9,
-            ">= 0.9x raw",
+            Side::median(product),
+            Side::median(raw),
+            0.95,
+            ">= 0.95x raw",
         );
     }
 
@@ -104,13 +110,15 @@ async fn main() -> Result<()> {
             let client = fresh(&server, &format!("SYNC{rep}"), window).await?;
             let events = workload(sync_n, 100);
             let publisher = client.publisher();
+            let meter = Meter::start(&pid);
             let started = Instant::now();
             for e in &events {
                 publisher.publish(e).await?;
             }
-            product.push(sync_n as f64 / started.elapsed().as_secs_f64());
+            product.push(Side::of(sync_n, started.elapsed(), &meter));
             let client = fresh(&server, &format!("SYNCRAW{rep}"), window).await?;
             let prepared = prepare(workload(sync_n, 100));
+            let meter = Meter::start(&pid);
             let started = Instant::now();
             for (subject, headers, payload) in prepared {
                 client
@@ -119,13 +127,13 @@ async fn main() -> Result<()> {
                     .await?
                     .await?;
             }
-            raw.push(sync_n as f64 / started.elapsed().as_secs_f64());
+            raw.push(Side::of(sync_n, started.elapsed(), &meter));
         }
         push_pair(
             &mut figures,
             "publish_sync",
-            median(product),
-            median(raw),
+            Side::median(product),
+            Side::median(raw),
             0.9,
             ">= 0.9x raw (under 10% added)",
         );
@@ -149,10 +157,11 @@ async fn main() -> Result<()> {
                     .max_in_hand(1_000),
             );
             manager.register_handler(counter.clone());
+            let meter = Meter::start(&pid);
             let started = Instant::now();
             let handle = manager.start_consumer("bench").await?;
             let done = counter.finished().await;
-            product.push(events_n as f64 / (done - started).as_secs_f64());
+            product.push(Side::of(events_n, done - started, &meter));
             handle.shutdown(Duration::from_secs(5)).await;
 
             let stream = client.jetstream().get_stream(format!("CON{rep}")).await?;
@@ -164,6 +173,7 @@ async fn main() -> Result<()> {
                     ..Default::default()
                 })
                 .await?;
+            let meter = Meter::start(&pid);
             let started = Instant::now();
             let mut messages = c.messages().await?;
             let mut n = 0;
@@ -172,15 +182,15 @@ async fn main() -> Result<()> {
                 m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 n += 1;
             }
-            raw.push(events_n as f64 / started.elapsed().as_secs_f64());
+            raw.push(Side::of(events_n, started.elapsed(), &meter));
         }
         push_pair(
             &mut figures,
             "consume",
-            median(product),
-            median(raw),
-            0.8,
-            ">= 0.8x raw",
+            Side::median(product),
+            Side::median(raw),
+            0.95,
+            ">= 0.95x raw",
         );
     }
 
@@ -205,8 +215,8 @@ async fn main() -> Result<()> {
             value: mean_sleep * 1e6,
             unit: "µs/sleep",
             ratio: Some(rate / timer_ideal),
-            target: "report (64 / measured sleep)",
-            met: None,
+            target: ">= 0.95x of 64 / measured sleep",
+            met: Some(rate / timer_ideal >= 0.95),
         });
         let (seq, _) = consume_rate(&server, "SEQ", 500, 1, Duration::from_millis(2)).await?;
         figures.push(Figure {
@@ -228,17 +238,29 @@ async fn main() -> Result<()> {
             "latency over {} events at 5,000/s: p50 {:.0} µs, p99 {:.0} µs (raw: p50 {:.0} µs, p99 {:.0} µs)",
             lat.samples, lat.p50_us, lat.p99_us, raw.p50_us, raw.p99_us
         );
-        for (name, value, raw) in [
-            ("latency_p50_at_5k_per_s", lat.p50_us, raw.p50_us),
-            ("latency_p99_at_5k_per_s", lat.p99_us, raw.p99_us),
+        for (name, value, raw, max, target) in [
+            (
+                "latency_p50_at_5k_per_s",
+                lat.p50_us,
+                raw.p50_us,
+                1.1,
+                "<= 1.1x raw",
+            ),
+            (
+                "latency_p99_at_5k_per_s",
+                lat.p99_us,
+                raw.p99_us,
+                1.5,
+                "<= 1.5x raw",
+            ),
         ] {
             figures.push(Figure {
                 name,
                 value,
                 unit: "µs",
                 ratio: Some(value / raw),
-                target: "report (ratio: x raw)",
-                met: None,
+                target,
+                met: Some(value / raw <= max),
             });
             figures.push(Figure {
                 name: leak(format!("{name}_raw")),
@@ -530,30 +552,81 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One side of a pair in one run: its rate and the CPU time each event cost.
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    rate: f64,
+    cpu: PerEvent,
+}
+
+impl Side {
+    fn of(events: usize, took: Duration, meter: &Meter) -> Self {
+        Self {
+            rate: events as f64 / took.as_secs_f64(),
+            cpu: meter.per_event(events),
+        }
+    }
+
+    /// The median of each figure over the runs.
+    fn median(runs: Vec<Side>) -> Side {
+        Side {
+            rate: median(runs.iter().map(|r| r.rate).collect()),
+            cpu: PerEvent {
+                client_us: median(runs.iter().map(|r| r.cpu.client_us).collect()),
+                server_us: median(runs.iter().map(|r| r.cpu.server_us).collect()),
+            },
+        }
+    }
+}
+
+/// The rate figures of a pair (`name`, ratio product / raw, met when at least `min`)
+/// and its CPU figures: this process's and the server's CPU time per event, product
+/// against raw (ratio product / raw: lower is better).
 fn push_pair(
     figures: &mut Vec<Figure>,
     name: &'static str,
-    product: f64,
-    raw: f64,
+    product: Side,
+    raw: Side,
     min: f64,
     target: &'static str,
 ) {
     figures.push(Figure {
         name,
-        value: product,
+        value: product.rate,
         unit: "events/s",
-        ratio: Some(product / raw),
+        ratio: Some(product.rate / raw.rate),
         target,
-        met: Some(product / raw >= min),
+        met: Some(product.rate / raw.rate >= min),
     });
     figures.push(Figure {
         name: leak(format!("{name}_raw")),
-        value: raw,
+        value: raw.rate,
         unit: "events/s",
         ratio: None,
         target: "",
         met: None,
     });
+    for (what, p, r) in [
+        ("cpu_us", product.cpu.client_us, raw.cpu.client_us),
+        ("server_cpu_us", product.cpu.server_us, raw.cpu.server_us),
+    ] {
+        figures.push(Figure {
+            name: leak(format!("{name}_{what}")),
+            value: p,
+            unit: "µs/event",
+            ratio: (r > 0.0).then(|| p / r),
+            target: "report (ratio: x raw)",
+            met: None,
+        });
+        figures.push(Figure {
+            name: leak(format!("{name}_{what}_raw")),
+            value: r,
+            unit: "µs/event",
+            ratio: None,
+            target: "",
+            met: None,
+        });
+    }
 }
 
 fn leak(s: String) -> &'static str {
@@ -562,7 +635,7 @@ fn leak(s: String) -> &'static str {
 
 fn report(figures: &[Figure]) -> Result<()> {
     println!(
-        "\n{:<28} {:>14} {:<10} {:>7}  {:<28}",
+        "\n{:<38} {:>10} {:<10} {:>7}  {:<28}",
         "figure", "value", "unit", "ratio", "target"
     );
     let mut json = Vec::new();
@@ -573,8 +646,9 @@ fn report(figures: &[Figure]) -> Result<()> {
             Some(false) => "MISSED",
             None => "",
         };
+        let digits = usize::from(f.unit == "µs/event");
         println!(
-            "{:<28} {:>14.0} {:<10} {:>7}  {:<28} {met}",
+            "{:<38} {:>10.digits$} {:<10} {:>7}  {:<28} {met}",
             f.name, f.value, f.unit, ratio, f.target
         );
         json.push(serde_json::json!({"name": f.name, "value": f.value, "unit": f.unit, "ratio": f.ratio, "target": f.target, "met": f.met}));

@@ -425,14 +425,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
             person,
             kind,
         } = arrival;
-        if let Some(b) = &mut self.barrier
-            && seq <= b.upto
-        {
-            b.seen.insert(seq);
-            if b.seen.len() as u64 >= b.outstanding {
-                self.lift_barrier();
-            }
-        }
+        self.seen_by_barrier(seq);
         if let Some(m) = self.msgs.get_mut(&seq) {
             // A redelivery of a message held already (the server's ack wait ran out
             // while it waited or ran): the held copy settles it.
@@ -483,6 +476,29 @@ impl<K: Clone + Eq + Hash> Core<K> {
             None => self.loose.push_back(seq),
         }
         self.step();
+    }
+
+    /// A pulled message that is not for this consumer (the durable's filter on the
+    /// server is wider than what it handles: another consumer's replay). The shell
+    /// acknowledges it at once; it takes no room, but it counts as pulled, and as
+    /// one of the messages a recovery waits for when an earlier instance had it.
+    pub fn on_foreign(&mut self, now: Duration, seq: u64) {
+        self.advance(now);
+        self.reserved = self.reserved.saturating_sub(1);
+        self.seen_by_barrier(seq);
+        self.step();
+    }
+
+    /// A message the recovery may be waiting for came back.
+    fn seen_by_barrier(&mut self, seq: u64) {
+        if let Some(b) = &mut self.barrier
+            && seq <= b.upto
+        {
+            b.seen.insert(seq);
+            if b.seen.len() as u64 >= b.outstanding {
+                self.lift_barrier();
+            }
+        }
     }
 
     /// The outstanding pull ended (filled, expired or failed).
@@ -1476,6 +1492,33 @@ mod tests {
         core.on_message(MS * 2, event(4, 1));
         assert!(!core.recovering());
         assert_eq!(drain(&mut core), [Action::Run { seq: 4, attempt: 1 }]);
+    }
+
+    #[test]
+    fn a_message_for_another_consumer_takes_no_room_and_counts_for_a_recovery() {
+        let recovery = Recovery {
+            delivered_up_to: 10,
+            outstanding: 2,
+        };
+        let mut core = Core::new(config(2), [], recovery, Duration::ZERO);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 2 }]);
+        core.on_message(MS, event(11, 1));
+        core.on_foreign(MS, 9);
+        assert!(core.recovering(), "one outstanding message is still out");
+        assert_eq!(core.in_hand(), 1);
+        core.on_foreign(MS * 2, 7);
+        assert!(!core.recovering(), "both outstanding messages came back");
+        assert_eq!(core.in_hand(), 1, "the foreign ones are not held");
+        assert_eq!(
+            drain(&mut core),
+            [Action::Run {
+                seq: 11,
+                attempt: 1
+            }]
+        );
+        // The pull's reservation went with the arrivals: the hand has room for one.
+        core.on_pull_done(MS * 3);
+        assert_eq!(drain(&mut core), [Action::Pull { max: 1 }]);
     }
 
     #[test]

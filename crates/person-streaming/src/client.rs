@@ -619,6 +619,7 @@ impl StreamingClient {
         &self,
         settings: &ConsumerSettings,
     ) -> Result<ConsumerPlan, StreamingError> {
+        let settings = &self.config.on_the_wire(settings);
         let stream = self
             .jetstream
             .get_stream_no_info(&self.config.stream.name)
@@ -649,6 +650,7 @@ impl StreamingClient {
         settings: &ConsumerSettings,
         plan: ConsumerPlan,
     ) -> Result<(), StreamingError> {
+        let settings = &self.config.on_the_wire(settings);
         let stream = self
             .jetstream
             .get_stream_no_info(&self.config.stream.name)

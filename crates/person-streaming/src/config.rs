@@ -646,6 +646,59 @@ impl StreamingConfig {
         self
     }
 
+    /// The filters `consumer`'s durable is given on the server. Most often they are
+    /// its `filter_subjects`. The exception is a consumer of every event: its filters
+    /// are `[P.]person.events.>` plus its own replays, `[P.]person.replay.<durable>.>`.
+    /// When the stream holds only events and replays, such a consumer gets no filter
+    /// at all (the whole stream) instead. The runtime acknowledges and skips the
+    /// replays addressed to other consumers, which are rare.
+    ///
+    /// The reason is the server's cost per delivery. With several filters it walks the
+    /// subjects of a message block (one per person) for every message; with one
+    /// wildcard filter it still matches the block's subject tree; with none it reads
+    /// the next message. `BENCHMARKS.md` has the figures.
+    ///
+    /// ```
+    /// use person_streaming::StreamingConfig;
+    /// let config = StreamingConfig::default();
+    /// let summary = config.consumer("person-projection-summary").unwrap();
+    /// assert!(config.wire_filters(summary).is_empty(), "the whole stream");
+    /// let location = config.consumer("person-to-location").unwrap();
+    /// assert_eq!(config.wire_filters(location), location.filter_subjects);
+    /// ```
+    pub fn wire_filters(&self, consumer: &ConsumerSettings) -> Vec<String> {
+        let filters = &consumer.filter_subjects;
+        let Ok(subjects) = self.checked_subjects() else {
+            return filters.clone();
+        };
+        let events = subjects.events_wildcard();
+        let own = subjects.replay_filter(&consumer.durable_name);
+        let replays = subjects.replay_wildcard();
+        let every_event = filters.contains(&events)
+            && filters.contains(&own)
+            && filters.iter().all(|f| *f == events || *f == own);
+        let events_and_replays = !self.stream.subjects.is_empty()
+            && self
+                .stream
+                .subjects
+                .iter()
+                .all(|s| subject_within(s, &events) || subject_within(s, &replays));
+        if every_event && events_and_replays {
+            Vec::new()
+        } else {
+            filters.clone()
+        }
+    }
+
+    /// `consumer` with the filters its durable is given on the server
+    /// ([`wire_filters`](Self::wire_filters)).
+    pub fn on_the_wire(&self, consumer: &ConsumerSettings) -> ConsumerSettings {
+        ConsumerSettings {
+            filter_subjects: self.wire_filters(consumer),
+            ..consumer.clone()
+        }
+    }
+
     /// This configuration with `consumer` a consumer group of `partitions` partitions
     /// (see [`ConsumerSettings::partitions`]), on a partitioned stream: when
     /// `stream.partitions` is below `partitions`, it becomes `partitions`, so each

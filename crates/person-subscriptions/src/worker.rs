@@ -17,7 +17,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use person_delivery::{Action, Arrival, CallResult, Cause, Core, Kind, Notice, Recovery};
 use person_events::codec::DecodeError;
-use person_events::subject::person_of_subject;
+use person_events::subject::{person_of_subject, subject_within};
 use person_events::{PersonId, StreamingEventEnvelope};
 use person_legacy_compat::{Origin, RawMessage, decode_message};
 use person_retry::{Attempt, BreakerState, DeadLetter, DeadLetterSink, ErrorClass};
@@ -226,6 +226,8 @@ pub(crate) struct Worker {
     /// In a group: per-person locks shared with the other consumer of the partition
     /// (its events and its replays), so one person is never in two calls at once.
     pub(crate) person_locks: std::sync::OnceLock<Arc<PersonLocks>>,
+    /// `[P.]person.replay`: where the replays of every consumer are.
+    replay_prefix: Arc<str>,
 }
 
 /// One lock per person with a call in flight, shared by the consumers of a partition.
@@ -333,7 +335,14 @@ impl Worker {
         dlq: Option<DeadLetterQueue>,
         counters: Arc<Counters>,
     ) -> Arc<Self> {
+        let replay_prefix = client
+            .config()
+            .subjects()
+            .replay_wildcard()
+            .trim_end_matches(".>")
+            .into();
         Arc::new(Self {
+            replay_prefix,
             client,
             js,
             stream,
@@ -356,6 +365,24 @@ impl Worker {
 
     fn consumer_name(&self) -> &str {
         &self.settings.durable_name
+    }
+
+    /// Whether this consumer handles a message on `subject`. Its durable's filter on
+    /// the server can be wider than its configured filters, bringing the replays of
+    /// other consumers too ([`StreamingConfig::wire_filters`]); every other message
+    /// is selected by the server already.
+    ///
+    /// [`StreamingConfig::wire_filters`]: person_streaming::StreamingConfig::wire_filters
+    fn selects(&self, subject: &str) -> bool {
+        let under_replays = subject
+            .strip_prefix(&*self.replay_prefix)
+            .is_some_and(|rest| rest.starts_with('.'));
+        !under_replays
+            || self
+                .settings
+                .filter_subjects
+                .iter()
+                .any(|f| subject_within(subject, f))
     }
 
     /// The consumer its dead letters are recorded under and read for.
@@ -922,6 +949,19 @@ impl Driver<'_> {
             u64::try_from(info.delivered).unwrap_or(1),
         );
         self.w.counters.lag.store(info.pending, Ordering::Relaxed);
+        if !self.w.selects(msg.subject.as_str()) {
+            // Another consumer's replay, brought by the durable's wider filter on the
+            // server (`StreamingConfig::wire_filters`): acknowledged, never handled.
+            tracing::trace!(seq, subject = %msg.subject, "a replay for another consumer skipped");
+            core.on_foreign(now, seq);
+            self.ops.push(Box::pin(async move {
+                if let Err(e) = msg.ack().await {
+                    tracing::debug!(seq, error = %e, "could not acknowledge another consumer's replay; the server will redeliver it");
+                }
+                Done::Aborted
+            }));
+            return;
+        }
         self.metrics.arrived(delivered);
         if let Some(h) = self.held.get_mut(&seq) {
             // A redelivery of a message held already: keep the newest copy.

@@ -294,3 +294,90 @@ async fn a_pause_longer_than_the_ack_wait_keeps_a_waiting_person_in_order() {
     );
     handle.shutdown(std::time::Duration::from_secs(5)).await;
 }
+
+/// Two consumers of every event. On the server each durable has no filter (a durable
+/// with filters costs the server a walk of the block's subjects per delivery), so each
+/// is also delivered the other's replays: the runtime acknowledges those and never
+/// hands them to its handler.
+#[tokio::test]
+async fn a_consumer_of_every_event_skips_the_replays_of_another_consumer() {
+    const OTHER: &str = "other-projection";
+    let mut config = config(5);
+    let mut other = config.consumers[0].clone();
+    other.durable_name = OTHER.into();
+    other.filter_subjects = vec!["person.events.>".into()];
+    config.consumers.push(other);
+    let (_server, client) = start(config.with_replay_subjects()).await;
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    for name in [CONSUMER, OTHER] {
+        let info = stream.consumer_info(name).await.unwrap();
+        assert_eq!(info.config.filter_subject, "", "{name}");
+        assert!(info.config.filter_subjects.is_empty(), "{name}");
+    }
+    let (people, events) = workload(3, 4);
+    publish(&client, &events).await;
+    let victim = people[0];
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fail = failing.clone();
+    let ours = Arc::new(Recorder::new("ours"));
+    let theirs = Arc::new(Recorder::failing("theirs", move |env, _| {
+        (fail.load(std::sync::atomic::Ordering::SeqCst)
+            && env.aggregate_id == victim
+            && env.sequence == 2)
+            .then(|| HandlerError::permanent("broken"))
+    }));
+    let ours_handle = run(&client, ours.clone(), options()).await;
+    let mut manager =
+        person_subscriptions::SubscriptionManager::new(client.clone()).with_options(options());
+    manager.register_handler(theirs.clone());
+    let theirs_handle = manager.start_consumer(OTHER).await.unwrap();
+    eventually(30, "both consumers through the events", || {
+        ours.seen.lock().unwrap().len() == 12 && theirs_handle.stats().dead_lettered == 3
+    })
+    .await;
+    let letters = client
+        .dead_letters()
+        .list(&DeadLetterFilter {
+            consumer: Some(OTHER.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 3, "event 2 and the two parked behind it");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    for d in &letters {
+        client.dead_letters().replay(d.dlq_sequence).await.unwrap();
+    }
+    eventually(30, "the replays handled by their consumer", || {
+        theirs.order_by_person().get(&victim).map(Vec::len) == Some(4)
+    })
+    .await;
+    assert_eq!(theirs.order_by_person()[&victim], [1, 2, 3, 4]);
+    // Ours was delivered the three replays too, and acknowledged them unhandled.
+    wait_idle(&client, 10).await;
+    let info = stream.consumer_info(CONSUMER).await.unwrap();
+    assert_eq!(
+        info.delivered.stream_sequence,
+        info.ack_floor.stream_sequence
+    );
+    assert_eq!(
+        info.delivered.stream_sequence, 15,
+        "12 events, then 3 replays: the replays reached ours on the wire"
+    );
+    assert_eq!(
+        ours.seen.lock().unwrap().len(),
+        12,
+        "no replay handled by ours"
+    );
+    assert_eq!(ours_handle.stats().processed, 12);
+    ours_handle
+        .shutdown(std::time::Duration::from_secs(5))
+        .await;
+    theirs_handle
+        .shutdown(std::time::Duration::from_secs(5))
+        .await;
+}
