@@ -502,20 +502,22 @@ fn workload_iter(
     })
 }
 
-/// The same bytes and headers the product sends, built ahead of time for the raw runs.
+/// The same bytes and headers the product sends (13 headers with `Nats-Msg-Id`), built
+/// ahead of time for the raw runs.
 fn prepare(events: Vec<StreamingEventEnvelope>) -> Vec<(String, async_nats::HeaderMap, Bytes)> {
     events
         .into_iter()
         .map(|e| {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", e.event_id.to_string().as_str());
+            let person = e.aggregate_id.to_string();
             person_metadata::headers::write_headers(
                 e.metadata(),
                 &person_metadata::headers::CloudEventAttributes {
                     id: e.event_id,
                     source: "/person-domain",
                     event_type: e.event.event_type(),
-                    subject: None,
+                    subject: Some(&person),
                 },
                 |n, v| headers.insert(n, v),
             );

@@ -266,6 +266,10 @@ impl Publisher {
     /// only an envelope that needs a retry can land after later ones (use [`append`]
     /// for strict per-person order).
     ///
+    /// The messages (JSON body, header map) are built on a task of their own, a few
+    /// dozen ahead of the sending, so the sending task only sends and collects acks.
+    /// Must be polled within a Tokio runtime.
+    ///
     /// [`append`]: Publisher::append
     pub fn publish_all<'a, I>(
         &'a self,
@@ -279,38 +283,139 @@ impl Publisher {
             it: It,
             pending: FuturesOrdered<BoxFuture<'a, Result<PublishReceipt, PublishError>>>,
             exhausted: bool,
+            /// Built messages not sent yet, in input order.
+            ready: std::collections::VecDeque<(
+                StreamingEventEnvelope,
+                Result<Outgoing, PublishError>,
+            )>,
+            /// Chunks handed to the builder and not back yet.
+            building: usize,
+            to_builder: Option<tokio::sync::mpsc::Sender<Vec<StreamingEventEnvelope>>>,
+            built: Option<tokio::sync::mpsc::Receiver<Vec<Built>>>,
         }
         let state = State {
             it: envelopes.into_iter(),
             pending: FuturesOrdered::new(),
             exhausted: false,
+            ready: std::collections::VecDeque::new(),
+            building: 0,
+            to_builder: None,
+            built: None,
         };
         futures::stream::unfold(state, move |mut st| async move {
-            while !st.exhausted && st.pending.len() < self.max_in_flight {
-                match st.it.next() {
-                    Some(envelope) => {
-                        let fut = self.start(envelope).await;
-                        st.pending.push_back(fut);
+            loop {
+                // Keep the builder a few chunks ahead of the sending.
+                while !st.exhausted && st.building < BUILD_AHEAD {
+                    let chunk: Vec<_> = st.it.by_ref().take(BUILD_CHUNK).map(traced).collect();
+                    if chunk.len() < BUILD_CHUNK {
+                        st.exhausted = true;
                     }
-                    None => st.exhausted = true,
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let tx = st.to_builder.get_or_insert_with(|| {
+                        let (tx, rx) = self.spawn_builder();
+                        st.built = Some(rx);
+                        tx
+                    });
+                    if let Err(unsent) = tx.try_send(chunk) {
+                        // Never full (at most BUILD_AHEAD chunks are out); closed only
+                        // if the runtime is shutting down: build here instead.
+                        let chunk = unsent.into_inner();
+                        st.ready.extend(chunk.into_iter().map(|e| {
+                            let out = self.outgoing(&e);
+                            (e, out)
+                        }));
+                    } else {
+                        st.building += 1;
+                    }
+                }
+                while st.pending.len() < self.max_in_flight
+                    && let Some((envelope, out)) = st.ready.pop_front()
+                {
+                    let fut = self.start(envelope, out).await;
+                    st.pending.push_back(fut);
+                }
+                let room = st.pending.len() < self.max_in_flight;
+                let waiting_build = st.building > 0 && room;
+                if st.pending.is_empty() && !waiting_build {
+                    if st.exhausted && st.ready.is_empty() && st.building == 0 {
+                        return None;
+                    }
+                    continue;
+                }
+                let built = st.built.as_mut();
+                tokio::select! {
+                    biased;
+                    done = st.pending.next(), if !st.pending.is_empty() => {
+                        return done.map(|d| (d, st));
+                    }
+                    chunk = async { built?.recv().await }, if waiting_build => {
+                        st.building -= 1;
+                        match chunk {
+                            Some(chunk) => st.ready.extend(chunk),
+                            // Only a runtime shutting down ends the builder (a panic
+                            // while building is that envelope's error).
+                            None => {
+                                st.building = 0;
+                                st.to_builder = None;
+                            }
+                        }
+                    }
                 }
             }
-            let next = st.pending.next().await?;
-            Some((next, st))
         })
+    }
+
+    /// A task that builds the messages of chunks of envelopes, in order.
+    fn spawn_builder(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::Sender<Vec<StreamingEventEnvelope>>,
+        tokio::sync::mpsc::Receiver<Vec<Built>>,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StreamingEventEnvelope>>(BUILD_AHEAD);
+        let (built_tx, built_rx) = tokio::sync::mpsc::channel(BUILD_AHEAD);
+        let builder = self.clone();
+        tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                let built: Vec<_> = chunk
+                    .into_iter()
+                    .map(|e| {
+                        // A panic while building (a header value the client refuses)
+                        // is that envelope's error; the others are still built.
+                        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            builder.outgoing(&e)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(PublishError::new(
+                                PublishErrorKind::InvalidEvent,
+                                "building the message panicked",
+                            ))
+                        });
+                        (e, out)
+                    })
+                    .collect();
+                if built_tx.send(built).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (tx, built_rx)
     }
 
     /// Sends one message (awaiting only the send) and returns the future of its result.
     async fn start<'a>(
         &'a self,
         envelope: StreamingEventEnvelope,
+        outgoing: Result<Outgoing, PublishError>,
     ) -> BoxFuture<'a, Result<PublishReceipt, PublishError>> {
         let Outgoing {
             subject,
             headers,
             payload,
             event_id,
-        } = match self.outgoing(&envelope) {
+        } = match outgoing {
             Ok(out) => out,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
@@ -1016,7 +1121,12 @@ impl Publisher {
         let subject = self
             .subjects
             .event_subject(&envelope.aggregate_id, envelope.event.event_type());
-        let headers = self.headers(envelope);
+        let headers = self.headers(envelope).map_err(|name| {
+            PublishError::new(
+                PublishErrorKind::InvalidEvent,
+                format!("header {name} would hold a CR or LF, which NATS headers cannot carry"),
+            )
+        })?;
         Ok(Outgoing {
             subject,
             headers,
@@ -1025,7 +1135,9 @@ impl Publisher {
         })
     }
 
-    fn headers(&self, envelope: &StreamingEventEnvelope) -> HeaderMap {
+    /// The message's headers, or the name of the first one whose value NATS cannot
+    /// carry (a CR or LF in it).
+    fn headers(&self, envelope: &StreamingEventEnvelope) -> Result<HeaderMap, &'static str> {
         let mut headers = HeaderMap::new();
         let mut buf = uuid::Uuid::encode_buffer();
         let id = envelope
@@ -1034,6 +1146,7 @@ impl Publisher {
             .hyphenated()
             .encode_lower(&mut buf);
         headers.insert(header::NATS_MESSAGE_ID, HeaderValue::from(&*id));
+        let mut refused = None;
         let mut pbuf = uuid::Uuid::encode_buffer();
         let person = envelope
             .aggregate_id
@@ -1048,13 +1161,37 @@ impl Publisher {
                 event_type: envelope.event.event_type(),
                 subject: Some(person),
             },
-            |name, value| {
-                // Static names: no validation or allocation per header.
-                headers.insert(HeaderName::from_static(name), HeaderValue::from(value))
+            |name, value| match value.parse::<HeaderValue>() {
+                // Static names: no validation or allocation per header name.
+                Ok(value) => headers.insert(HeaderName::from_static(name), value),
+                Err(_) => {
+                    refused.get_or_insert(name);
+                }
             },
         );
-        headers
+        match refused {
+            None => Ok(headers),
+            Some(name) => Err(name),
+        }
     }
+}
+
+/// An envelope and its message, built (or why it cannot be sent).
+type Built = (StreamingEventEnvelope, Result<Outgoing, PublishError>);
+
+/// Envelopes per chunk handed to `publish_all`'s builder task.
+const BUILD_CHUNK: usize = 32;
+/// Chunks the builder may be ahead of the sending.
+const BUILD_AHEAD: usize = 4;
+
+/// The envelope with the caller's trace context, taken on the caller's task (the
+/// builder task has another current span).
+fn traced(envelope: StreamingEventEnvelope) -> StreamingEventEnvelope {
+    #[cfg(feature = "opentelemetry")]
+    if let Some(with_trace) = crate::otel::with_current_trace(&envelope) {
+        return with_trace;
+    }
+    envelope
 }
 
 /// Failures that leave the outcome unknown or are caused by a passing condition: retried

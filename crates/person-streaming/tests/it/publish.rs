@@ -203,6 +203,45 @@ async fn a_batch_is_never_half_visible() {
     assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 100);
 }
 
+/// Messages are built ahead on a task of their own: an envelope that cannot be sent
+/// (inconsistent, or a header value NATS cannot carry) is an error in its place, and
+/// every other one is stored, in input order.
+#[tokio::test]
+async fn publish_all_reports_each_bad_envelope_in_its_place_and_stores_the_rest_in_order() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let person = PersonId::new();
+    let mut envelopes: Vec<StreamingEventEnvelope> =
+        (1..=200).map(|v| activated(person, v)).collect();
+    envelopes[37].aggregate_id = PersonId::new();
+    envelopes[150] = StreamingEventEnvelope::new(
+        person,
+        151,
+        PersonEventV2::Activated {
+            person_id: person,
+            reason: "crlf".into(),
+            metadata: EventMetadata::new().with_actor("eve\r\nNats-Msg-Id: forged"),
+        },
+    );
+    let ids: Vec<_> = envelopes.iter().map(|e| e.event_id).collect();
+    let results: Vec<_> = client.publisher().publish_all(envelopes).collect().await;
+    assert_eq!(results.len(), 200);
+    for (i, r) in results.iter().enumerate() {
+        match i {
+            37 | 150 => {
+                let e = r.as_ref().unwrap_err();
+                assert_eq!(e.kind(), PublishErrorKind::InvalidEvent, "{i}: {e}");
+            }
+            _ => assert_eq!(r.as_ref().unwrap().event_id, ids[i], "result {i} in place"),
+        }
+    }
+    let seqs: Vec<u64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|r| r.stream_sequence))
+        .collect();
+    assert_eq!(seqs, (1..=198).collect::<Vec<u64>>(), "sent in input order");
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 198);
+}
+
 #[tokio::test]
 async fn fifty_thousand_pipelined_publishes() {
     let (_server, client) = start(StreamingConfig::default()).await;
