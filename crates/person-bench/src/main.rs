@@ -158,10 +158,12 @@ async fn main() -> Result<()> {
             );
             manager.register_handler(counter.clone());
             let meter = Meter::start(&pid);
-            let started = Instant::now();
             let handle = manager.start_consumer("bench").await?;
             let done = counter.finished().await;
-            product.push(Side::of(events_n, done - started, &meter));
+            // From the first event handled to the last, on both sides: the steady
+            // rate, not the start-up (the product's consumer checks and DLQ read).
+            let first = *counter.first_at.get().context("no event handled")?;
+            product.push(Side::between(events_n, first, done, &meter));
             handle.shutdown(Duration::from_secs(5)).await;
 
             let stream = client.jetstream().get_stream(format!("CON{rep}")).await?;
@@ -177,12 +179,16 @@ async fn main() -> Result<()> {
             let started = Instant::now();
             let mut messages = c.messages().await?;
             let mut n = 0;
+            let mut first = started;
             while n < events_n {
                 let m = messages.next().await.context("stream ended")??;
+                if n == 0 {
+                    first = Instant::now();
+                }
                 m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 n += 1;
             }
-            raw.push(Side::of(events_n, started.elapsed(), &meter));
+            raw.push(Side::between(events_n, first, Instant::now(), &meter));
         }
         push_pair(
             &mut figures,
@@ -391,6 +397,7 @@ struct Count {
     slept_us: AtomicU64,
     target: u64,
     done_at: std::sync::OnceLock<Instant>,
+    first_at: std::sync::OnceLock<Instant>,
     done: tokio::sync::Notify,
 }
 
@@ -402,6 +409,7 @@ impl Count {
             slept_us: AtomicU64::new(0),
             target,
             done_at: std::sync::OnceLock::new(),
+            first_at: std::sync::OnceLock::new(),
             done: tokio::sync::Notify::new(),
         }
     }
@@ -428,7 +436,11 @@ impl StreamingEventHandler for Count {
             self.slept_us
                 .fetch_add(slept.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        if self.handled.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+        let handled = self.handled.fetch_add(1, Ordering::Relaxed) + 1;
+        if handled == 1 {
+            let _ = self.first_at.set(Instant::now());
+        }
+        if handled == self.target {
             let _ = self.done_at.set(Instant::now());
             self.done.notify_one();
         }
@@ -565,6 +577,14 @@ impl Side {
     fn of(events: usize, took: Duration, meter: &Meter) -> Self {
         Self {
             rate: events as f64 / took.as_secs_f64(),
+            cpu: meter.per_event(events),
+        }
+    }
+
+    /// `events` handled from the first, at `first`, to the last, at `last`.
+    fn between(events: usize, first: Instant, last: Instant, meter: &Meter) -> Self {
+        Self {
+            rate: (events.saturating_sub(1)) as f64 / (last - first).as_secs_f64(),
             cpu: meter.per_event(events),
         }
     }
