@@ -18,7 +18,7 @@ use person_streaming::{StreamingClient, StreamingConfig};
 use person_subscriptions::{GroupHandle, SubscriptionManager, SubscriptionOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::cpu::cpu_time;
+use crate::cpu::Meter;
 
 use crate::Count;
 
@@ -107,18 +107,17 @@ async fn steady(server: &str, counters: &[&Count], n: usize, window: Duration) -
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (t0, c0) = (Instant::now(), handled());
-    let (s0, m0) = (cpu_time(server), cpu_time("self"));
+    let meter = Meter::start(server);
     tokio::time::sleep(window).await;
     let (t1, c1) = (Instant::now(), handled());
-    let (s1, m1) = (cpu_time(server), cpu_time("self"));
+    let cpu = meter.per_event((c1 - c0) as usize);
     if c1 >= n as u64 {
         bail!("the backlog of {n} events ran out during the measurement");
     }
-    let events = (c1 - c0).max(1) as f64;
     Ok(Steady {
         rate: (c1 - c0) as f64 / (t1 - t0).as_secs_f64(),
-        server_us: (s1 - s0).as_secs_f64() * 1e6 / events,
-        client_us: (m1 - m0).as_secs_f64() * 1e6 / events,
+        server_us: cpu.server_us,
+        client_us: cpu.client_us,
     })
 }
 

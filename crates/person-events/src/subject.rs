@@ -402,6 +402,11 @@ impl Subjects {
         &self.dlq
     }
 
+    /// The prefix of every replay subject: `[P.]person.replay`.
+    pub fn replay_prefix(&self) -> &str {
+        &self.replay
+    }
+
     /// Every event, current and week-1 subjects: `[P.]person.events.>`.
     pub fn events_wildcard(&self) -> String {
         format!("{}.>", self.events)

@@ -320,15 +320,12 @@ impl Publisher {
                     });
                     if let Err(unsent) = tx.try_send(chunk) {
                         // Never full (at most BUILD_AHEAD chunks are out); closed only
-                        // if the runtime is shutting down: build here instead.
+                        // if the runtime is shutting down: build this chunk here.
                         let chunk = unsent.into_inner();
-                        st.ready.extend(chunk.into_iter().map(|e| {
-                            let out = self.outgoing(&e);
-                            (e, out)
-                        }));
-                    } else {
-                        st.building += 1;
+                        st.ready.extend(chunk.into_iter().map(|e| self.build(e)));
+                        break;
                     }
+                    st.building += 1;
                 }
                 while st.pending.len() < self.max_in_flight
                     && let Some((envelope, out)) = st.ready.pop_front()
@@ -379,29 +376,27 @@ impl Publisher {
         let builder = self.clone();
         tokio::spawn(async move {
             while let Some(chunk) = rx.recv().await {
-                let built: Vec<_> = chunk
-                    .into_iter()
-                    .map(|e| {
-                        // A panic while building (a header value the client refuses)
-                        // is that envelope's error; the others are still built.
-                        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            builder.outgoing(&e)
-                        }))
-                        .unwrap_or_else(|_| {
-                            Err(PublishError::new(
-                                PublishErrorKind::InvalidEvent,
-                                "building the message panicked",
-                            ))
-                        });
-                        (e, out)
-                    })
-                    .collect();
+                let built: Vec<_> = chunk.into_iter().map(|e| builder.build(e)).collect();
                 if built_tx.send(built).await.is_err() {
                     break;
                 }
             }
         });
         (tx, built_rx)
+    }
+
+    /// `envelope` with its message. A panic while building is that envelope's error,
+    /// so the builder task never dies and takes no other envelope with it.
+    fn build(&self, envelope: StreamingEventEnvelope) -> Built {
+        let out =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.outgoing(&envelope)))
+                .unwrap_or_else(|_| {
+                    Err(PublishError::new(
+                        PublishErrorKind::InvalidEvent,
+                        "building the message panicked",
+                    ))
+                });
+        (envelope, out)
     }
 
     /// Sends one message (awaiting only the send) and returns the future of its result.

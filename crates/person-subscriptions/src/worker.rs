@@ -335,12 +335,7 @@ impl Worker {
         dlq: Option<DeadLetterQueue>,
         counters: Arc<Counters>,
     ) -> Arc<Self> {
-        let replay_prefix = client
-            .config()
-            .subjects()
-            .replay_wildcard()
-            .trim_end_matches(".>")
-            .into();
+        let replay_prefix = client.config().subjects().replay_prefix().into();
         Arc::new(Self {
             replay_prefix,
             client,
