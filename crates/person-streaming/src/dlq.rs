@@ -1564,6 +1564,30 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_letter_types_its_ids_and_says_none_for_what_is_not_one() {
+        let event = person_events::EventId::new();
+        let person = person_events::PersonId::new();
+        let stored = |event_id: Option<String>, person_id: Option<String>| StoredDeadLetter {
+            dlq_sequence: 7,
+            letter: DeadLetter {
+                event_id,
+                person_id,
+                ..letter(0, small_headers())
+            },
+            body: None,
+        };
+        let known = stored(Some(event.to_string()), Some(person.to_string()));
+        assert_eq!(known.event_id(), Some(event));
+        assert_eq!(known.person_id(), Some(person));
+        let unreadable = stored(Some("e-1".into()), Some("0190".into()));
+        assert_eq!(unreadable.event_id(), None);
+        assert_eq!(unreadable.person_id(), None);
+        let unknown = stored(None, None);
+        assert_eq!(unknown.event_id(), None);
+        assert_eq!(unknown.person_id(), None);
+    }
+
+    #[test]
     fn a_filter_checks_every_field_and_knows_an_unknown_person_by_its_token() {
         let l = letter(0, small_headers());
         let t = l.last_failure_at;
