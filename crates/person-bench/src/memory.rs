@@ -33,8 +33,12 @@ pub(crate) const PUBLISH_FLAG: &str = "--publish-backlog";
 /// consumer child runs over them; each reports its peak RSS.
 pub(crate) async fn run(server: &NatsServer, n: usize) -> Result<Backlog> {
     drop(crate::fresh(server, "MEM", 256).await?);
-    let publisher = spawn(PUBLISH_FLAG, server, n).await.context("publisher child")?;
-    let consumer = spawn(CHILD_FLAG, server, n).await.context("consumer child")?;
+    let publisher = spawn(PUBLISH_FLAG, server, n)
+        .await
+        .context("publisher child")?;
+    let consumer = spawn(CHILD_FLAG, server, n)
+        .await
+        .context("consumer child")?;
     Ok(Backlog {
         publisher,
         consumer,

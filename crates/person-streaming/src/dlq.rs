@@ -47,7 +47,7 @@ pub struct StoredDeadLetter {
 
 /// A dead letter kept whole in the bodies object store
 /// ([`StreamingConfig::bodies_bucket`](crate::StreamingConfig::bodies_bucket)), its
-/// DLQ record holding everything but the body.
+/// DLQ record holding everything but the original message's payload and headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyObject {
     /// The object's name.
@@ -1561,6 +1561,34 @@ mod tests {
 
     fn decode(body: &[u8]) -> DeadLetter {
         serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn any_of_reason_since_and_until_makes_a_filter_read_the_records() {
+        let t = Utc::now();
+        assert!(!DeadLetterFilter::default().has_content());
+        let subjects_only = DeadLetterFilter {
+            consumer: Some("projector".into()),
+            person_id: Some("0190".into()),
+            ..Default::default()
+        };
+        assert!(!subjects_only.has_content(), "answered from the subjects");
+        for f in [
+            DeadLetterFilter {
+                reason_contains: Some("x".into()),
+                ..Default::default()
+            },
+            DeadLetterFilter {
+                since: Some(t),
+                ..Default::default()
+            },
+            DeadLetterFilter {
+                until: Some(t),
+                ..Default::default()
+            },
+        ] {
+            assert!(f.has_content(), "{f:?}");
+        }
     }
 
     #[test]

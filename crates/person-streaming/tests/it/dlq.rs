@@ -377,6 +377,55 @@ fn body(len: usize) -> Bytes {
 }
 
 #[tokio::test]
+async fn a_dead_letter_that_just_fits_its_record_stays_in_it_and_a_byte_more_goes_to_the_bucket() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let max_payload = client.client().server_info().max_payload;
+    let dlq = client.dead_letters();
+    let person = PersonId::new();
+    let subject = format!("person.events.{person}.created");
+    // The room a record has: max_payload less its header block (`Nats-Msg-Id`,
+    // `Content-Type`) and a headroom of 256 bytes.
+    let room = |l: &DeadLetter| {
+        max_payload
+            - "NATS/1.0\r\n\r\n".len()
+            - ("Nats-Msg-Id: ".len() + l.dedup_id().len() + 2)
+            - "Content-Type: application/json\r\n".len()
+            - 256
+    };
+    for (seq, over) in [(20, 0), (21, 1)] {
+        // A letter whose JSON is exactly `room + over` bytes, padded by its reason.
+        let mut l = letter_for(&subject, seq, body(700 * 1024), Vec::new(), &person);
+        let len = room(&l) + over;
+        let base = serde_json::to_vec(&l).unwrap().len();
+        assert!(base < len, "{base} >= {len}");
+        l.reason.push_str(&"r".repeat(len - base));
+        assert_eq!(serde_json::to_vec(&l).unwrap().len(), len);
+        let at = dlq.put(&l).await.unwrap();
+        let raw = client
+            .jetstream()
+            .get_stream("PERSON_EVENTS_DLQ")
+            .await
+            .unwrap()
+            .get_raw_message(at)
+            .await
+            .unwrap();
+        if over == 0 {
+            assert!(
+                raw.headers.get(BODY_OBJECT_HEADER).is_none(),
+                "a letter that fits is kept in its record"
+            );
+            assert_eq!(raw.payload.len(), len, "whole, not cut");
+        } else {
+            assert!(
+                raw.headers.get(BODY_OBJECT_HEADER).is_some(),
+                "one byte over goes to the bodies bucket"
+            );
+        }
+        assert_eq!(dlq.get(at).await.unwrap().letter, l, "read back whole");
+    }
+}
+
+#[tokio::test]
 async fn a_dead_letter_larger_than_max_payload_is_kept_whole_and_replayed_byte_for_byte() {
     let (_server, client) = start(StreamingConfig::default()).await;
     let max_payload = client.client().server_info().max_payload;
@@ -417,6 +466,10 @@ async fn a_dead_letter_larger_than_max_payload_is_kept_whole_and_replayed_byte_f
     assert_eq!(body_ref.name, object);
     let listed = dlq.list(&DeadLetterFilter::default()).await.unwrap();
     assert!(listed[0].letter.payload.is_empty(), "list reads no bodies");
+    assert!(
+        listed[0].letter.headers.is_empty() && !listed[0].letter.headers_truncated,
+        "the record holds no headers either: they are in the body object"
+    );
     assert_eq!(listed[0].letter.original_size, Some(800 * 1024));
     assert!(!listed[0].body.as_ref().unwrap().loaded);
 
@@ -682,4 +735,101 @@ async fn parked_people_and_holds_letters_read_the_subject_counts() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), StreamingErrorKind::NotFound, "{e}");
+}
+
+/// Users who may not open the bodies bucket, or may open it but not read its objects.
+const BUCKET_USERS: &str = r#"
+accounts {
+  PERSON: {
+    jetstream: enabled
+    users: [
+      { user: admin, password: a-secret }
+      { user: nobucket, password: b-secret, permissions: { publish: { deny: ["$JS.API.STREAM.INFO.OBJ_PERSON_EVENTS_DLQ_BODIES"] } } }
+      { user: noobjects, password: o-secret, permissions: { publish: { deny: ["$JS.API.STREAM.MSG.GET.OBJ_PERSON_EVENTS_DLQ_BODIES", "$JS.API.DIRECT.GET.OBJ_PERSON_EVENTS_DLQ_BODIES", "$JS.API.DIRECT.GET.OBJ_PERSON_EVENTS_DLQ_BODIES.>"] } } }
+    ]
+  }
+}
+"#;
+
+async fn as_user(url: &str, user: &str, password: &str) -> person_streaming::StreamingClient {
+    let mut config = StreamingConfig::default();
+    config.publisher.ack_timeout_ms = 1_000;
+    person_streaming::StreamingClient::builder(url)
+        .ensure_on_connect(false)
+        .user_and_password(user, password)
+        .connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect as {user}: {e}"))
+}
+
+/// A missing bucket or object is "not loaded"; a bucket or object that cannot be read
+/// is an error, never taken for a missing one (which would store a cut letter, or show
+/// a whole one as lost).
+#[tokio::test]
+async fn a_bodies_bucket_that_cannot_be_read_is_an_error_and_a_missing_one_is_not_loaded() {
+    let server = nats_harness::NatsServer::with_config(BUCKET_USERS)
+        .await
+        .unwrap();
+    let admin = as_user(&server.url(), "admin", "a-secret").await;
+    admin.ensure().await.unwrap();
+    let person = PersonId::new();
+    let subject = format!("person.events.{person}.created");
+    let big = |seq| letter_for(&subject, seq, body(900 * 1024), Vec::new(), &person);
+    let kept = admin.dead_letters().put(&big(1)).await.unwrap();
+
+    // Cannot open the bucket: storing a large letter fails (nothing stored, not a cut
+    // record), and reading one back fails.
+    let nobucket = as_user(&server.url(), "nobucket", "b-secret").await;
+    let err = nobucket.dead_letters().put(&big(2)).await.unwrap_err();
+    assert_ne!(err.kind(), StreamingErrorKind::NotFound, "{err}");
+    assert_eq!(stream_messages(&admin, "PERSON_EVENTS_DLQ").await, 1);
+    let err = nobucket.dead_letters().get(kept).await.unwrap_err();
+    assert_ne!(err.kind(), StreamingErrorKind::NotFound, "{err}");
+
+    // Cannot read its objects: reading the letter back fails too.
+    let noobjects = as_user(&server.url(), "noobjects", "o-secret").await;
+    assert!(noobjects.dead_letters().get(kept).await.is_err());
+
+    // A record naming an object the bucket does not hold: shown, not loaded.
+    let record = admin
+        .jetstream()
+        .get_stream("PERSON_EVENTS_DLQ")
+        .await
+        .unwrap()
+        .get_raw_message(kept)
+        .await
+        .unwrap();
+    let mut headers = record.headers.clone();
+    headers.insert(BODY_OBJECT_HEADER, "no-such-object");
+    headers.insert("Nats-Msg-Id", "a-record-without-its-object");
+    let orphan = admin
+        .jetstream()
+        .publish_with_headers(record.subject.to_string(), headers, record.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let got = admin.dead_letters().get(orphan).await.unwrap();
+    assert!(!got.body.unwrap().loaded);
+    assert!(got.letter.payload.is_empty());
+
+    // The bucket deleted: the letter is shown, not loaded.
+    assert!(
+        admin
+            .dead_letters()
+            .get(kept)
+            .await
+            .unwrap()
+            .body
+            .unwrap()
+            .loaded
+    );
+    admin
+        .jetstream()
+        .delete_object_store("PERSON_EVENTS_DLQ_BODIES")
+        .await
+        .unwrap();
+    let got = admin.dead_letters().get(kept).await.unwrap();
+    assert!(!got.body.unwrap().loaded);
 }

@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 use nats_harness::{NatsServer, ServerOptions};
 use person_events::PersonId;
 use person_streaming::{
-    DeadLetterFilter, StreamingClient, StreamingConfig, StreamingError, StreamingErrorKind,
+    DeadLetterFilter, ExpectedVersion, PublishErrorKind, StreamingClient, StreamingConfig,
+    StreamingError, StreamingErrorKind,
 };
+
+use crate::support::{batch_of, created, stream_messages};
 
 /// A config whose requests give up after `ack_timeout_ms`.
 fn config(ack_timeout_ms: u64) -> StreamingConfig {
@@ -45,6 +48,7 @@ accounts {
       { user: admin, password: a-secret }
       { user: noinfo, password: n-secret, permissions: { publish: { deny: ["$JS.API.STREAM.INFO.>"] } } }
       { user: noupdate, password: u-secret, permissions: { publish: { deny: ["$JS.API.STREAM.UPDATE.>"] } } }
+      { user: nopublish, password: p-secret, permissions: { publish: { deny: ["person.events.>"] } } }
     ]
   }
 }
@@ -115,6 +119,47 @@ async fn a_user_denied_stream_info_gets_permission_denied_not_a_timeout() {
         client.reader().last_version(PersonId::new()).await.unwrap(),
         0
     );
+}
+
+#[tokio::test]
+async fn a_user_denied_publish_gets_permission_denied_with_its_cause_and_stores_nothing() {
+    let server = NatsServer::with_config(USERS).await.unwrap();
+    let admin = connect(&server.url(), Some(("admin", "a-secret")), config(2_000)).await;
+    admin.ensure().await.unwrap();
+    let client = connect(
+        &server.url(),
+        Some(("nopublish", "p-secret")),
+        config(1_000),
+    )
+    .await;
+    let publisher = client.publisher();
+    let person = PersonId::new();
+
+    // One event: the server's permissions violation, not a timeout to retry.
+    let err = publisher.publish(&created(person, 1)).await.unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::PermissionDenied, "{err}");
+    assert!(!err.is_transient(), "{err}");
+    assert!(
+        err.to_string().contains(&format!("person.events.{person}")),
+        "names the denied subject: {err}"
+    );
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "keeps the client's error as its source: {err}"
+    );
+
+    // An append of one event and of a batch: the same, and nothing stored.
+    for n in [1, 3] {
+        let err = publisher
+            .append(person, ExpectedVersion::NoEvents, &batch_of(person, n))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), PublishErrorKind::PermissionDenied, "{n}: {err}");
+        assert!(!err.is_transient(), "{n}: {err}");
+    }
+    assert_eq!(stream_messages(&admin, "PERSON_EVENTS").await, 0);
+    // What the user may do still works.
+    assert_eq!(client.reader().last_version(person).await.unwrap(), 0);
 }
 
 #[tokio::test]
