@@ -745,6 +745,7 @@ accounts {
     users: [
       { user: admin, password: a-secret }
       { user: nobucket, password: b-secret, permissions: { publish: { deny: ["$JS.API.STREAM.INFO.OBJ_PERSON_EVENTS_DLQ_BODIES"] } } }
+      { user: nodlq, password: d-secret, permissions: { publish: { deny: ["$JS.API.STREAM.INFO.PERSON_EVENTS_DLQ", "$JS.API.STREAM.MSG.GET.PERSON_EVENTS_DLQ", "$JS.API.DIRECT.GET.PERSON_EVENTS_DLQ", "$JS.API.DIRECT.GET.PERSON_EVENTS_DLQ.>"] } } }
       { user: noobjects, password: o-secret, permissions: { publish: { deny: ["$JS.API.STREAM.MSG.GET.OBJ_PERSON_EVENTS_DLQ_BODIES", "$JS.API.DIRECT.GET.OBJ_PERSON_EVENTS_DLQ_BODIES", "$JS.API.DIRECT.GET.OBJ_PERSON_EVENTS_DLQ_BODIES.>"] } } }
     ]
   }
@@ -832,4 +833,54 @@ async fn a_bodies_bucket_that_cannot_be_read_is_an_error_and_a_missing_one_is_no
         .unwrap();
     let got = admin.dead_letters().get(kept).await.unwrap();
     assert!(!got.body.unwrap().loaded);
+}
+
+/// Reads of the DLQ stream: a missing stream or letter is NotFound, and says so; one
+/// that cannot be read is another error, never taken for a missing one.
+#[tokio::test]
+async fn dlq_reads_tell_a_missing_letter_or_stream_from_one_that_cannot_be_read() {
+    let server = nats_harness::NatsServer::with_config(BUCKET_USERS)
+        .await
+        .unwrap();
+    let admin = as_user(&server.url(), "admin", "a-secret").await;
+    let dlq = admin.dead_letters();
+    const C: &str = "person-projection-summary";
+    let person = PersonId::new();
+
+    // No DLQ stream yet.
+    let err = dlq.holds_letters(C, &person.to_string()).await.unwrap_err();
+    assert_eq!(err.kind(), StreamingErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    admin.ensure().await.unwrap();
+    assert_eq!(dlq.last_sequence().await.unwrap(), 0);
+    assert!(!dlq.holds_letters(C, &person.to_string()).await.unwrap());
+    let subject = format!("person.events.{person}.created");
+    dlq.put(&letter_for(&subject, 1, body(10), Vec::new(), &person))
+        .await
+        .unwrap();
+    let second = dlq
+        .put(&letter_for(&subject, 2, body(10), Vec::new(), &person))
+        .await
+        .unwrap();
+    assert_eq!(dlq.last_sequence().await.unwrap(), second);
+    assert!(dlq.holds_letters(C, &person.to_string()).await.unwrap());
+    let err = dlq.get(second + 10).await.unwrap_err();
+    assert_eq!(err.kind(), StreamingErrorKind::NotFound, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("no dead letter at DLQ sequence {}", second + 10)),
+        "{err}"
+    );
+
+    // A user who may not read the DLQ stream.
+    let denied = as_user(&server.url(), "nodlq", "d-secret").await;
+    let dlq = denied.dead_letters();
+    for err in [
+        dlq.get(second).await.unwrap_err(),
+        dlq.holds_letters(C, &person.to_string()).await.unwrap_err(),
+        dlq.last_sequence().await.unwrap_err(),
+    ] {
+        assert_ne!(err.kind(), StreamingErrorKind::NotFound, "{err}");
+    }
 }

@@ -439,3 +439,120 @@ fn letter_of_operation() -> DeadLetter {
         attempts: Vec::new(),
     }
 }
+
+/// A replay carries the original's headers but none of its write controls: its own
+/// dedup id and replay marks (whatever the case of the stale ones in the letter), and
+/// no expectation or batch header of the original write.
+#[tokio::test]
+async fn a_replay_drops_the_write_controls_and_stale_replay_marks_of_the_original() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let person = PersonId::new();
+    client
+        .publisher()
+        .publish(&created(person, 1))
+        .await
+        .unwrap();
+    let mut letter = letter_of(&client, 1, SEARCH).await;
+    letter.headers.extend(
+        [
+            ("nats-msg-id", "stale-id"),
+            ("person-replay-of", "999"),
+            ("PERSON-REPLAYED-AT", "2020-01-01T00:00:00Z"),
+            // A stream that does not exist: copied, the server would refuse the replay.
+            ("Nats-Expected-Stream", "NO_SUCH_STREAM"),
+            ("nats-expected-last-subject-sequence", "12345"),
+            ("Nats-Batch-Id", "an-old-batch"),
+            ("Nats-Batch-Sequence", "2"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned())),
+    );
+    let letter = stored(&client, &letter).await;
+    let replay = client
+        .dead_letters()
+        .replay(letter.dlq_sequence)
+        .await
+        .unwrap();
+    let msg = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap()
+        .get_raw_message(replay.stream_sequence)
+        .await
+        .unwrap();
+    let values = |name: &str| -> Vec<String> {
+        msg.headers
+            .iter()
+            .filter(|(n, _)| n.to_string().eq_ignore_ascii_case(name))
+            .flat_map(|(_, vs)| vs.iter().map(|v| v.to_string()))
+            .collect()
+    };
+    let id = values("Nats-Msg-Id");
+    assert_eq!(id.len(), 1, "{id:?}");
+    assert!(id[0].starts_with("replay:"), "{id:?}");
+    assert_eq!(
+        values("Person-Replay-Of"),
+        vec![letter.dlq_sequence.to_string()]
+    );
+    let at = values("Person-Replayed-At");
+    assert_eq!(at.len(), 1, "{at:?}");
+    assert_ne!(at[0], "2020-01-01T00:00:00Z");
+    for (name, _) in msg.headers.iter() {
+        let lower = name.to_string().to_ascii_lowercase();
+        assert!(
+            !lower.starts_with("nats-expected") && !lower.starts_with("nats-batch"),
+            "{name} copied"
+        );
+    }
+    // The original's own headers are carried.
+    assert_eq!(values("ce-type").len(), 1);
+}
+
+/// A group's partition durable does not read replays: its letters are replayed to its
+/// replay consumer (`<partition>-replays`). A consumer that does not exist is refused.
+#[tokio::test]
+async fn a_partition_replays_through_its_replay_consumer_and_a_missing_consumer_is_refused() {
+    let config = StreamingConfig::default()
+        .with_partitions(SEARCH, 2)
+        .unwrap();
+    let (_server, client) = start(config).await;
+    let person = PersonId::new();
+    let receipt = client
+        .publisher()
+        .publish(&created(person, 1))
+        .await
+        .unwrap();
+    let partition = format!("{SEARCH}-p0");
+    let mut letter = letter_of(&client, receipt.stream_sequence, SEARCH).await;
+    letter.consumer = partition.clone();
+    let letter = stored(&client, &letter).await;
+    let replay = client
+        .dead_letters()
+        .replay(letter.dlq_sequence)
+        .await
+        .unwrap();
+    assert!(!replay.already_replayed);
+    assert_eq!(
+        on_subject(&client, &format!("person.replay.{partition}.>")).await,
+        1
+    );
+
+    let mut orphan = letter_of(&client, receipt.stream_sequence, SEARCH).await;
+    orphan.consumer = "no-such-consumer".into();
+    let orphan = stored(&client, &orphan).await;
+    let err = client
+        .dead_letters()
+        .replay(orphan.dlq_sequence)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StreamingErrorKind::NotFound, "{err}");
+    assert!(
+        err.to_string().contains("no consumer `no-such-consumer`"),
+        "{err}"
+    );
+    client
+        .dead_letters()
+        .get(orphan.dlq_sequence)
+        .await
+        .expect("left in place");
+}
