@@ -1082,21 +1082,28 @@ impl DeadLetterQueue {
         let Some(error) = response.get("error") else {
             return Ok(());
         };
-        // 10037: no message found.
-        let kind = if error.get("err_code").and_then(|c| c.as_u64()) == Some(10037) {
-            StreamingErrorKind::NotFound
-        } else {
-            StreamingErrorKind::JetStream
+        let description = error
+            .get("description")
+            .and_then(|d| d.as_str())
+            .unwrap_or("refused");
+        // 10037: no message found; 10057: the delete failed, for the same reason or
+        // because the sequence is past the stream's end.
+        let kind = match error.get("err_code").and_then(|c| c.as_u64()) {
+            Some(10037) => StreamingErrorKind::NotFound,
+            Some(10057) if crate::error::message_absent(description) => {
+                StreamingErrorKind::NotFound
+            }
+            _ => StreamingErrorKind::JetStream,
         };
+        if kind == StreamingErrorKind::NotFound {
+            return Err(StreamingError::new(
+                kind,
+                format!("no dead letter at DLQ sequence {dlq_sequence}"),
+            ));
+        }
         Err(StreamingError::new(
             kind,
-            format!(
-                "cannot delete dead letter {dlq_sequence}: {}",
-                error
-                    .get("description")
-                    .and_then(|d| d.as_str())
-                    .unwrap_or("refused")
-            ),
+            format!("cannot delete dead letter {dlq_sequence}: {description}"),
         ))
     }
 

@@ -317,6 +317,12 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<StreamingErrorK
 }
 
 /// The kind of an error the JetStream API answered with, by its error code.
+/// The description of a failed message delete (10057) says the message is not there:
+/// deleted already, or past the end of the stream (the store's EOF).
+pub(crate) fn message_absent(description: &str) -> bool {
+    description.contains("no message found") || description.contains("stream store EOF")
+}
+
 pub(crate) fn api_kind(e: &jetstream::Error) -> StreamingErrorKind {
     use StreamingErrorKind as K;
     match e.error_code() {
@@ -324,10 +330,8 @@ pub(crate) fn api_kind(e: &jetstream::Error) -> StreamingErrorKind {
         | ErrorCode::CONSUMER_NOT_FOUND
         | ErrorCode::NO_MESSAGE_FOUND
         | ErrorCode::STREAM_TEMPLATE_NOT_FOUND => K::NotFound,
-        // Deleting a message that is already gone.
-        ErrorCode::STREAM_MESSAGE_DELETE_FAILED if e.to_string().contains("no message found") => {
-            K::NotFound
-        }
+        // Deleting a message that is already gone, or past the stream's last sequence.
+        ErrorCode::STREAM_MESSAGE_DELETE_FAILED if message_absent(&e.to_string()) => K::NotFound,
         ErrorCode::CLUSTER_NOT_AVAILABLE
         | ErrorCode::CLUSTER_NOT_LEADER
         | ErrorCode::CLUSTER_NOT_ACTIVE

@@ -745,7 +745,7 @@ accounts {
     users: [
       { user: admin, password: a-secret }
       { user: nobucket, password: b-secret, permissions: { publish: { deny: ["$JS.API.STREAM.INFO.OBJ_PERSON_EVENTS_DLQ_BODIES"] } } }
-      { user: nodlq, password: d-secret, permissions: { publish: { deny: ["$JS.API.STREAM.INFO.PERSON_EVENTS_DLQ", "$JS.API.STREAM.MSG.GET.PERSON_EVENTS_DLQ", "$JS.API.DIRECT.GET.PERSON_EVENTS_DLQ", "$JS.API.DIRECT.GET.PERSON_EVENTS_DLQ.>"] } } }
+      { user: nodlq, password: d-secret, permissions: { publish: { deny: ["$JS.API.STREAM.INFO.PERSON_EVENTS_DLQ", "$JS.API.STREAM.MSG.GET.PERSON_EVENTS_DLQ", "$JS.API.DIRECT.GET.PERSON_EVENTS_DLQ", "$JS.API.DIRECT.GET.PERSON_EVENTS_DLQ.>", "$JS.API.STREAM.MSG.DELETE.PERSON_EVENTS_DLQ"] } } }
       { user: noobjects, password: o-secret, permissions: { publish: { deny: ["$JS.API.STREAM.MSG.GET.OBJ_PERSON_EVENTS_DLQ_BODIES", "$JS.API.DIRECT.GET.OBJ_PERSON_EVENTS_DLQ_BODIES", "$JS.API.DIRECT.GET.OBJ_PERSON_EVENTS_DLQ_BODIES.>"] } } }
     ]
   }
@@ -872,14 +872,22 @@ async fn dlq_reads_tell_a_missing_letter_or_stream_from_one_that_cannot_be_read(
             .contains(&format!("no dead letter at DLQ sequence {}", second + 10)),
         "{err}"
     );
+    let err = dlq.delete(second + 10).await.unwrap_err();
+    assert_eq!(err.kind(), StreamingErrorKind::NotFound, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("no dead letter at DLQ sequence {}", second + 10)),
+        "{err}"
+    );
 
-    // A user who may not read the DLQ stream.
+    // A user who may not read (or delete from) the DLQ stream.
     let denied = as_user(&server.url(), "nodlq", "d-secret").await;
     let dlq = denied.dead_letters();
     for err in [
         dlq.get(second).await.unwrap_err(),
         dlq.holds_letters(C, &person.to_string()).await.unwrap_err(),
         dlq.last_sequence().await.unwrap_err(),
+        dlq.delete(second).await.unwrap_err(),
     ] {
         assert_ne!(err.kind(), StreamingErrorKind::NotFound, "{err}");
     }
