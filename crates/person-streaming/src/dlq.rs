@@ -1079,32 +1079,10 @@ impl DeadLetterQueue {
             .request(subject, &request)
             .await
             .map_err(|e| self.fail(format!("cannot delete dead letter {dlq_sequence}"), e))?;
-        let Some(error) = response.get("error") else {
-            return Ok(());
-        };
-        let description = error
-            .get("description")
-            .and_then(|d| d.as_str())
-            .unwrap_or("refused");
-        // 10037: no message found; 10057: the delete failed, for the same reason or
-        // because the sequence is past the stream's end.
-        let kind = match error.get("err_code").and_then(|c| c.as_u64()) {
-            Some(10037) => StreamingErrorKind::NotFound,
-            Some(10057) if crate::error::message_absent(description) => {
-                StreamingErrorKind::NotFound
-            }
-            _ => StreamingErrorKind::JetStream,
-        };
-        if kind == StreamingErrorKind::NotFound {
-            return Err(StreamingError::new(
-                kind,
-                format!("no dead letter at DLQ sequence {dlq_sequence}"),
-            ));
+        match response.get("error") {
+            None => Ok(()),
+            Some(error) => Err(delete_refused(dlq_sequence, error)),
         }
-        Err(StreamingError::new(
-            kind,
-            format!("cannot delete dead letter {dlq_sequence}: {description}"),
-        ))
     }
 
     /// Deletes a record's body object, if it names one. A failure is logged: the object
@@ -1532,6 +1510,30 @@ impl DeadLetterSink for DeadLetterQueue {
     }
 }
 
+/// The error of a message delete the server refused (`error` is its API error):
+/// NotFound when the message is not there, deleted already (10037, or 10057 saying
+/// so) or past the stream's end (10057, "stream store EOF").
+fn delete_refused(dlq_sequence: u64, error: &serde_json::Value) -> StreamingError {
+    let description = error
+        .get("description")
+        .and_then(|d| d.as_str())
+        .unwrap_or("refused");
+    match error.get("err_code").and_then(|c| c.as_u64()) {
+        Some(10037) => {}
+        Some(10057) if crate::error::message_absent(description) => {}
+        _ => {
+            return StreamingError::new(
+                StreamingErrorKind::JetStream,
+                format!("cannot delete dead letter {dlq_sequence}: {description}"),
+            );
+        }
+    }
+    StreamingError::new(
+        StreamingErrorKind::NotFound,
+        format!("no dead letter at DLQ sequence {dlq_sequence}"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1568,6 +1570,38 @@ mod tests {
 
     fn decode(body: &[u8]) -> DeadLetter {
         serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn a_refused_delete_of_a_message_that_is_not_there_is_not_found() {
+        let refusal = |code: u64, description: &str| {
+            delete_refused(
+                9,
+                &serde_json::json!({ "code": 400, "err_code": code, "description": description }),
+            )
+        };
+        for (code, description) in [
+            (10037, "no message found"),
+            (10057, "no message found"),
+            (10057, "stream store EOF"),
+        ] {
+            let e = refusal(code, description);
+            assert_eq!(
+                e.kind(),
+                StreamingErrorKind::NotFound,
+                "{code} {description}"
+            );
+            assert_eq!(e.to_string(), "no dead letter at DLQ sequence 9");
+        }
+        for (code, description) in [(10057, "the store is closed"), (10999, "no message found")] {
+            let e = refusal(code, description);
+            assert_eq!(
+                e.kind(),
+                StreamingErrorKind::JetStream,
+                "{code} {description}"
+            );
+            assert!(e.to_string().contains(description), "{e}");
+        }
     }
 
     #[test]
