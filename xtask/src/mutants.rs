@@ -163,8 +163,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         for t in &chosen {
             let (generated, equivalent) = counts(t, &extra)?;
             eprintln!(
-                "{}: {generated} mutants ({equivalent} more listed as equivalent)",
-                t.package
+                "{}: {} mutants ({equivalent} more listed as equivalent)",
+                t.package,
+                generated.len()
             );
         }
         return Ok(());
@@ -174,7 +175,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for t in chosen {
-        let (_, equivalent) = counts(t, &extra)?;
+        let (current, equivalent) = counts(t, &extra)?;
         let out = output_dir(t).join("mutants.out");
         let ok = if report {
             true
@@ -182,7 +183,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             run_target(t, jobs, iterate, &extra, &[])?
         } else {
             let quick = run_target(t, jobs, iterate, &extra, t.first_pass_skips)?;
-            let first = Row::read(t, &out, equivalent)?;
+            let first = Row::read(t, &out, &current, equivalent)?;
             if quick || (first.missed == 0 && first.timeouts == 0) {
                 quick
             } else {
@@ -193,7 +194,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 run_target(t, jobs, true, &extra, &[])?
             }
         };
-        let row = Row::read(t, &out, equivalent)
+        let row = Row::read(t, &out, &current, equivalent)
             .with_context(|| format!("no results for {}", t.package))?;
         if !ok && row.missed == 0 && row.timeouts == 0 {
             failed.push(format!(
@@ -289,7 +290,9 @@ fn filter_args(t: &Target, extra: &[String]) -> Vec<String> {
     args
 }
 
-fn list_count(t: &Target, extra: &[String], config: bool) -> Result<usize> {
+/// The names of the mutants cargo-mutants would test (`file:line:col: change`); with
+/// `config` false, also those `.cargo/mutants.toml` excludes.
+fn list_names(t: &Target, extra: &[String], config: bool) -> Result<Vec<String>> {
     let mut cmd = cargo_mutants();
     cmd.arg("--list").args(filter_args(t, extra));
     if !config {
@@ -305,15 +308,19 @@ fn list_count(t: &Target, extra: &[String], config: bool) -> Result<usize> {
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
-/// Mutants generated, and those `.cargo/mutants.toml` leaves out as equivalent.
-fn counts(t: &Target, extra: &[String]) -> Result<(usize, usize)> {
-    let generated = list_count(t, extra, true)?;
-    let all = list_count(t, extra, false)?;
-    Ok((generated, all.saturating_sub(generated)))
+/// The mutants of the code as it is now, and how many more `.cargo/mutants.toml`
+/// leaves out as equivalent.
+fn counts(t: &Target, extra: &[String]) -> Result<(Vec<String>, usize)> {
+    let generated = list_names(t, extra, true)?;
+    let all = list_names(t, extra, false)?.len();
+    let equivalent = all.saturating_sub(generated.len());
+    Ok((generated, equivalent))
 }
 
 /// Runs cargo-mutants on one target; false if it reported anything but all caught.
@@ -400,29 +407,45 @@ struct Row {
 }
 
 impl Row {
-    fn read(t: &Target, out: &Path, equivalent: usize) -> Result<Row> {
+    /// The outcomes of the mutants in `current` (the code as it is now): those of the
+    /// last run, and what earlier runs of an `--iterate` chain caught or found
+    /// unviable. A mutant whose line moved since is known by its new name only, so an
+    /// outcome under its old name is not counted twice.
+    fn read(t: &Target, out: &Path, current: &[String], equivalent: usize) -> Result<Row> {
         let path = out.join("outcomes.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("bad {}", path.display()))?;
         let n = |key: &str| json.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-        if n("success") == 0 && n("caught") + n("missed") == 0 {
+        if n("success") == 0 && n("caught") + n("missed") == 0 && n("total_mutants") > 0 {
             bail!("the baseline test run of {} did not pass", t.package);
         }
-        // After `--iterate`, what earlier runs caught or found unviable is listed apart.
-        let unviable_before = lines(&out.join(PREVIOUSLY_UNVIABLE));
-        let caught_before = lines(&out.join("previously_caught.txt"))
-            .into_iter()
-            .filter(|name| !unviable_before.contains(name))
-            .count() as u64;
+        let current: std::collections::BTreeSet<&str> =
+            current.iter().map(String::as_str).collect();
+        let set = |file: &str| -> std::collections::BTreeSet<String> {
+            lines(&out.join(file))
+                .into_iter()
+                .filter(|name| current.contains(name.as_str()))
+                .collect()
+        };
+        let mut unviable = set("unviable.txt");
+        unviable.extend(set(PREVIOUSLY_UNVIABLE));
+        let mut caught = set("caught.txt");
+        caught.extend(
+            set("previously_caught.txt")
+                .into_iter()
+                .filter(|name| !unviable.contains(name)),
+        );
+        let missed = set("missed.txt");
+        let timeouts = set("timeout.txt");
         Ok(Row {
             package: t.package.to_owned(),
             scope: t.scope.to_owned(),
-            caught: n("caught") + caught_before,
-            missed: n("missed"),
-            unviable: n("unviable") + unviable_before.len() as u64,
-            timeouts: n("timeout"),
+            caught: caught.len() as u64,
+            missed: missed.len() as u64,
+            unviable: unviable.len() as u64,
+            timeouts: timeouts.len() as u64,
             equivalent,
         })
     }
