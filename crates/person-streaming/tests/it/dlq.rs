@@ -892,3 +892,58 @@ async fn dlq_reads_tell_a_missing_letter_or_stream_from_one_that_cannot_be_read(
         assert_ne!(err.kind(), StreamingErrorKind::NotFound, "{err}");
     }
 }
+
+/// A purge deletes in batches of 256 and `each` may stop it after any batch: what is
+/// left is exactly what the batches did not reach, on both paths (headers only, and
+/// records read for a content filter).
+#[tokio::test]
+async fn a_purge_stopped_after_its_first_batch_deletes_exactly_that_batch() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let dlq = client.dead_letters();
+    let person = PersonId::new();
+    let subject = format!("person.events.{person}.created");
+    let puts = (1..=300u64).map(|seq| {
+        let dlq = &dlq;
+        let letter = letter_for(&subject, seq, body(8), Vec::new(), &person);
+        async move { dlq.put(&letter).await.unwrap() }
+    });
+    let mut seqs: Vec<u64> = futures::stream::iter(puts)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    seqs.sort_unstable();
+    let everything = DeadLetterFilter::default();
+    let by_reason = DeadLetterFilter {
+        reason_contains: Some("rejected".into()),
+        ..Default::default()
+    };
+    for (filter, left) in [(&everything, 44), (&by_reason, 0)] {
+        let mut told = Vec::new();
+        let purged = dlq
+            .purge_with(filter, |seq, result| {
+                assert!(result.is_ok(), "{seq}: {result:?}");
+                told.push(seq);
+                false
+            })
+            .await
+            .unwrap();
+        let before = seqs.len();
+        let batch = before.min(256);
+        assert_eq!(purged, batch, "{filter:?}");
+        assert_eq!(
+            told,
+            seqs[..batch],
+            "{filter:?}: told of the batch, in order"
+        );
+        seqs.drain(..batch);
+        assert_eq!(seqs.len(), left);
+        let listed: Vec<u64> = dlq
+            .list(&everything)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.dlq_sequence)
+            .collect();
+        assert_eq!(listed, seqs, "{filter:?}: the rest is left");
+    }
+}
