@@ -1227,7 +1227,7 @@ impl DeadLetterQueue {
                 }
                 continue;
             }
-            let mut results: Vec<(u64, Result<(), StreamingError>)> = if headers_only {
+            let results: Vec<(u64, Result<(), StreamingError>)> = if headers_only {
                 // Every message on the filter's subjects up to the batch's last one is
                 // in the batch (they are read in order): one purge request removes
                 // them, then their bodies go.
@@ -1242,16 +1242,8 @@ impl DeadLetterQueue {
                     .collect()
                     .await
             };
-            results.sort_by_key(|(seq, _)| *seq);
-            let mut go_on = true;
-            for (seq, result) in results {
-                match result {
-                    Err(e) if e.kind() == StreamingErrorKind::NotFound => continue,
-                    Ok(()) => purged += 1,
-                    Err(_) => {}
-                }
-                go_on &= each(seq, result);
-            }
+            let (deleted, go_on) = tally(results, &mut each);
+            purged += deleted;
             if !go_on {
                 read.close().await;
                 return Ok(purged);
@@ -1510,6 +1502,27 @@ impl DeadLetterSink for DeadLetterQueue {
     }
 }
 
+/// A purge batch's results, in sequence order, told to `each`: how many were deleted,
+/// and whether `each` lets the purge go on. A letter already gone (another purge or
+/// replay took it) is neither counted nor told.
+fn tally(
+    mut results: Vec<(u64, Result<(), StreamingError>)>,
+    each: &mut impl FnMut(u64, Result<(), StreamingError>) -> bool,
+) -> (usize, bool) {
+    results.sort_by_key(|(seq, _)| *seq);
+    let mut deleted = 0;
+    let mut go_on = true;
+    for (seq, result) in results {
+        match result {
+            Err(e) if e.kind() == StreamingErrorKind::NotFound => continue,
+            Ok(()) => deleted += 1,
+            Err(_) => {}
+        }
+        go_on &= each(seq, result);
+    }
+    (deleted, go_on)
+}
+
 /// The error of a message delete the server refused (`error` is its API error):
 /// NotFound when the message is not there, deleted already (10037, or 10057 saying
 /// so) or past the stream's end (10057, "stream store EOF").
@@ -1570,6 +1583,36 @@ mod tests {
 
     fn decode(body: &[u8]) -> DeadLetter {
         serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn a_purge_batch_counts_deletes_skips_letters_already_gone_and_tells_failures() {
+        let gone = || Err(StreamingError::new(StreamingErrorKind::NotFound, "gone"));
+        let failed = || Err(StreamingError::new(StreamingErrorKind::TimedOut, "slow"));
+        let mut told = Vec::new();
+        let (deleted, go_on) = tally(
+            vec![(5, Ok(())), (3, gone()), (4, failed()), (1, Ok(()))],
+            &mut |seq, r: Result<(), StreamingError>| {
+                told.push((seq, r.map_err(|e| e.kind())));
+                true
+            },
+        );
+        assert_eq!((deleted, go_on), (2, true));
+        assert_eq!(
+            told,
+            vec![
+                (1, Ok(())),
+                (4, Err(StreamingErrorKind::TimedOut)),
+                (5, Ok(()))
+            ]
+        );
+        // Stopping after any of them stops the purge, the batch still told whole.
+        let mut calls = 0;
+        let (deleted, go_on) = tally(vec![(1, Ok(())), (2, Ok(()))], &mut |_, _| {
+            calls += 1;
+            calls != 1
+        });
+        assert_eq!((deleted, go_on, calls), (2, false, 2));
     }
 
     #[test]
