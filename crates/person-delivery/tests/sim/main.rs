@@ -134,7 +134,7 @@ fn schedules_keep_the_contract() {
     eprintln!(
         "sim: {} schedules in {:.1?}: {} messages; faults: {} transient, {} permanent, {} panicking, \
          {} hung, {} rejected, {} crashes, {} graceful restarts, {} handler outages, {} DLQ outages \
-         ({} failed stores), {} purges, {} server pauses, {} calls refused (not run); {} multi-instance, {} hot-person; the core opened the \
+         ({} failed stores), {} purges, {} server pauses, {} calls refused (not run), {} other consumers' messages; {} multi-instance, {} hot-person; the core opened the \
          breaker {} times, evicted {} messages to make room, stopped waiting {} times",
         t.schedules,
         elapsed,
@@ -152,6 +152,7 @@ fn schedules_keep_the_contract() {
         t.purges,
         t.pauses,
         t.not_run,
+        t.foreign,
         t.multi_instance,
         t.hot_person,
         t.breaker_opens,

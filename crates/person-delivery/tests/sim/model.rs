@@ -31,6 +31,9 @@ struct Plan {
     hangs: bool,
     /// Extra handler time.
     slow: Duration,
+    /// Not for this consumer (another consumer's replay, brought by a durable with no
+    /// filter on the server): the shell acknowledges it unhandled.
+    foreign: bool,
 }
 
 /// The faults and shape of one schedule, drawn from its seed.
@@ -82,11 +85,12 @@ pub(crate) struct Tally {
     pub(crate) hot_person: u64,
     pub(crate) pauses: u64,
     pub(crate) not_run: u64,
+    pub(crate) foreign: u64,
 }
 
 impl Tally {
     pub(crate) fn add(&mut self, o: &Tally) {
-        let fields: [(&mut u64, u64); 20] = [
+        let fields: [(&mut u64, u64); 21] = [
             (&mut self.schedules, o.schedules),
             (&mut self.messages, o.messages),
             (&mut self.transient, o.transient),
@@ -107,6 +111,7 @@ impl Tally {
             (&mut self.hot_person, o.hot_person),
             (&mut self.pauses, o.pauses),
             (&mut self.not_run, o.not_run),
+            (&mut self.foreign, o.foreign),
         ];
         for (a, b) in fields {
             *a += b;
@@ -269,8 +274,12 @@ enum Ev {
 
 #[derive(Debug)]
 enum ToServer {
-    Pull { max: usize },
+    Pull {
+        max: usize,
+    },
     Ack(u64),
+    /// The shell's ack of a message for another consumer.
+    AckForeign(u64),
     Nak(u64, Duration),
     Progress(u64),
     Term(u64),
@@ -381,6 +390,20 @@ impl Sim {
                 p.slow = sc.config.ack_wait * r.random_range(1..=2);
             }
             plans.push(p);
+        }
+        // Drawn apart, so the other draws (and the regression seeds) stay as they were:
+        // in some schedules, other consumers' replays among the messages.
+        let mut other = StdRng::seed_from_u64(sc.seed ^ 0x0f0e_1600_0000_0003);
+        if other.random_bool(0.2) {
+            let share = other.random_range(0.05..0.5);
+            for p in plans.iter_mut().skip(1) {
+                if other.random_bool(share) {
+                    // Not one of this consumer's people's events: no order to keep.
+                    p.foreign = true;
+                    p.person = None;
+                    tally.foreign += 1;
+                }
+            }
         }
         let n = sc.messages + 1;
         tally.crashes = u64::from(sc.crashes);
@@ -796,6 +819,24 @@ impl Sim {
             } => {
                 self.log(|| format!("[{inst}] receives {seq} (delivery {delivered})"));
                 let plan = &self.plans[seq as usize];
+                if plan.foreign {
+                    // As the runtime does: acknowledged at once, never handed over.
+                    let now = self.now;
+                    let lat = self.sc.latency;
+                    let Some(i) = self.inst_mut(inst) else {
+                        return Ok(());
+                    };
+                    i.core.on_foreign(now, seq);
+                    self.after(
+                        lat,
+                        Ev::Server {
+                            inst,
+                            what: ToServer::AckForeign(seq),
+                        },
+                    );
+                    self.drive(inst);
+                    return Ok(());
+                }
                 let arrival = Arrival {
                     seq,
                     delivered,
@@ -830,6 +871,11 @@ impl Sim {
                 call,
                 result,
             } => {
+                if self.plans[seq as usize].foreign {
+                    return Err(Violation(format!(
+                        "safety: {seq}, another consumer's message, was handled"
+                    )));
+                }
                 let now = self.now;
                 let person = self.plans[seq as usize].person;
                 let Some(i) = self.inst_mut(inst) else {
@@ -1011,6 +1057,7 @@ impl Sim {
                 }
                 self.set_srv(seq as usize, Srv::Done);
             }
+            ToServer::AckForeign(seq) => self.set_srv(seq as usize, Srv::Done),
             ToServer::Term(seq) => {
                 if !self.dlq_ever.contains(&seq) {
                     return Err(Violation(format!(
