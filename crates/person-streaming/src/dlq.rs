@@ -1389,13 +1389,13 @@ fn encode_record(letter: &DeadLetter, limit: usize) -> Result<Vec<u8>, Streaming
     } else {
         Some(letter.payload.len() as u64)
     };
-    // The skeleton: everything but body and headers, with the marks at their longest
-    // spelling (`false` is longer than `true`), so the final record is never larger.
+    // The skeleton: everything but body, headers and attempts, its size an upper bound
+    // of the final record's: a mark the letter has already stays `true`, and one it
+    // has not is spelled `false` (longer than the `true` a cut may make it), the
+    // original size at its longest when the letter does not know it.
     let mut fit = DeadLetter {
         payload: Bytes::new(),
         headers: Vec::new(),
-        payload_truncated: false,
-        headers_truncated: false,
         attempts: Vec::new(),
         original_size: original_size.or(Some(u64::MAX)),
         ..letter.clone()
@@ -1833,6 +1833,150 @@ mod tests {
             (got.payload_truncated, got.original_size),
             (true, Some(900_000))
         );
+    }
+
+    /// Every limit from a few bytes under the smallest record the letter can have to
+    /// past its whole size, finely near the thresholds: the record fits, keeps what
+    /// it promises, says what it cut, and wastes little room.
+    #[test]
+    fn every_limit_gives_a_record_that_fits_keeps_the_most_and_says_what_it_cut() {
+        let attempts = (0..3)
+            .map(|i| person_retry::Attempt {
+                at: Utc::now(),
+                delivery_count: i + 1,
+                class: ErrorClass::Transient,
+                reason: format!("attempt {i} failed"),
+            })
+            .collect::<Vec<_>>();
+        let plain = DeadLetter {
+            attempts: attempts.clone(),
+            ..letter(6_000, small_headers())
+        };
+        let cut_before = DeadLetter {
+            payload_truncated: true,
+            headers_truncated: true,
+            original_size: Some(900_000),
+            ..plain.clone()
+        };
+        let many_headers = DeadLetter {
+            headers: (0..12)
+                .map(|i| (format!("x-h{i}"), "v".repeat(300 + i)))
+                .collect(),
+            ..letter(2_000, Vec::new())
+        };
+        // 1024 is no character boundary here: the cut keeps 1023 bytes.
+        let long_reason = DeadLetter {
+            reason: format!("a{}", "é".repeat(1_500)),
+            ..letter(4_000, small_headers())
+        };
+        let json_len = |l: &DeadLetter| serde_json::to_vec(l).unwrap().len();
+        for l in [plain, cut_before, many_headers, long_reason] {
+            let whole = json_len(&l);
+            let cut_reason = if l.reason.len() > REASON_KEPT {
+                format!("{}{REASON_CUT}", &l.reason[..REASON_KEPT - 1])
+            } else {
+                l.reason.clone()
+            };
+            // The smallest records: no body, headers or attempts; the marks at their
+            // longest.
+            let bare = |reason: &str, metadata| DeadLetter {
+                payload: Bytes::new(),
+                headers: Vec::new(),
+                attempts: Vec::new(),
+                payload_truncated: l.payload_truncated,
+                headers_truncated: l.headers_truncated,
+                original_size: if l.payload_truncated {
+                    l.original_size.or(Some(u64::MAX))
+                } else {
+                    Some(l.payload.len() as u64)
+                },
+                reason: reason.to_owned(),
+                metadata,
+                ..l.clone()
+            };
+            // The reason is cut first, then the metadata dropped, while the rest does
+            // not fit.
+            let smallest = json_len(&bare(&cut_reason, None));
+            let with_metadata = json_len(&bare(&cut_reason, l.metadata.clone()));
+            let with_reason = json_len(&bare(&l.reason, l.metadata.clone()));
+            let headers: usize = l
+                .headers
+                .iter()
+                .map(|h| serde_json::to_vec(h).unwrap().len() + 1)
+                .sum();
+            let mut limits: Vec<usize> = (smallest - 20..whole + 20).step_by(101).collect();
+            for at in [
+                smallest,
+                with_metadata,
+                with_reason,
+                with_reason + headers,
+                whole,
+            ] {
+                limits.extend(at.saturating_sub(12)..at + 12);
+            }
+            for limit in limits {
+                let what = format!("limit {limit} (smallest {smallest}, whole {whole})");
+                let record = match encode_record(&l, limit) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        assert!(limit < smallest, "{what}: {e}");
+                        assert_eq!(e.kind(), StreamingErrorKind::InvalidInput);
+                        continue;
+                    }
+                };
+                assert!(record.len() <= limit, "{what}: {} bytes", record.len());
+                if limit >= whole {
+                    assert_eq!(record, serde_json::to_vec(&l).unwrap(), "{what}");
+                    continue;
+                }
+                let got = decode(&record);
+                assert_eq!(got.payload, l.payload.slice(..got.payload.len()), "{what}");
+                let mut rest = l.headers.iter();
+                for h in &got.headers {
+                    assert!(rest.any(|x| x == h), "{what}: {h:?} not in order");
+                }
+                let payload_cut = got.payload.len() < l.payload.len();
+                assert_eq!(
+                    got.payload_truncated,
+                    l.payload_truncated || payload_cut,
+                    "{what}"
+                );
+                assert_eq!(
+                    got.headers_truncated,
+                    l.headers_truncated || got.headers.len() < l.headers.len(),
+                    "{what}"
+                );
+                let size = if l.payload_truncated {
+                    l.original_size
+                } else {
+                    Some(l.payload.len() as u64)
+                };
+                assert_eq!(
+                    got.original_size,
+                    got.payload_truncated.then_some(size).flatten(),
+                    "{what}"
+                );
+                assert!(
+                    got.attempts.is_empty(),
+                    "{what}: a cut record keeps no attempts"
+                );
+                if limit >= with_reason {
+                    assert_eq!(got.reason, l.reason, "{what}");
+                } else {
+                    assert_eq!(got.reason, cut_reason, "{what}");
+                }
+                if limit >= with_metadata {
+                    assert_eq!(got.metadata, l.metadata, "{what}");
+                }
+                if limit >= with_reason + headers {
+                    assert_eq!(got.headers, l.headers, "{what}: every header fits");
+                }
+                if payload_cut && got.headers.len() == l.headers.len() {
+                    // Base64 rounding, and the marks spelled at their longest.
+                    assert!(limit - record.len() <= 6, "{what}: {} bytes", record.len());
+                }
+            }
+        }
     }
 
     #[test]
