@@ -1489,16 +1489,26 @@ fn truncated_replay(dlq_sequence: u64, letter: &DeadLetter) -> StreamingError {
 impl DeadLetterSink for DeadLetterQueue {
     async fn store(&self, letter: &DeadLetter) -> Result<(), SinkError> {
         self.put(letter).await.map(|_| ()).map_err(|e| {
-            let kind = match e.kind() {
-                StreamingErrorKind::TimedOut => SinkErrorKind::Timeout,
-                StreamingErrorKind::InvalidInput => SinkErrorKind::Encode,
-                StreamingErrorKind::Authentication
-                | StreamingErrorKind::PermissionDenied
-                | StreamingErrorKind::Rejected => SinkErrorKind::Rejected,
-                _ => SinkErrorKind::Unavailable,
-            };
-            SinkError::with_source(kind, "cannot store the dead letter on the DLQ stream", e)
+            SinkError::with_source(
+                sink_kind(e.kind()),
+                "cannot store the dead letter on the DLQ stream",
+                e,
+            )
         })
+    }
+}
+
+/// What a failed store tells the runtime: a timeout, a letter that cannot be encoded
+/// or fit, a refusal (credentials, permissions, the server's rules), or the DLQ being
+/// unavailable (anything else, retried).
+fn sink_kind(kind: StreamingErrorKind) -> SinkErrorKind {
+    match kind {
+        StreamingErrorKind::TimedOut => SinkErrorKind::Timeout,
+        StreamingErrorKind::InvalidInput => SinkErrorKind::Encode,
+        StreamingErrorKind::Authentication
+        | StreamingErrorKind::PermissionDenied
+        | StreamingErrorKind::Rejected => SinkErrorKind::Rejected,
+        _ => SinkErrorKind::Unavailable,
     }
 }
 
@@ -1613,6 +1623,24 @@ mod tests {
             calls != 1
         });
         assert_eq!((deleted, go_on, calls), (2, false, 2));
+    }
+
+    #[test]
+    fn a_failed_store_tells_the_runtime_what_kind_of_failure_it_was() {
+        use StreamingErrorKind as K;
+        for (kind, sink) in [
+            (K::TimedOut, SinkErrorKind::Timeout),
+            (K::InvalidInput, SinkErrorKind::Encode),
+            (K::Authentication, SinkErrorKind::Rejected),
+            (K::PermissionDenied, SinkErrorKind::Rejected),
+            (K::Rejected, SinkErrorKind::Rejected),
+            (K::Unavailable, SinkErrorKind::Unavailable),
+            (K::Connect, SinkErrorKind::Unavailable),
+            (K::NotFound, SinkErrorKind::Unavailable),
+            (K::JetStream, SinkErrorKind::Unavailable),
+        ] {
+            assert_eq!(sink_kind(kind), sink, "{kind:?}");
+        }
     }
 
     #[test]
