@@ -417,6 +417,12 @@ impl Row {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("bad {}", path.display()))?;
+        if json.get("end_time").is_none_or(serde_json::Value::is_null) {
+            bail!(
+                "the last run of {} did not finish (interrupted?): nothing recorded",
+                t.package
+            );
+        }
         let n = |key: &str| json.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
         if n("success") == 0 && n("caught") + n("missed") == 0 && n("total_mutants") > 0 {
             bail!("the baseline test run of {} did not pass", t.package);
