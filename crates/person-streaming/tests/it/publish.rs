@@ -774,3 +774,50 @@ async fn an_append_that_times_out_says_how_many_attempts_it_made() {
         assert!(text.contains("again is safe"), "{text}");
     }
 }
+
+/// `publish_all` keeps at most `max_in_flight` messages unacknowledged: with the
+/// server's acks held back, the server stores exactly that many and no more, and the
+/// rest follow once the acks come.
+#[tokio::test]
+async fn publish_all_keeps_at_most_its_window_of_acks_outstanding() {
+    let server = nats_harness::NatsServer::start().await.unwrap();
+    let proxy = nats_harness::TcpProxy::start(server.port()).await.unwrap();
+    let mut config = StreamingConfig::default();
+    config.publisher.max_in_flight = 8;
+    config.publisher.ack_timeout_ms = 30_000;
+    let client = person_streaming::StreamingClient::new(&proxy.url(), config.clone())
+        .await
+        .unwrap();
+    let counter = person_streaming::StreamingClient::new(&server.url(), config)
+        .await
+        .unwrap();
+    assert!(format!("{:?}", client.publisher()).contains("max_in_flight: 8"));
+
+    proxy.hold_replies(true);
+    let events: Vec<_> = (0..40).map(|_| created(PersonId::new(), 1)).collect();
+    let publishing = tokio::spawn(async move {
+        client
+            .publisher()
+            .publish_all(events)
+            .collect::<Vec<_>>()
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stream_messages(&counter, "PERSON_EVENTS").await < 8 {
+        assert!(Instant::now() < deadline, "the window was never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing more goes out while no ack comes back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stream_messages(&counter, "PERSON_EVENTS").await, 8);
+
+    proxy.hold_replies(false);
+    let results = publishing.await.unwrap();
+    assert_eq!(results.len(), 40);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| !r.duplicate))
+    );
+    assert_eq!(stream_messages(&counter, "PERSON_EVENTS").await, 40);
+}
