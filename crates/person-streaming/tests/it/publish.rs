@@ -777,7 +777,8 @@ async fn an_append_that_times_out_says_how_many_attempts_it_made() {
 
 /// `publish_all` keeps at most `max_in_flight` messages unacknowledged: with the
 /// server's acks held back, the server stores exactly that many and no more, and the
-/// rest follow once the acks come.
+/// rest follow once the acks come. Meanwhile it reads its input only a few chunks
+/// ahead (bounded memory, whatever the input's length).
 #[tokio::test]
 async fn publish_all_keeps_at_most_its_window_of_acks_outstanding() {
     let server = nats_harness::NatsServer::start().await.unwrap();
@@ -794,7 +795,12 @@ async fn publish_all_keeps_at_most_its_window_of_acks_outstanding() {
     assert!(format!("{:?}", client.publisher()).contains("max_in_flight: 8"));
 
     proxy.hold_replies(true);
-    let events: Vec<_> = (0..40).map(|_| created(PersonId::new(), 1)).collect();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = taken.clone();
+    let events = (0..2_000).map(move |_| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        created(PersonId::new(), 1)
+    });
     let publishing = tokio::spawn(async move {
         client
             .publisher()
@@ -810,14 +816,20 @@ async fn publish_all_keeps_at_most_its_window_of_acks_outstanding() {
     // Nothing more goes out while no ack comes back.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stream_messages(&counter, "PERSON_EVENTS").await, 8);
+    // The window, and a few chunks of 32 built ahead.
+    let read = taken.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        read <= 8 + 32 * 6,
+        "read {read} of its input while no ack came"
+    );
 
     proxy.hold_replies(false);
     let results = publishing.await.unwrap();
-    assert_eq!(results.len(), 40);
+    assert_eq!(results.len(), 2_000);
     assert!(
         results
             .iter()
             .all(|r| r.as_ref().is_ok_and(|r| !r.duplicate))
     );
-    assert_eq!(stream_messages(&counter, "PERSON_EVENTS").await, 40);
+    assert_eq!(stream_messages(&counter, "PERSON_EVENTS").await, 2_000);
 }
