@@ -336,7 +336,7 @@ impl Publisher {
                 let room = st.pending.len() < self.max_in_flight;
                 let waiting_build = st.building > 0 && room;
                 if st.pending.is_empty() && !waiting_build {
-                    if st.exhausted && st.ready.is_empty() && st.building == 0 {
+                    if st.exhausted {
                         return None;
                     }
                     continue;

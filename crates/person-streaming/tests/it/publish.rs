@@ -269,6 +269,12 @@ async fn fifty_thousand_pipelined_publishes() {
 #[tokio::test]
 async fn permanent_errors_are_typed_and_fast() {
     let mut config = StreamingConfig::default();
+    // A retry of a permanent error would wait this long first.
+    config.publisher.retry = person_streaming::RetryPolicy::builder()
+        .initial_backoff(Duration::from_secs(5))
+        .max_backoff(Duration::from_secs(5))
+        .build()
+        .unwrap();
     config.stream.subjects = vec!["person.events.*.created".into()];
     for c in &mut config.consumers {
         c.filter_subjects = vec!["person.events.*.created".into()];
@@ -280,6 +286,22 @@ async fn permanent_errors_are_typed_and_fast() {
     let started = Instant::now();
     let err = publisher.publish(&activated(person, 1)).await.unwrap_err();
     assert_eq!(err.kind(), PublishErrorKind::NoStream, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The same through publish_all, beside an event that is stored.
+    let started = Instant::now();
+    let results: Vec<_> = publisher
+        .publish_all([activated(person, 1), created(person, 1)])
+        .collect()
+        .await;
+    assert_eq!(
+        results[0].as_ref().unwrap_err().kind(),
+        PublishErrorKind::NoStream
+    );
+    assert!(results[1].is_ok(), "{:?}", results[1]);
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "took {:?}",
