@@ -273,6 +273,7 @@ async fn permanent_errors_are_typed_and_fast() {
     config.publisher.retry = person_streaming::RetryPolicy::builder()
         .initial_backoff(Duration::from_secs(5))
         .max_backoff(Duration::from_secs(5))
+        .jitter(person_retry::Jitter::None)
         .build()
         .unwrap();
     config.stream.subjects = vec!["person.events.*.created".into()];
