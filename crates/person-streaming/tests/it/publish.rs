@@ -796,6 +796,117 @@ async fn an_append_that_times_out_says_how_many_attempts_it_made() {
         assert!(!text.contains("30 attempts"), "{text}");
         assert!(text.contains("again is safe"), "{text}");
     }
+    // A publish, one at a time or through publish_all, tries as often.
+    let err = publisher.publish(&created(person, 1)).await.unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::TimedOut, "{err}");
+    assert!(std::error::Error::source(&err).is_some(), "{err}");
+    assert!(err.to_string().contains("after 3 attempts"), "{err}");
+    let results: Vec<_> = publisher.publish_all([created(person, 1)]).collect().await;
+    let err = results[0].as_ref().unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::TimedOut, "{err}");
+    assert!(err.to_string().contains("after 3 attempts"), "{err}");
+}
+
+/// A retry waits its backoff first, in publish_all as in publish.
+#[tokio::test]
+async fn a_retried_publish_waits_its_backoff_before_trying_again() {
+    let mut config = StreamingConfig::default();
+    config.publisher.ack_timeout_ms = 100;
+    config.publisher.retry = person_retry::RetryPolicy::builder()
+        .max_attempts(2)
+        .initial_backoff(Duration::from_millis(1_500))
+        .max_backoff(Duration::from_millis(1_500))
+        .jitter(person_retry::Jitter::None)
+        .build()
+        .unwrap();
+    let (mut server, client) = start(config).await;
+    let publisher = client.publisher();
+    server.stop().await.unwrap();
+    let started = Instant::now();
+    let err = publisher
+        .publish(&created(PersonId::new(), 1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("after 2 attempts"), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let results: Vec<_> = publisher
+        .publish_all([created(PersonId::new(), 1)])
+        .collect()
+        .await;
+    assert!(
+        results[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("after 2 attempts")
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// An append of exactly the largest batch the server takes is one atomic batch; one
+/// event more is refused before anything is sent. One event is a plain publish, with
+/// no batch headers.
+#[tokio::test]
+async fn an_append_of_max_batch_events_is_stored_and_one_more_is_refused() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let publisher = client.publisher();
+    let person = PersonId::new();
+    let one = publisher
+        .append(person, ExpectedVersion::NoEvents, &[created(person, 1)])
+        .await
+        .unwrap();
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    let stored = stream.get_raw_message(one.version).await.unwrap();
+    assert!(
+        stored
+            .headers
+            .iter()
+            .all(|(n, _)| !n.to_string().to_ascii_lowercase().starts_with("nats-batch")),
+        "{:?}",
+        stored.headers
+    );
+    let other = PersonId::new();
+    let most: Vec<_> = (1..=person_streaming::MAX_BATCH as u64)
+        .map(|s| {
+            if s == 1 {
+                created(other, 1)
+            } else {
+                activated(other, s)
+            }
+        })
+        .collect();
+    let err = publisher
+        .append(
+            other,
+            ExpectedVersion::NoEvents,
+            &[most.clone(), vec![activated(other, 9_999)]].concat(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::InvalidEvent, "{err}");
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 1);
+    let receipt = publisher
+        .append(other, ExpectedVersion::NoEvents, &most)
+        .await
+        .unwrap();
+    assert_eq!(receipt.events.len(), person_streaming::MAX_BATCH);
+    assert_eq!(
+        stream_messages(&client, "PERSON_EVENTS").await,
+        1 + person_streaming::MAX_BATCH as u64
+    );
 }
 
 /// `publish_all` keeps at most `max_in_flight` messages unacknowledged: with the
