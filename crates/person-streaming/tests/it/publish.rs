@@ -328,6 +328,27 @@ async fn permanent_errors_are_typed_and_fast() {
         started.elapsed()
     );
     assert!(!err.is_transient());
+
+    // Atomic appends: events no stream captures, and an event over max_payload, are
+    // refused at once, not retried.
+    let started = Instant::now();
+    let uncaptured = [activated(person, 1), activated(person, 2)];
+    let err = publisher
+        .append(person, ExpectedVersion::Any, &uncaptured)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::NoStream, "{err}");
+    let err = publisher
+        .append(person, ExpectedVersion::Any, &[big, created(person, 2)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::PayloadTooLarge, "{err}");
+    assert!(!err.is_transient());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -466,6 +487,16 @@ async fn a_configured_stream_that_does_not_answer_is_a_transient_failure() {
         err.to_string().contains("publishing again is safe"),
         "{err}"
     );
+    // An atomic append the same way: retried, then Unavailable.
+    let person = PersonId::new();
+    let err = client
+        .publisher()
+        .append(person, ExpectedVersion::Any, &three(person))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::Unavailable, "{err}");
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("did not answer"), "{err}");
 }
 
 /// A publisher that keeps retrying through a short outage: 300 ms acks, 30 attempts at
