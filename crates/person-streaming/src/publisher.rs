@@ -1033,50 +1033,8 @@ impl Publisher {
         if self.denials.publish_denied(subject) {
             return self.denied(subject, Some(Box::new(e)));
         }
-        let tries = if attempts == 1 {
-            "1 attempt".to_owned()
-        } else {
-            format!("{attempts} attempts")
-        };
-        match e.kind() {
-            NatsKind::WrongLastSequence => {
-                PublishError::with_source(PublishErrorKind::Conflict, "version conflict", e)
-            }
-            NatsKind::MaxPayloadExceeded => PublishError::with_source(
-                PublishErrorKind::PayloadTooLarge,
-                format!("event on {subject} is larger than the server's max_payload"),
-                e,
-            ),
-            NatsKind::StreamNotFound if self.captured(subject) => PublishError::with_source(
-                PublishErrorKind::Unavailable,
-                format!(
-                    "the stream capturing {subject} did not answer after {tries} (a leader election or a restart); publishing again is safe"
-                ),
-                e,
-            ),
-            NatsKind::StreamNotFound => PublishError::with_source(
-                PublishErrorKind::NoStream,
-                format!(
-                    "no stream captures subject {subject}: run StreamingClient::ensure, or check stream.subjects"
-                ),
-                e,
-            ),
-            NatsKind::TimedOut => PublishError::with_source(
-                PublishErrorKind::TimedOut,
-                format!("no publish ack for {subject} after {tries}; publishing again is safe"),
-                e,
-            ),
-            NatsKind::BrokenPipe | NatsKind::MaxAckPending => PublishError::with_source(
-                PublishErrorKind::Transport,
-                format!("publish to {subject} failed after {tries}"),
-                e,
-            ),
-            _ => PublishError::with_source(
-                PublishErrorKind::Rejected,
-                format!("the server rejected the publish to {subject}"),
-                e,
-            ),
-        }
+        let (kind, message) = publish_failure(e.kind(), subject, self.captured(subject), attempts);
+        PublishError::with_source(kind, message, e)
     }
 
     /// "No responders" for a subject the configured stream captures means the stream is
@@ -1168,6 +1126,52 @@ impl Publisher {
             None => Ok(headers),
             Some(name) => Err(name),
         }
+    }
+}
+
+/// The kind and message of a publish to `subject` that failed for good after
+/// `attempts` (`captured`: the configured stream captures the subject).
+fn publish_failure(
+    kind: NatsKind,
+    subject: &str,
+    captured: bool,
+    attempts: u32,
+) -> (PublishErrorKind, String) {
+    let tries = if attempts == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{attempts} attempts")
+    };
+    match kind {
+        NatsKind::WrongLastSequence => (PublishErrorKind::Conflict, "version conflict".into()),
+        NatsKind::MaxPayloadExceeded => (
+            PublishErrorKind::PayloadTooLarge,
+            format!("event on {subject} is larger than the server's max_payload"),
+        ),
+        NatsKind::StreamNotFound if captured => (
+            PublishErrorKind::Unavailable,
+            format!(
+                "the stream capturing {subject} did not answer after {tries} (a leader election or a restart); publishing again is safe"
+            ),
+        ),
+        NatsKind::StreamNotFound => (
+            PublishErrorKind::NoStream,
+            format!(
+                "no stream captures subject {subject}: run StreamingClient::ensure, or check stream.subjects"
+            ),
+        ),
+        NatsKind::TimedOut => (
+            PublishErrorKind::TimedOut,
+            format!("no publish ack for {subject} after {tries}; publishing again is safe"),
+        ),
+        NatsKind::BrokenPipe | NatsKind::MaxAckPending => (
+            PublishErrorKind::Transport,
+            format!("publish to {subject} failed after {tries}"),
+        ),
+        _ => (
+            PublishErrorKind::Rejected,
+            format!("the server rejected the publish to {subject}"),
+        ),
     }
 }
 
@@ -1293,4 +1297,43 @@ fn api_error(payload: &[u8]) -> Option<ApiError> {
     serde_json::from_slice::<ApiErrorReply>(payload)
         .ok()
         .map(|r| r.error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_publish_is_told_by_what_the_client_saw() {
+        let s = "person.events.p.created";
+        let kind = |k, captured, attempts| publish_failure(k, s, captured, attempts);
+        assert_eq!(
+            kind(NatsKind::WrongLastSequence, true, 1).0,
+            PublishErrorKind::Conflict
+        );
+        assert_eq!(
+            kind(NatsKind::MaxPayloadExceeded, true, 1).0,
+            PublishErrorKind::PayloadTooLarge
+        );
+        let (k, m) = kind(NatsKind::StreamNotFound, true, 3);
+        assert_eq!(k, PublishErrorKind::Unavailable);
+        assert!(m.contains("after 3 attempts"), "{m}");
+        let (k, m) = kind(NatsKind::StreamNotFound, false, 3);
+        assert_eq!(k, PublishErrorKind::NoStream);
+        assert!(
+            m.contains("no stream captures subject person.events.p.created"),
+            "{m}"
+        );
+        let (k, m) = kind(NatsKind::TimedOut, true, 1);
+        assert_eq!(k, PublishErrorKind::TimedOut);
+        assert!(m.contains("after 1 attempt;"), "{m}");
+        for k in [NatsKind::BrokenPipe, NatsKind::MaxAckPending] {
+            let (kind, m) = kind(k, true, 2);
+            assert_eq!(kind, PublishErrorKind::Transport, "{k:?}");
+            assert!(m.ends_with("failed after 2 attempts"), "{m}");
+        }
+        for k in [NatsKind::WrongLastMessageId, NatsKind::Other] {
+            assert_eq!(kind(k, true, 1).0, PublishErrorKind::Rejected, "{k:?}");
+        }
+    }
 }
