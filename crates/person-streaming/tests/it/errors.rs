@@ -49,6 +49,7 @@ accounts {
       { user: noinfo, password: n-secret, permissions: { publish: { deny: ["$JS.API.STREAM.INFO.>"] } } }
       { user: noupdate, password: u-secret, permissions: { publish: { deny: ["$JS.API.STREAM.UPDATE.>"] } } }
       { user: nopublish, password: p-secret, permissions: { publish: { deny: ["person.events.>"] } } }
+      { user: noread, password: r-secret, permissions: { publish: { deny: ["$JS.API.DIRECT.GET.PERSON_EVENTS", "$JS.API.DIRECT.GET.PERSON_EVENTS.>", "$JS.API.STREAM.MSG.GET.PERSON_EVENTS"] } } }
     ]
   }
 }
@@ -160,6 +161,38 @@ async fn a_user_denied_publish_gets_permission_denied_with_its_cause_and_stores_
     assert_eq!(stream_messages(&admin, "PERSON_EVENTS").await, 0);
     // What the user may do still works.
     assert_eq!(client.reader().last_version(person).await.unwrap(), 0);
+}
+
+/// A refused append is only called a conflict once the person's events were read:
+/// when they cannot be, it is retried and ends as a failure to verify, never a
+/// conflict (nor a success).
+#[tokio::test]
+async fn a_refused_append_that_cannot_be_verified_is_not_called_a_conflict() {
+    let server = NatsServer::with_config(USERS).await.unwrap();
+    let admin = connect(&server.url(), Some(("admin", "a-secret")), config(2_000)).await;
+    admin.ensure().await.unwrap();
+    let person = PersonId::new();
+    admin
+        .publisher()
+        .append(person, ExpectedVersion::NoEvents, &[created(person, 1)])
+        .await
+        .unwrap();
+    let mut cfg = config(500);
+    cfg.publisher.retry = person_streaming::RetryPolicy::builder()
+        .max_attempts(2)
+        .initial_backoff(Duration::from_millis(10))
+        .max_backoff(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let client = connect(&server.url(), Some(("noread", "r-secret")), cfg).await;
+    let err = client
+        .publisher()
+        .append(person, ExpectedVersion::NoEvents, &batch_of(person, 2))
+        .await
+        .unwrap_err();
+    assert_ne!(err.kind(), PublishErrorKind::Conflict, "{err}");
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(stream_messages(&admin, "PERSON_EVENTS").await, 1);
 }
 
 #[tokio::test]
