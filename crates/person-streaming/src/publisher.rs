@@ -1336,4 +1336,27 @@ mod tests {
             assert_eq!(kind(k, true, 1).0, PublishErrorKind::Rejected, "{k:?}");
         }
     }
+
+    #[test]
+    fn a_retry_cause_says_what_failed() {
+        let batch = RetryCause::Batch {
+            kind: PublishErrorKind::TimedOut,
+            what: "atomic append of 3 events: no reply from the server".into(),
+            source: None,
+        };
+        assert_eq!(
+            batch.to_string(),
+            "atomic append of 3 events: no reply from the server"
+        );
+        let verify = RetryCause::Verify(StreamingError::new(
+            crate::StreamingErrorKind::TimedOut,
+            "cannot read the events of person p",
+        ));
+        assert!(
+            verify
+                .to_string()
+                .contains("cannot read the events of person p"),
+            "{verify}"
+        );
+    }
 }
