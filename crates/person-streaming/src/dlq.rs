@@ -1018,13 +1018,13 @@ impl DeadLetterQueue {
             .get_stream_no_info(&self.dlq_stream)
             .await
             .map_err(|e| self.fail(format!("cannot open stream {}", self.dlq_stream), e))?;
-        match self
+        let deleted = self
             .delete_record(&stream, stored.dlq_sequence, stored.body.clone(), true)
-            .await
-        {
-            Err(e) if e.kind() == StreamingErrorKind::NotFound => Ok(()),
-            other => other,
-        }
+            .await;
+        // Another replay or a purge may have taken the letter meanwhile (the record
+        // is not read again first): the letter is gone all the same, which is what
+        // the caller asked for.
+        already_gone_is_done(deleted)
     }
 
     /// Deletes one dead letter, and its body object if it has one.
@@ -1557,6 +1557,14 @@ fn delete_refused(dlq_sequence: u64, error: &serde_json::Value) -> StreamingErro
     )
 }
 
+/// A deletion of a letter that is gone already is done; any other failure stays.
+fn already_gone_is_done(deleted: Result<(), StreamingError>) -> Result<(), StreamingError> {
+    match deleted {
+        Err(e) if e.kind() == StreamingErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1640,6 +1648,25 @@ mod tests {
             (K::JetStream, SinkErrorKind::Unavailable),
         ] {
             assert_eq!(sink_kind(kind), sink, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn deleting_a_letter_that_is_gone_already_is_done() {
+        assert!(already_gone_is_done(Ok(())).is_ok());
+        assert!(
+            already_gone_is_done(Err(StreamingError::new(
+                StreamingErrorKind::NotFound,
+                "gone"
+            )))
+            .is_ok()
+        );
+        for kind in [
+            StreamingErrorKind::TimedOut,
+            StreamingErrorKind::PermissionDenied,
+        ] {
+            let e = already_gone_is_done(Err(StreamingError::new(kind, "x"))).unwrap_err();
+            assert_eq!(e.kind(), kind);
         }
     }
 

@@ -556,3 +556,58 @@ async fn a_partition_replays_through_its_replay_consumer_and_a_missing_consumer_
         .await
         .expect("left in place");
 }
+
+/// A user who may not read the events stream's messages.
+const READ_DENIED: &str = r#"
+accounts {
+  PERSON: {
+    jetstream: enabled
+    users: [
+      { user: operator, password: o-secret }
+      { user: noread, password: r-secret, permissions: { publish: { deny: ["$JS.API.DIRECT.GET.PERSON_EVENTS", "$JS.API.DIRECT.GET.PERSON_EVENTS.>", "$JS.API.STREAM.MSG.GET.PERSON_EVENTS"] } } }
+    ]
+  }
+}
+"#;
+
+/// Whether a letter was replayed already is read from the last replay on its subject:
+/// another letter's replay there is not this one's, and a read that fails is an
+/// error, never taken for "not replayed yet" (which could store it twice).
+#[tokio::test]
+async fn a_replay_tells_its_own_earlier_replay_from_another_letters_and_needs_to_read_it() {
+    let server = NatsServer::with_config(READ_DENIED).await.unwrap();
+    let url = server.url();
+    let operator = login(&url, "operator", "o-secret", StreamingConfig::default()).await;
+    let person = PersonId::new();
+    append_three(&operator, person).await;
+    let replays = format!("person.replay.{SEARCH}.{person}.activated");
+
+    // Events 2 and 3 are both `activated`: their replays share one subject.
+    for (seq, n) in [(2, 1), (3, 2)] {
+        let letter = stored(&operator, &letter_of(&operator, seq, SEARCH).await).await;
+        let r = operator
+            .dead_letters()
+            .replay(letter.dlq_sequence)
+            .await
+            .unwrap();
+        assert!(!r.already_replayed, "event {seq}");
+        assert_eq!(on_subject(&operator, &replays).await, n, "event {seq}");
+    }
+
+    let noread = login(&url, "noread", "r-secret", StreamingConfig::default()).await;
+    let letter = stored(&operator, &letter_of(&operator, 1, SEARCH).await).await;
+    assert!(
+        noread
+            .dead_letters()
+            .replay(letter.dlq_sequence)
+            .await
+            .is_err()
+    );
+    let all = format!("person.replay.{SEARCH}.{person}.>");
+    assert_eq!(on_subject(&operator, &all).await, 2, "nothing replayed");
+    operator
+        .dead_letters()
+        .get(letter.dlq_sequence)
+        .await
+        .expect("left in place");
+}
