@@ -175,7 +175,6 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for t in chosen {
-        let (current, equivalent) = counts(t, &extra)?;
         let out = output_dir(t).join("mutants.out");
         let ok = if report {
             true
@@ -183,6 +182,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             run_target(t, jobs, iterate, &extra, &[])?
         } else {
             let quick = run_target(t, jobs, iterate, &extra, t.first_pass_skips)?;
+            let (current, equivalent) = counts(t, &extra)?;
             let first = Row::read(t, &out, &current, equivalent)?;
             if quick || (first.missed == 0 && first.timeouts == 0) {
                 quick
@@ -194,6 +194,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 run_target(t, jobs, true, &extra, &[])?
             }
         };
+        // The mutants of the code as it is now (it may have changed during the run).
+        let (current, equivalent) = counts(t, &extra)?;
         let row = Row::read(t, &out, &current, equivalent)
             .with_context(|| format!("no results for {}", t.package))?;
         if !ok && row.missed == 0 && row.timeouts == 0 {
