@@ -1924,8 +1924,13 @@ mod tests {
             reason: format!("a{}", "é".repeat(1_500)),
             ..letter(4_000, small_headers())
         };
+        // A reason of exactly the length kept is never cut.
+        let kept_reason = DeadLetter {
+            reason: "r".repeat(REASON_KEPT),
+            ..letter(4_000, small_headers())
+        };
         let json_len = |l: &DeadLetter| serde_json::to_vec(l).unwrap().len();
-        for l in [plain, cut_before, many_headers, long_reason] {
+        for l in [plain, cut_before, many_headers, long_reason, kept_reason] {
             let whole = json_len(&l);
             let cut_reason = if l.reason.len() > REASON_KEPT {
                 format!("{}{REASON_CUT}", &l.reason[..REASON_KEPT - 1])
