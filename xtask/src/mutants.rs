@@ -105,13 +105,14 @@ const TARGETS: &[Target] = &[
 fn usage() -> String {
     let names: Vec<&str> = TARGETS.iter().map(|t| t.package).collect();
     format!(
-        "usage: cargo xtask mutants [--crate NAME]... [--list] [--iterate] [--report] [--jobs N] [-- CARGO_MUTANTS_ARGS]\n\n\
+        "usage: cargo xtask mutants [--crate NAME]... [--list] [--iterate] [--second-pass] [--report] [--jobs N] [-- CARGO_MUTANTS_ARGS]\n\n\
          Runs cargo-mutants {VERSION} (installed if missing) on each crate, or on those named\n\
          with --crate, and prints the kill rate per crate.\n\n\
          options:\n  \
          --crate NAME  one of: {}\n  \
          --list        only count the mutants of each crate (nothing is built)\n  \
          --iterate     test again only what the last run did not catch (after adding tests)\n  \
+         --second-pass for a crate tested in two passes: only the second (what the first\n                missed, against every test)\n  \
          --report      run nothing: summarise the last results again\n  \
          --jobs N      cargo-mutants build directories at once (default 1)\n  \
          -- ARGS       passed to cargo-mutants, e.g. `-- -F 'Core::step'`",
@@ -124,6 +125,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut list = false;
     let mut iterate = false;
     let mut report = false;
+    let mut second_only = false;
     let mut jobs: u32 = 1;
     let mut extra: Vec<String> = Vec::new();
     let mut it = args.iter();
@@ -139,6 +141,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             "--list" => list = true,
             "--iterate" => iterate = true,
             "--report" => report = true,
+            "--second-pass" => second_only = true,
             "--jobs" | "-j" => {
                 jobs = it
                     .next()
@@ -179,20 +182,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         let ok = if report {
             true
         } else if t.first_pass_skips.is_empty() {
-            run_target(t, jobs, iterate, &extra, &[])?
+            run_target(t, jobs, iterate, &extra, &[], &[])?
         } else {
-            let quick = run_target(t, jobs, iterate, &extra, t.first_pass_skips)?;
-            let (current, equivalent) = counts(t, &extra)?;
-            let first = Row::read(t, &out, &current, equivalent)?;
-            if quick || (first.missed == 0 && first.timeouts == 0) {
-                quick
-            } else {
-                eprintln!(
-                    "\n==> {}: {} missed and {} timeouts without the slow tests; testing those again with every test",
-                    t.package, first.missed, first.timeouts
-                );
-                run_target(t, jobs, true, &extra, &[])?
+            if !second_only {
+                run_target(t, jobs, iterate, &extra, t.first_pass_skips, &[])?;
+                // Only a first pass that finished has anything to go on.
+                let (current, equivalent) = counts(t, &extra)?;
+                Row::read(t, &out, &current, equivalent)?;
             }
+            second_pass(t, jobs, &extra)?
         };
         // The mutants of the code as it is now (it may have changed during the run).
         let (current, equivalent) = counts(t, &extra)?;
@@ -332,6 +330,7 @@ fn run_target(
     iterate: bool,
     extra: &[String],
     skips: &[&str],
+    only: &[String],
 ) -> Result<bool> {
     let out = output_dir(t);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -353,6 +352,9 @@ fn run_target(
     if iterate {
         // Skips what earlier runs caught or found unviable, and carries them over.
         cmd.arg("--iterate");
+    }
+    for name in only {
+        cmd.arg("--re").arg(format!("^{}$", regex_escape(name)));
     }
     cmd.arg("--").args(t.test_args).envs(t.env.iter().copied());
     if !skips.is_empty() {
@@ -384,6 +386,46 @@ fn run_target(
 
 /// Beside cargo-mutants' files: the unviable mutants of runs before an `--iterate`.
 const PREVIOUSLY_UNVIABLE: &str = "previously_unviable.txt";
+/// Beside cargo-mutants' files: the mutants a first pass timed out on (hung tests:
+/// detected), which the second pass does not test again.
+const PREVIOUSLY_TIMED_OUT: &str = "previously_timed_out.txt";
+
+/// `name` as a regular expression matching itself.
+fn regex_escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() * 2);
+    for c in name.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The second pass of a target with slow tests: what the first pass missed, against
+/// every test. Its timeouts are kept apart first (the second pass would overwrite
+/// them, and testing a hung mutant again with every test only takes longer).
+fn second_pass(t: &Target, jobs: u32, extra: &[String]) -> Result<bool> {
+    let results = output_dir(t).join("mutants.out");
+    let missed = lines(&results.join("missed.txt"));
+    let mut timed_out = lines(&results.join(PREVIOUSLY_TIMED_OUT));
+    timed_out.extend(lines(&results.join("timeout.txt")));
+    timed_out.sort();
+    timed_out.dedup();
+    let mut text = timed_out.join("\n");
+    text.push('\n');
+    std::fs::write(results.join(PREVIOUSLY_TIMED_OUT), text.trim_start())
+        .context("cannot record the first pass's timeouts")?;
+    if missed.is_empty() {
+        return Ok(true);
+    }
+    eprintln!(
+        "\n==> {}: {} missed without the slow tests; testing those again with every test",
+        t.package,
+        missed.len()
+    );
+    run_target(t, jobs, true, extra, &[], &missed)
+}
 
 /// The non-empty lines of a file; none if it does not exist.
 fn lines(path: &Path) -> Vec<String> {
@@ -446,7 +488,12 @@ impl Row {
                 .filter(|name| !unviable.contains(name)),
         );
         let missed = set("missed.txt");
-        let timeouts = set("timeout.txt");
+        let mut timeouts = set("timeout.txt");
+        timeouts.extend(
+            set(PREVIOUSLY_TIMED_OUT)
+                .into_iter()
+                .filter(|name| !caught.contains(name) && !missed.contains(name)),
+        );
         Ok(Row {
             package: t.package.to_owned(),
             scope: t.scope.to_owned(),
