@@ -316,13 +316,13 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<StreamingErrorK
     None
 }
 
-/// The kind of an error the JetStream API answered with, by its error code.
 /// The description of a failed message delete (10057) says the message is not there:
 /// deleted already, or past the end of the stream (the store's EOF).
 pub(crate) fn message_absent(description: &str) -> bool {
     description.contains("no message found") || description.contains("stream store EOF")
 }
 
+/// The kind of an error the JetStream API answered with, by its error code.
 pub(crate) fn api_kind(e: &jetstream::Error) -> StreamingErrorKind {
     use StreamingErrorKind as K;
     match e.error_code() {
