@@ -407,7 +407,24 @@ fn regex_escape(name: &str) -> String {
 /// them, and testing a hung mutant again with every test only takes longer).
 fn second_pass(t: &Target, jobs: u32, extra: &[String]) -> Result<bool> {
     let results = output_dir(t).join("mutants.out");
-    let missed = lines(&results.join("missed.txt"));
+    // What the first pass missed, and any mutant of the code as it is now that no pass
+    // has an outcome for (code changed since: a new function, a moved line).
+    let mut known: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for file in [
+        "caught.txt",
+        "previously_caught.txt",
+        "unviable.txt",
+        PREVIOUSLY_UNVIABLE,
+        "timeout.txt",
+        PREVIOUSLY_TIMED_OUT,
+    ] {
+        known.extend(lines(&results.join(file)));
+    }
+    let (current, _) = counts(t, extra)?;
+    let mut missed = lines(&results.join("missed.txt"));
+    missed.extend(current.into_iter().filter(|name| !known.contains(name)));
+    missed.sort();
+    missed.dedup();
     let mut timed_out = lines(&results.join(PREVIOUSLY_TIMED_OUT));
     timed_out.extend(lines(&results.join("timeout.txt")));
     timed_out.sort();
@@ -420,7 +437,7 @@ fn second_pass(t: &Target, jobs: u32, extra: &[String]) -> Result<bool> {
         return Ok(true);
     }
     eprintln!(
-        "\n==> {}: {} missed without the slow tests; testing those again with every test",
+        "\n==> {}: {} missed without the slow tests (or not tested yet); testing those with every test",
         t.package,
         missed.len()
     );
