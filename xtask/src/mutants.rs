@@ -429,11 +429,16 @@ fn second_pass(t: &Target, jobs: u32, extra: &[String]) -> Result<bool> {
     timed_out.extend(lines(&results.join("timeout.txt")));
     timed_out.sort();
     timed_out.dedup();
-    let mut text = timed_out.join("\n");
-    text.push('\n');
-    std::fs::write(results.join(PREVIOUSLY_TIMED_OUT), text.trim_start())
-        .context("cannot record the first pass's timeouts")?;
+    // Written after the run: cargo-mutants moves the results directory aside as it
+    // starts.
+    let record = |results: &Path| {
+        let mut text = timed_out.join("\n");
+        text.push('\n');
+        std::fs::write(results.join(PREVIOUSLY_TIMED_OUT), text.trim_start())
+            .context("cannot record the first pass's timeouts")
+    };
     if missed.is_empty() {
+        record(&results)?;
         return Ok(true);
     }
     eprintln!(
@@ -441,7 +446,9 @@ fn second_pass(t: &Target, jobs: u32, extra: &[String]) -> Result<bool> {
         t.package,
         missed.len()
     );
-    run_target(t, jobs, true, extra, &[], &missed)
+    let ok = run_target(t, jobs, true, extra, &[], &missed)?;
+    record(&results)?;
+    Ok(ok)
 }
 
 /// The non-empty lines of a file; none if it does not exist.
