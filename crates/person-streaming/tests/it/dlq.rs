@@ -8,7 +8,7 @@ use person_streaming::{
     StreamingErrorKind,
 };
 
-use crate::support::{created, start, stream_messages};
+use crate::support::{created, raw_message, start, stream_messages};
 
 pub(crate) fn letter_for(
     subject: &str,
@@ -401,14 +401,7 @@ async fn a_dead_letter_that_just_fits_its_record_stays_in_it_and_a_byte_more_goe
         l.reason.push_str(&"r".repeat(len - base));
         assert_eq!(serde_json::to_vec(&l).unwrap().len(), len);
         let at = dlq.put(&l).await.unwrap();
-        let raw = client
-            .jetstream()
-            .get_stream("PERSON_EVENTS_DLQ")
-            .await
-            .unwrap()
-            .get_raw_message(at)
-            .await
-            .unwrap();
+        let raw = raw_message(&client, "PERSON_EVENTS_DLQ", at).await;
         if over == 0 {
             assert!(
                 raw.headers.get(BODY_OBJECT_HEADER).is_none(),
@@ -441,14 +434,7 @@ async fn a_dead_letter_larger_than_max_payload_is_kept_whole_and_replayed_byte_f
     assert!(serde_json::to_vec(&big).unwrap().len() > max_payload);
     let seq = dlq.put(&big).await.unwrap();
 
-    let raw = client
-        .jetstream()
-        .get_stream("PERSON_EVENTS_DLQ")
-        .await
-        .unwrap()
-        .get_raw_message(seq)
-        .await
-        .unwrap();
+    let raw = raw_message(&client, "PERSON_EVENTS_DLQ", seq).await;
     assert!(
         wire_size(&raw) < 16 * 1024,
         "the record is small: {}",
@@ -480,14 +466,7 @@ async fn a_dead_letter_larger_than_max_payload_is_kept_whole_and_replayed_byte_f
 
     // The replay is the original, byte for byte; the record and its body go.
     let receipt = dlq.replay(seq).await.unwrap();
-    let replayed = client
-        .jetstream()
-        .get_stream("PERSON_EVENTS")
-        .await
-        .unwrap()
-        .get_raw_message(receipt.stream_sequence)
-        .await
-        .unwrap();
+    let replayed = raw_message(&client, "PERSON_EVENTS", receipt.stream_sequence).await;
     assert_eq!(replayed.payload, original);
     assert_eq!(replayed.headers.get("ce-id").unwrap().as_str(), "e-big");
     let bucket = client
@@ -548,14 +527,7 @@ async fn without_a_bodies_bucket_a_large_dead_letter_keeps_a_prefix_and_is_never
     let original = body(800 * 1024);
     let big = letter_for(&subject, 7, original.clone(), headers.clone(), &person);
     let seq = dlq.put(&big).await.unwrap();
-    let raw = client
-        .jetstream()
-        .get_stream("PERSON_EVENTS_DLQ")
-        .await
-        .unwrap()
-        .get_raw_message(seq)
-        .await
-        .unwrap();
+    let raw = raw_message(&client, "PERSON_EVENTS_DLQ", seq).await;
     assert!(wire_size(&raw) <= max_payload);
     let stored = dlq.get(seq).await.unwrap();
     assert!(stored.body.is_none());
@@ -792,14 +764,7 @@ async fn a_bodies_bucket_that_cannot_be_read_is_an_error_and_a_missing_one_is_no
     assert!(noobjects.dead_letters().get(kept).await.is_err());
 
     // A record naming an object the bucket does not hold: shown, not loaded.
-    let record = admin
-        .jetstream()
-        .get_stream("PERSON_EVENTS_DLQ")
-        .await
-        .unwrap()
-        .get_raw_message(kept)
-        .await
-        .unwrap();
+    let record = raw_message(&admin, "PERSON_EVENTS_DLQ", kept).await;
     let mut headers = record.headers.clone();
     headers.insert(BODY_OBJECT_HEADER, "no-such-object");
     headers.insert("Nats-Msg-Id", "a-record-without-its-object");

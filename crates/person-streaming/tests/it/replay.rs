@@ -12,7 +12,7 @@ use person_streaming::{
     ExpectedVersion, StoredDeadLetter, StreamingClient, StreamingConfig, StreamingErrorKind,
 };
 
-use crate::support::{activated, created, start};
+use crate::support::{activated, created, raw_message, start};
 
 const SEARCH: &str = "person-projection-search";
 
@@ -117,14 +117,7 @@ async fn a_replay_reaches_its_consumer_alone_and_never_the_history() {
         .await
         .unwrap();
     assert!(!replay.already_replayed);
-    let msg = client
-        .jetstream()
-        .get_stream("PERSON_EVENTS")
-        .await
-        .unwrap()
-        .get_raw_message(replay.stream_sequence)
-        .await
-        .unwrap();
+    let msg = raw_message(&client, "PERSON_EVENTS", replay.stream_sequence).await;
     assert_eq!(
         msg.subject.as_str(),
         format!("person.replay.{SEARCH}.{person}.activated")
@@ -472,14 +465,7 @@ async fn a_replay_drops_the_write_controls_and_stale_replay_marks_of_the_origina
         .replay(letter.dlq_sequence)
         .await
         .unwrap();
-    let msg = client
-        .jetstream()
-        .get_stream("PERSON_EVENTS")
-        .await
-        .unwrap()
-        .get_raw_message(replay.stream_sequence)
-        .await
-        .unwrap();
+    let msg = raw_message(&client, "PERSON_EVENTS", replay.stream_sequence).await;
     let values = |name: &str| -> Vec<String> {
         msg.headers
             .iter()

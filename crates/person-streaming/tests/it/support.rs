@@ -124,3 +124,19 @@ pub(crate) async fn connected(client: &StreamingClient) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The message stored at `seq` in `stream`, as the server keeps it.
+pub(crate) async fn raw_message(
+    client: &StreamingClient,
+    stream: &str,
+    seq: u64,
+) -> async_nats::jetstream::message::StreamMessage {
+    client
+        .jetstream()
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_raw_message(seq)
+        .await
+        .unwrap()
+}
