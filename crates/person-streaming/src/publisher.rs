@@ -336,6 +336,8 @@ impl Publisher {
                 let room = st.pending.len() < self.max_in_flight;
                 let waiting_build = st.building > 0 && room;
                 if st.pending.is_empty() && !waiting_build {
+                    // Here the window has taken everything ready and no chunk is
+                    // building: the input being exhausted means all is done.
                     if st.exhausted {
                         return None;
                     }
