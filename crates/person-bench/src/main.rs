@@ -148,6 +148,9 @@ async fn main() -> Result<()> {
         // 2. Consume: product (no-op handler, ordering on, concurrency 8) vs raw messages()+ack().
         let mut product = Vec::new();
         let mut raw = Vec::new();
+        // Raw again, decoding each body into the envelope as any handler of typed
+        // events must: how much of the gap to bare raw is the JSON decode itself.
+        let mut raw_decoding = Vec::new();
         for rep in 0..reps {
             let client = fresh(&server, &format!("CON{rep}"), window).await?;
             let _: Vec<_> = client
@@ -172,37 +175,36 @@ async fn main() -> Result<()> {
             handle.shutdown(Duration::from_secs(5)).await;
 
             let stream = client.jetstream().get_stream(format!("CON{rep}")).await?;
-            let c = stream
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some("raw".into()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    max_ack_pending: 1_000,
-                    ..Default::default()
-                })
-                .await?;
-            let meter = Meter::start(&pid);
-            let started = Instant::now();
-            let mut messages = c.messages().await?;
-            let mut n = 0;
-            let mut first = started;
-            while n < events_n {
-                let m = messages.next().await.context("stream ended")??;
-                if n == 0 {
-                    first = Instant::now();
-                }
-                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                n += 1;
-            }
-            raw.push(Side::between(events_n, first, Instant::now(), &meter));
+            raw.push(raw_consume(&stream, "raw", events_n, &pid, false).await?);
+            raw_decoding.push(raw_consume(&stream, "raw_decoding", events_n, &pid, true).await?);
         }
+        let product = Side::median(product);
         push_pair(
             &mut figures,
             "consume",
-            Side::median(product),
+            product,
             Side::median(raw),
             0.95,
             ">= 0.95x raw",
         );
+        let decoding = Side::median(raw_decoding);
+        figures.push(Figure {
+            name: "consume_raw_decoding",
+            value: decoding.rate,
+            unit: "events/s",
+            ratio: Some(product.rate / decoding.rate),
+            target: "report (ratio: product / this)",
+            met: None,
+        });
+        figures.push(Figure {
+            name: "consume_raw_decoding_cpu_us",
+            value: decoding.cpu.client_us,
+            unit: "µs/event",
+            ratio: (decoding.cpu.client_us > 0.0)
+                .then(|| product.cpu.client_us / decoding.cpu.client_us),
+            target: "report (ratio: product / this)",
+            met: None,
+        });
     }
 
     if selected("concurrency") {
@@ -619,6 +621,43 @@ async fn raw_publish(
         r?;
     }
     Ok(())
+}
+
+/// The best raw consumer: a durable `name` on `stream`, `messages()` and one ack per
+/// message, optionally decoding each body into the envelope first.
+async fn raw_consume(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    events_n: usize,
+    pid: &str,
+    decode: bool,
+) -> Result<Side> {
+    let c = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 1_000,
+            ..Default::default()
+        })
+        .await?;
+    let meter = Meter::start(pid);
+    let started = Instant::now();
+    let mut messages = c.messages().await?;
+    let mut n = 0;
+    let mut first = started;
+    while n < events_n {
+        let m = messages.next().await.context("stream ended")??;
+        if n == 0 {
+            first = Instant::now();
+        }
+        if decode {
+            let envelope = person_events::codec::decode(&m.payload)?;
+            std::hint::black_box(envelope);
+        }
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        n += 1;
+    }
+    Ok(Side::between(events_n, first, Instant::now(), &meter))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -1,6 +1,9 @@
 //! [`Core`]: the delivery decisions of one durable consumer, as a state machine.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+// Hashed on every message by stream sequence and person id: foldhash, not SipHash.
+use foldhash::{HashMap, HashSet};
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -373,7 +376,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
         let barrier = (recovery.outstanding > 0).then(|| Barrier {
             upto: recovery.delivered_up_to,
             outstanding: recovery.outstanding,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             until: config.ack_wait + config.pull_expiry + config.overdue_after(),
             room_made_at: None,
         });
@@ -383,11 +386,11 @@ impl<K: Clone + Eq + Hash> Core<K> {
             parked: if config.park {
                 parked.into_iter().collect()
             } else {
-                HashSet::new()
+                HashSet::default()
             },
             config,
-            msgs: HashMap::new(),
-            lanes: HashMap::new(),
+            msgs: HashMap::default(),
+            lanes: HashMap::default(),
             ready: VecDeque::new(),
             breaker_wait: Vec::new(),
             loose: VecDeque::new(),
@@ -400,7 +403,7 @@ impl<K: Clone + Eq + Hash> Core<K> {
             busy: 0,
             calls: 0,
             waiting: 0,
-            owed_by: HashMap::new(),
+            owed_by: HashMap::default(),
             timers: BTreeSet::new(),
             next_progress: None,
             phase: Phase::Running,

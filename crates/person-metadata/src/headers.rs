@@ -245,7 +245,119 @@ pub fn decode_headers<'a, I>(headers: I) -> Result<DecodedHeaders, HeaderError>
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    const KNOWN: [&str; 13] = [
+    HeaderScan::new(headers).decode()
+}
+
+/// Checks (name, value) pairs as [`decode_headers`] does, with the same errors, and
+/// returns only the event id: for a consumer that checks the headers against the body
+/// but reads the metadata from the body. Copies nothing.
+///
+/// ```
+/// use person_metadata::{EventId, EventMetadata};
+/// use person_metadata::headers::{CloudEventAttributes, check_headers, encode_headers};
+///
+/// let id = EventId::new();
+/// let attrs = CloudEventAttributes { id, source: "/person-domain", event_type: "created", subject: None };
+/// let headers = encode_headers(&EventMetadata::new(), &attrs);
+/// assert_eq!(check_headers(headers.iter().map(|(n, v)| (*n, v.as_str()))).unwrap(), id);
+/// assert!(check_headers([("ce-id", "not-a-uuid")]).is_err());
+/// ```
+pub fn check_headers<'a, I>(headers: I) -> Result<EventId, HeaderError>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    HeaderScan::new(headers).check()
+}
+
+/// One pass over a message's headers, keeping the first value of each header this
+/// module knows (names matched case-insensitively). A consumer scans once, then reads
+/// `Content-Type`, checks, or decodes from the scan, without a lookup per header.
+///
+/// ```
+/// use person_metadata::headers::HeaderScan;
+///
+/// let scan = HeaderScan::new([("content-type", "application/json"), ("X-Other", "1")]);
+/// assert_eq!(scan.content_type(), Some("application/json"));
+/// assert!(scan.check().is_err()); // no ce-* headers
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeaderScan<'a>(Found<'a>);
+
+impl<'a> HeaderScan<'a> {
+    /// Scans (name, value) pairs.
+    pub fn new<I>(headers: I) -> Self
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
+        Self(Found::scan(headers))
+    }
+
+    /// The first `Content-Type` value.
+    pub fn content_type(&self) -> Option<&'a str> {
+        self.0.0[12]
+    }
+
+    /// As [`check_headers`].
+    pub fn check(&self) -> Result<EventId, HeaderError> {
+        Ok(self.0.required()?.id)
+    }
+
+    /// As [`decode_headers`].
+    pub fn decode(&self) -> Result<DecodedHeaders, HeaderError> {
+        let Required {
+            id,
+            timestamp,
+            correlation_id,
+            causation_id,
+        } = self.0.required()?;
+        let [
+            ..,
+            source,
+            ty,
+            _,
+            subject,
+            _,
+            _,
+            actor,
+            metaversion,
+            tp,
+            ts,
+            ct,
+        ] = self.0.0;
+        let mut metadata =
+            EventMetadata::with_correlation(correlation_id).with_timestamp(timestamp);
+        metadata.causation_id = causation_id;
+        metadata.actor = actor.map(str::to_owned);
+        if let Some(v) = metaversion {
+            metadata.version = v.to_owned();
+        }
+        metadata.traceparent = tp.map(str::to_owned);
+        metadata.tracestate = ts.map(str::to_owned);
+        Ok(DecodedHeaders {
+            id,
+            source: source.unwrap_or_default().to_owned(),
+            event_type: ty.unwrap_or_default().to_owned(),
+            subject: subject.map(str::to_owned),
+            content_type: ct.map(str::to_owned),
+            metadata,
+        })
+    }
+}
+
+/// The known headers' first values, in [`Found::KNOWN`] order.
+#[derive(Debug, Clone, Copy, Default)]
+struct Found<'a>([Option<&'a str>; 13]);
+
+/// The required headers, parsed.
+struct Required {
+    id: EventId,
+    timestamp: DateTime<Utc>,
+    correlation_id: CorrelationId,
+    causation_id: Option<CausationId>,
+}
+
+impl<'a> Found<'a> {
+    const KNOWN: [&'static str; 13] = [
         CE_SPECVERSION,
         CE_ID,
         CE_SOURCE,
@@ -260,62 +372,73 @@ where
         TRACESTATE,
         CONTENT_TYPE,
     ];
-    let mut found: [Option<&'a str>; 13] = [None; 13];
-    for (name, value) in headers {
-        if let Some(i) = KNOWN.iter().position(|k| k.eq_ignore_ascii_case(name)) {
-            found[i].get_or_insert(value);
-        }
-    }
-    let [
-        spec,
-        id,
-        source,
-        ty,
-        time,
-        subject,
-        corr,
-        cause,
-        actor,
-        metaversion,
-        tp,
-        ts,
-        ct,
-    ] = found;
 
-    let spec = spec.ok_or(HeaderError::missing(CE_SPECVERSION))?;
-    if spec.trim() != SPEC_VERSION {
-        return Err(HeaderError {
-            kind: HeaderErrorKind::UnsupportedSpecVersion,
-            header: CE_SPECVERSION,
-            detail: truncate(spec),
-        });
+    fn scan<I>(headers: I) -> Self
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
+        let mut found = [None; 13];
+        for (name, value) in headers {
+            if let Some(i) = Self::slot(name) {
+                found[i].get_or_insert(value);
+            }
+        }
+        Self(found)
     }
-    let id: EventId = parse_id(CE_ID, id)?;
-    let timestamp = time.ok_or(HeaderError::missing(CE_TIME))?;
-    let timestamp = DateTime::parse_from_rfc3339(timestamp.trim())
-        .map_err(|e| HeaderError::malformed(CE_TIME, format!("`{}`: {e}", truncate(timestamp))))?
-        .with_timezone(&Utc);
-    let correlation_id: CorrelationId = parse_id(CE_CORRELATION_ID, corr)?;
-    let causation_id: Option<CausationId> = match cause {
-        Some(_) => Some(parse_id(CE_CAUSATION_ID, cause)?),
-        None => None,
-    };
-    let mut metadata = EventMetadata::with_correlation(correlation_id).with_timestamp(timestamp);
-    metadata.causation_id = causation_id;
-    metadata.actor = actor.map(str::to_owned);
-    if let Some(v) = metaversion {
-        metadata.version = v.to_owned();
+
+    /// Where `name` goes: the spelling this crate writes matches at once, any other
+    /// casing after a case-insensitive search.
+    fn slot(name: &str) -> Option<usize> {
+        let exact = match name {
+            CE_SPECVERSION => 0,
+            CE_ID => 1,
+            CE_SOURCE => 2,
+            CE_TYPE => 3,
+            CE_TIME => 4,
+            CE_SUBJECT => 5,
+            CE_CORRELATION_ID => 6,
+            CE_CAUSATION_ID => 7,
+            CE_ACTOR => 8,
+            CE_METAVERSION => 9,
+            TRACEPARENT => 10,
+            TRACESTATE => 11,
+            CONTENT_TYPE => 12,
+            _ => {
+                return Self::KNOWN
+                    .iter()
+                    .position(|k| k.eq_ignore_ascii_case(name));
+            }
+        };
+        Some(exact)
     }
-    metadata.traceparent = tp.map(str::to_owned);
-    metadata.tracestate = ts.map(str::to_owned);
-    Ok(DecodedHeaders {
-        id,
-        source: source.unwrap_or_default().to_owned(),
-        event_type: ty.unwrap_or_default().to_owned(),
-        subject: subject.map(str::to_owned),
-        content_type: ct.map(str::to_owned),
-        metadata,
-    })
+
+    fn required(&self) -> Result<Required, HeaderError> {
+        let [spec, id, _, _, time, _, corr, cause, ..] = self.0;
+        let spec = spec.ok_or(HeaderError::missing(CE_SPECVERSION))?;
+        if spec.trim() != SPEC_VERSION {
+            return Err(HeaderError {
+                kind: HeaderErrorKind::UnsupportedSpecVersion,
+                header: CE_SPECVERSION,
+                detail: truncate(spec),
+            });
+        }
+        let id: EventId = parse_id(CE_ID, id)?;
+        let time = time.ok_or(HeaderError::missing(CE_TIME))?;
+        let timestamp = DateTime::parse_from_rfc3339(time.trim())
+            .map_err(|e| HeaderError::malformed(CE_TIME, format!("`{}`: {e}", truncate(time))))?
+            .with_timezone(&Utc);
+        let correlation_id: CorrelationId = parse_id(CE_CORRELATION_ID, corr)?;
+        let causation_id: Option<CausationId> = match cause {
+            Some(_) => Some(parse_id(CE_CAUSATION_ID, cause)?),
+            None => None,
+        };
+        Ok(Required {
+            id,
+            timestamp,
+            correlation_id,
+            causation_id,
+        })
+    }
 }
 
 fn parse_id<T>(header: &'static str, value: Option<&str>) -> Result<T, HeaderError>
@@ -438,6 +561,37 @@ mod tests {
             )
         ) {
             let _ = decode_headers(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        }
+
+        /// `check_headers` accepts exactly what `decode_headers` accepts, with the same
+        /// id or the same error, whatever the names' casing, order and repeats.
+        #[test]
+        fn checking_agrees_with_decoding(
+            picks in proptest::collection::vec((0usize..14, any::<bool>(), 0usize..4), 0..20),
+            stray in "[a-zA-Z-]{0,12}",
+        ) {
+            let good = encode_headers(&EventMetadata::new().with_causation(EventId::new()), &attrs(EventId::new()));
+            let mixed: Vec<(String, String)> = picks
+                .iter()
+                .map(|&(i, upper, v)| {
+                    let name = Found::KNOWN.get(i).copied().unwrap_or(stray.as_str());
+                    let name = if upper { name.to_ascii_uppercase() } else { name.to_owned() };
+                    let valid = good.iter().find(|(n, _)| n.eq_ignore_ascii_case(&name)).map(|(_, v)| v.clone());
+                    let value = match (v, valid) {
+                        (0, Some(valid)) => valid,
+                        (1, Some(valid)) => format!(" {valid} "),
+                        (2, _) => "1.0".to_owned(),
+                        _ => stray.clone(),
+                    };
+                    (name, value)
+                })
+                .collect();
+            let iter = || mixed.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+            prop_assert_eq!(check_headers(iter()), decode_headers(iter()).map(|d| d.id));
+            // And whole, valid header sets in any casing pass both.
+            let upper: Vec<(String, &str)> = good.iter().map(|(n, v)| (n.to_ascii_uppercase(), v.as_str())).collect();
+            let id = check_headers(upper.iter().map(|(n, v)| (n.as_str(), *v)));
+            prop_assert_eq!(id, decode_headers(pairs(&good)).map(|d| d.id));
         }
 
         #[test]

@@ -3,7 +3,8 @@
 //! NATS and the handler and turns what happens into its inputs. It holds no decision
 //! of its own beyond how to do each action.
 
-use std::collections::HashMap;
+// The driver's maps are hashed on every message: foldhash, not SipHash.
+use foldhash::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use person_events::codec::DecodeError;
 use person_events::subject::{person_of_subject, subject_within};
 use person_events::{PersonId, StreamingEventEnvelope};
 use person_legacy_compat::{Origin, RawMessage, decode_message};
+use person_metadata::headers::HeaderScan;
 use person_retry::{Attempt, BreakerState, DeadLetter, DeadLetterSink, ErrorClass};
 use person_streaming::{ConsumerSettings, DeadLetterQueue};
 use tokio::sync::watch;
@@ -57,9 +59,11 @@ impl Held {
         match &self.body {
             Body::Event(env) => Some(std::borrow::Cow::Borrowed(env)),
             Body::Rejected(_) => None,
-            Body::HandedOver => decode_message(&raw_message(&self.msg, self.seq))
-                .ok()
-                .map(|d| std::borrow::Cow::Owned(d.envelope)),
+            Body::HandedOver => {
+                decode_message(&raw_message(&self.msg, &scan_headers(&self.msg), self.seq))
+                    .ok()
+                    .map(|d| std::borrow::Cow::Owned(d.envelope))
+            }
         }
     }
 
@@ -97,40 +101,41 @@ impl std::fmt::Display for Rejected {
     }
 }
 
+/// One pass over a fetched message's headers (none: an empty scan).
+fn scan_headers(msg: &jetstream::Message) -> HeaderScan<'_> {
+    msg.headers
+        .as_ref()
+        .map(|h| {
+            HeaderScan::new(h.iter().flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |v| (<_ as AsRef<str>>::as_ref(name), v.as_str()))
+            }))
+        })
+        .unwrap_or_default()
+}
+
 /// Checks the CloudEvents headers of a current envelope: present, well-formed, and
 /// naming the same event as the body.
-fn check_headers(
-    headers: Option<&async_nats::HeaderMap>,
-    envelope: &StreamingEventEnvelope,
-) -> Result<(), Rejected> {
-    let pairs = headers.into_iter().flat_map(|h| {
-        h.iter().flat_map(|(name, values)| {
-            values
-                .iter()
-                .map(move |v| (<_ as AsRef<str>>::as_ref(name), v.as_str()))
-        })
-    });
-    let decoded = person_metadata::headers::decode_headers(pairs)
+fn check_headers(scan: &HeaderScan<'_>, envelope: &StreamingEventEnvelope) -> Result<(), Rejected> {
+    let id = scan
+        .check()
         .map_err(|e| Rejected::BadHeaders(e.to_string()))?;
-    if decoded.id != envelope.event_id {
+    if id != envelope.event_id {
         return Err(Rejected::BadHeaders(format!(
-            "ce-id {} is not the body's event_id {}",
-            decoded.id, envelope.event_id
+            "ce-id {id} is not the body's event_id {}",
+            envelope.event_id
         )));
     }
     Ok(())
 }
 
 /// What the decoder needs of a fetched message.
-fn raw_message(msg: &jetstream::Message, seq: u64) -> RawMessage<'_> {
+fn raw_message<'a>(msg: &'a jetstream::Message, scan: &HeaderScan<'a>, seq: u64) -> RawMessage<'a> {
     RawMessage {
         subject: Some(msg.subject.as_str()),
         payload: &msg.payload,
-        content_type: msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(person_metadata::headers::CONTENT_TYPE))
-            .map(|v| v.as_str()),
+        content_type: scan.content_type(),
         stream_sequence: Some(seq),
     }
 }
@@ -579,19 +584,19 @@ impl Worker {
             consumer: Some(consumer),
             limits,
             pull_failures: 0,
-            held: HashMap::new(),
+            held: HashMap::default(),
             ops: FuturesUnordered::new(),
-            aborts: HashMap::new(),
+            aborts: HashMap::default(),
             pull: None,
             stopping: false,
-            blockers: HashMap::new(),
-            pending_blockers: HashMap::new(),
+            blockers: HashMap::default(),
+            pending_blockers: HashMap::default(),
             metrics: crate::metrics::WorkerMetrics::new(self.consumer_name(), self.handler.name()),
             attempts: std::collections::BTreeMap::new(),
             attempts_cap: usize::try_from(self.settings.max_ack_pending)
                 .unwrap_or(0)
                 .max(1024),
-            started: HashMap::new(),
+            started: HashMap::default(),
             pull_got: 0,
             checking_pause: false,
         };
@@ -684,9 +689,11 @@ impl Worker {
                 limit,
             });
         }
-        let decoded = decode_message(&raw_message(msg, seq)).map_err(Rejected::Undecodable)?;
+        let scan = scan_headers(msg);
+        let decoded =
+            decode_message(&raw_message(msg, &scan, seq)).map_err(Rejected::Undecodable)?;
         if self.options.require_headers && decoded.origin == Origin::Current {
-            check_headers(msg.headers.as_ref(), &decoded.envelope)?;
+            check_headers(&scan, &decoded.envelope)?;
         }
         Ok(decoded.envelope)
     }

@@ -385,3 +385,116 @@ impl person_subscriptions::StreamingEventHandler for Hang {
         "summary"
     }
 }
+
+/// Current envelopes whose headers are missing, name another event, or say the body is
+/// not JSON are dead-lettered with the reason; header names in another casing are
+/// still read.
+#[tokio::test]
+async fn current_envelopes_with_bad_headers_are_dead_lettered_with_the_reason() {
+    use person_metadata::headers::{CONTENT_TYPE, CloudEventAttributes, encode_headers};
+
+    let (_server, client) = start(config(5)).await;
+    let js = client.jetstream();
+    let (_, events) = workload(5, 1);
+    publish(&client, &events[..1]).await;
+    let headers_of = |env: &person_events::StreamingEventEnvelope, id| {
+        encode_headers(
+            env.metadata(),
+            &CloudEventAttributes {
+                id,
+                source: "/test",
+                event_type: env.event.event_type(),
+                subject: None,
+            },
+        )
+    };
+    let send = |env: &person_events::StreamingEventEnvelope, headers: Vec<(String, String)>| {
+        let js = js.clone();
+        let subject = env.event.subject();
+        let body = person_events::codec::encode(env).unwrap();
+        async move {
+            let mut map = async_nats::HeaderMap::new();
+            for (n, v) in headers {
+                map.insert(n.as_str(), v.as_str());
+            }
+            js.publish_with_headers(subject, map, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    let owned = |h: Vec<(&'static str, String)>| -> Vec<(String, String)> {
+        h.into_iter().map(|(n, v)| (n.to_owned(), v)).collect()
+    };
+    // No headers at all.
+    send(&events[1], Vec::new()).await;
+    // Headers naming another event.
+    send(
+        &events[2],
+        owned(headers_of(&events[2], person_metadata::EventId::new())),
+    )
+    .await;
+    // Every name upper-cased: still the right headers.
+    let upper = headers_of(&events[3], events[3].event_id)
+        .into_iter()
+        .map(|(n, v)| (n.to_ascii_uppercase(), v))
+        .collect();
+    send(&events[3], upper).await;
+    // A lower-cased Content-Type that is not JSON.
+    let mut not_json: Vec<_> = owned(headers_of(&events[4], events[4].event_id))
+        .into_iter()
+        .filter(|(n, _)| n != CONTENT_TYPE)
+        .collect();
+    not_json.push(("content-type".to_owned(), "text/plain".to_owned()));
+    send(&events[4], not_json).await;
+
+    let recorder = Arc::new(Recorder::new("summary"));
+    let handle = run(&client, recorder.clone(), SubscriptionOptions::default()).await;
+    eventually(20, "three dead-lettered", || {
+        handle.stats().dead_lettered == 3
+    })
+    .await;
+    eventually(10, "two handled", || {
+        recorder.seen.lock().unwrap().len() == 2
+    })
+    .await;
+    let mut seen: Vec<_> = recorder
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    seen.sort();
+    let mut want = vec![events[0].event_id, events[3].event_id];
+    want.sort();
+    assert_eq!(seen, want);
+    let dlq = client
+        .dead_letters()
+        .list(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    let reason_of = |env: &person_events::StreamingEventEnvelope| {
+        dlq.iter()
+            .find(|d| d.letter.subject == env.event.subject())
+            .map(|d| d.letter.reason.clone())
+            .unwrap_or_else(|| panic!("no dead letter for {}", env.event_id))
+    };
+    let r = reason_of(&events[1]);
+    assert!(
+        r.starts_with("bad headers") && r.contains("ce-specversion"),
+        "{r}"
+    );
+    let r = reason_of(&events[2]);
+    assert!(
+        r.starts_with("bad headers") && r.contains("is not the body's event_id"),
+        "{r}"
+    );
+    let r = reason_of(&events[4]);
+    assert!(
+        r.starts_with("undecodable") && r.contains("text/plain"),
+        "{r}"
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
