@@ -294,7 +294,7 @@ impl<'a> HeaderScan<'a> {
 
     /// The first `Content-Type` value.
     pub fn content_type(&self) -> Option<&'a str> {
-        self.0.0[12]
+        self.0.0[Found::CONTENT_TYPE_SLOT]
     }
 
     /// As [`check_headers`].
@@ -386,31 +386,18 @@ impl<'a> Found<'a> {
         Self(found)
     }
 
-    /// Where `name` goes: the spelling this crate writes matches at once, any other
-    /// casing after a case-insensitive search.
+    /// Where `name` goes: the spelling this crate writes matches on the first search,
+    /// any other casing on the second.
     fn slot(name: &str) -> Option<usize> {
-        let exact = match name {
-            CE_SPECVERSION => 0,
-            CE_ID => 1,
-            CE_SOURCE => 2,
-            CE_TYPE => 3,
-            CE_TIME => 4,
-            CE_SUBJECT => 5,
-            CE_CORRELATION_ID => 6,
-            CE_CAUSATION_ID => 7,
-            CE_ACTOR => 8,
-            CE_METAVERSION => 9,
-            TRACEPARENT => 10,
-            TRACESTATE => 11,
-            CONTENT_TYPE => 12,
-            _ => {
-                return Self::KNOWN
-                    .iter()
-                    .position(|k| k.eq_ignore_ascii_case(name));
-            }
-        };
-        Some(exact)
+        Self::KNOWN.iter().position(|k| *k == name).or_else(|| {
+            Self::KNOWN
+                .iter()
+                .position(|k| k.eq_ignore_ascii_case(name))
+        })
     }
+
+    /// The slot of `Content-Type` in [`Found::KNOWN`].
+    const CONTENT_TYPE_SLOT: usize = Self::KNOWN.len() - 1;
 
     fn required(&self) -> Result<Required, HeaderError> {
         let [spec, id, _, _, time, _, corr, cause, ..] = self.0;
