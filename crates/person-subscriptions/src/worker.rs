@@ -859,15 +859,19 @@ impl Driver<'_> {
                     Err(e) => return Err(PullError::Other(e)),
                 },
             };
-            // The consumer's own limits bound each request (a larger one is refused).
-            let mut fetch = c
-                .fetch()
+            // A long poll: the request stays open on the server until it has brought
+            // `max` messages or expires, so an event stored while it is open is
+            // delivered at once instead of waiting for the next request's round trip
+            // (a `no_wait` fetch ends as soon as the consumer has nothing pending). The
+            // consumer's own limits bound each request (a larger one is refused).
+            let mut request = c
+                .batch()
                 .max_messages(limits.max_batch.map_or(max, |b| max.min(b)))
                 .expires(expiry);
             if let Some(bytes) = limits.max_bytes {
-                fetch = fetch.max_bytes(bytes);
+                request = request.max_bytes(bytes);
             }
-            let batch = fetch
+            let batch = request
                 .messages()
                 .await
                 .map_err(|e| PullError::Other(format!("pull failed: {e}")))?;

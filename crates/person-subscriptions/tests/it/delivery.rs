@@ -381,3 +381,43 @@ async fn a_consumer_of_every_event_skips_the_replays_of_another_consumer() {
         .shutdown(std::time::Duration::from_secs(5))
         .await;
 }
+
+/// A caught-up consumer keeps one pull request open on the server (a long poll), so an
+/// event stored meanwhile is delivered into it at once instead of waiting for a fresh
+/// request's round trip. Twenty events stored one at a time, each once the previous
+/// was handled, come through a couple of requests, not one (or more) each. The
+/// requests are counted on the subject the server takes them on.
+#[tokio::test]
+async fn a_caught_up_consumer_gets_new_events_through_its_open_pull_request() {
+    use futures::{FutureExt, StreamExt};
+    let (_server, client) = start(config(5)).await;
+    let mut requests = client
+        .client()
+        .subscribe(format!(
+            "$JS.API.CONSUMER.MSG.NEXT.PERSON_EVENTS.{CONSUMER}"
+        ))
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::new("live"));
+    let options = options().fetch_expiry(std::time::Duration::from_secs(5));
+    let handle = run(&client, recorder.clone(), options).await;
+    let (_, events) = workload(1, 20);
+    let started = std::time::Instant::now();
+    for (i, event) in events.iter().enumerate() {
+        publish(&client, std::slice::from_ref(event)).await;
+        eventually(10, "the event handled", || recorder.distinct() == i + 1).await;
+    }
+    let took = started.elapsed();
+    client.client().flush().await.unwrap();
+    let mut count = 0;
+    while let Some(Some(_)) = requests.next().now_or_never() {
+        count += 1;
+    }
+    // One request per 5 s expiry, and one more when the first pull came back empty.
+    let allowed = 2 + took.as_secs() / 5;
+    assert!(
+        count <= allowed,
+        "{count} pull requests for 20 events stored one at a time over {took:?} (at most {allowed})"
+    );
+    handle.shutdown(std::time::Duration::from_secs(5)).await;
+}
