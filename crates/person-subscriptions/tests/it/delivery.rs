@@ -413,7 +413,7 @@ async fn a_caught_up_consumer_gets_new_events_through_its_open_pull_request() {
     while let Some(Some(_)) = requests.next().now_or_never() {
         count += 1;
     }
-    // One request per 5 s expiry, and one more when the first pull came back empty.
+    // One request per 5 s expiry, and one spare for the start-up's first pull.
     let allowed = 2 + took.as_secs() / 5;
     assert!(
         count <= allowed,
