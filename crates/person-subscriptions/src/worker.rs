@@ -586,6 +586,7 @@ impl Worker {
             pull_failures: 0,
             held: HashMap::default(),
             ops: FuturesUnordered::new(),
+            ended: Vec::new(),
             aborts: HashMap::default(),
             pull: None,
             stopping: false,
@@ -605,9 +606,7 @@ impl Worker {
         tokio::pin!(timer);
         let mut armed: Option<Duration> = None;
         loop {
-            while let Some(action) = core.poll_action() {
-                d.perform(action).await;
-            }
+            d.act(&mut core, &now).await;
             self.publish(&core, &mut d.metrics);
             if core.is_stopped() {
                 break;
@@ -622,10 +621,14 @@ impl Worker {
             tokio::select! {
                 biased;
                 Some(done) = d.ops.next(), if !d.ops.is_empty() => {
+                    // Each result is acted on before the next one is taken, so the call
+                    // it frees starts at once rather than after the whole batch of
+                    // results (at a timer tick, every call may end together).
                     d.finished(&mut core, done, now());
-                    // Take every other result that is ready too, before acting.
+                    d.act(&mut core, &now).await;
                     while let Some(Some(done)) = d.ops.next().now_or_never() {
                         d.finished(&mut core, done, now());
+                        d.act(&mut core, &now).await;
                     }
                 }
                 item = next_pulled(&mut d.pull), if d.pull.is_some() => d.pulled(&mut core, item, now()),
@@ -791,6 +794,8 @@ struct Driver<'a> {
     pull_failures: u32,
     held: HashMap<u64, Held>,
     ops: FuturesUnordered<BoxFuture<'static, Done>>,
+    /// Results of calls that ended in their first poll, for the core.
+    ended: Vec<Done>,
     aborts: HashMap<u64, AbortHandle>,
     pull: Option<Pull>,
     stopping: bool,
@@ -813,10 +818,30 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
+    /// Performs every action the core has, and feeds it the results of the calls that
+    /// ended in their first poll, until it has nothing more to do.
+    async fn act(&mut self, core: &mut Core<PersonId>, now: &impl Fn() -> Duration) {
+        loop {
+            while let Some(action) = core.poll_action() {
+                self.perform(action).await;
+            }
+            if self.ended.is_empty() {
+                return;
+            }
+            for done in std::mem::take(&mut self.ended) {
+                self.finished(core, done, now());
+            }
+        }
+    }
+
     async fn perform(&mut self, action: Action<PersonId>) {
         match action {
             Action::Pull { max } => self.start_pull(max),
-            Action::Run { seq, attempt } => self.run(seq, attempt),
+            Action::Run { seq, attempt } => {
+                if let Some(call) = self.run(seq, attempt) {
+                    self.start(call).await;
+                }
+            }
             Action::Ack { seq } => self.settle(seq, AckKind::Ack).await,
             Action::Nak { seq, delay } => {
                 let delay = (!delay.is_zero()).then_some(delay);
@@ -1024,16 +1049,15 @@ impl Driver<'_> {
         // A message the core gave back at once (a full hand) is settled by its NAK.
     }
 
-    fn run(&mut self, seq: u64, attempt: u32) {
+    /// The call of a message's handler, to be started.
+    fn run(&mut self, seq: u64, attempt: u32) -> Option<BoxFuture<'static, Done>> {
         let w = self.w.clone();
-        let Some(held) = self.held.get_mut(&seq) else {
-            return;
-        };
+        let held = self.held.get_mut(&seq)?;
         if w.fence.get().is_some_and(|f| !f.allows()) {
             // In a group, past this instance's lease on the partition: the call is not
             // made (another instance may own the person by now); the message goes back.
-            self.spawn_op(seq, async move { Done::NotRun { seq } });
-            return;
+            self.ended.push(Done::NotRun { seq });
+            return None;
         }
         // Taken before the envelope moves into the handler.
         let published_at = match &held.body {
@@ -1107,16 +1131,38 @@ impl Driver<'_> {
             Done::Call { seq, result }
         }
         .instrument(span);
-        self.spawn_op(seq, call);
+        Some(self.abortable(seq, call))
     }
 
-    /// Runs a handler call or a store among the driver's operations (no task spawn per
-    /// message); its result comes back through `ops`.
+    /// Polls a call once now, where the driver stands, rather than at the next turn of
+    /// `ops`: behind every other result that is ready there (a whole timer tick's worth
+    /// of them), so the call would start a batch late. One that ends in that poll (a
+    /// handler with nothing to wait for) is fed back by [`Self::act`]; the others join
+    /// `ops`.
+    async fn start(&mut self, mut call: BoxFuture<'static, Done>) {
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+        match first {
+            std::task::Poll::Ready(done) => self.ended.push(done),
+            std::task::Poll::Pending => self.ops.push(call),
+        }
+    }
+
+    /// Runs a store among the driver's operations (no task spawn per message); its
+    /// result comes back through `ops`.
     fn spawn_op(&mut self, seq: u64, op: impl Future<Output = Done> + Send + 'static) {
+        let op = self.abortable(seq, op);
+        self.ops.push(op);
+    }
+
+    /// `op`, which an `Action::Abort` of `seq` ends (as `Done::Aborted`).
+    fn abortable(
+        &mut self,
+        seq: u64,
+        op: impl Future<Output = Done> + Send + 'static,
+    ) -> BoxFuture<'static, Done> {
         let (op, handle) = abortable(op);
         self.aborts.insert(seq, handle);
-        self.ops
-            .push(Box::pin(op.map(|r| r.unwrap_or(Done::Aborted))));
+        Box::pin(op.map(|r| r.unwrap_or(Done::Aborted)))
     }
 
     fn store(&mut self, seq: u64, cause: Cause) {
