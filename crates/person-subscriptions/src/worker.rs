@@ -624,11 +624,11 @@ impl Worker {
                     // Each result is acted on before the next one is taken, so the call
                     // it frees starts at once rather than after the whole batch of
                     // results (at a timer tick, every call may end together).
-                    d.finished(&mut core, done, now());
-                    d.act(&mut core, &now).await;
-                    while let Some(Some(done)) = d.ops.next().now_or_never() {
+                    let mut next = Some(done);
+                    while let Some(done) = next {
                         d.finished(&mut core, done, now());
                         d.act(&mut core, &now).await;
+                        next = d.ops.next().now_or_never().flatten();
                     }
                 }
                 item = next_pulled(&mut d.pull), if d.pull.is_some() => d.pulled(&mut core, item, now()),
@@ -839,7 +839,7 @@ impl Driver<'_> {
             Action::Pull { max } => self.start_pull(max),
             Action::Run { seq, attempt } => {
                 if let Some(call) = self.run(seq, attempt) {
-                    self.start(call).await;
+                    self.start(call);
                 }
             }
             Action::Ack { seq } => self.settle(seq, AckKind::Ack).await,
@@ -1138,12 +1138,11 @@ impl Driver<'_> {
     /// `ops`: behind every other result that is ready there (a whole timer tick's worth
     /// of them), so the call would start a batch late. One that ends in that poll (a
     /// handler with nothing to wait for) is fed back by [`Self::act`]; the others join
-    /// `ops`.
-    async fn start(&mut self, mut call: BoxFuture<'static, Done>) {
-        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
-        match first {
-            std::task::Poll::Ready(done) => self.ended.push(done),
-            std::task::Poll::Pending => self.ops.push(call),
+    /// `ops`, which polls a future it is given at once and so registers its own waker.
+    fn start(&mut self, mut call: BoxFuture<'static, Done>) {
+        match (&mut call).now_or_never() {
+            Some(done) => self.ended.push(done),
+            None => self.ops.push(call),
         }
     }
 
