@@ -34,7 +34,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::{CausationId, CorrelationId, EventId, EventMetadata};
 
@@ -188,10 +188,7 @@ pub fn write_headers(
     );
     put(CE_SOURCE, attrs.source);
     put(CE_TYPE, attrs.event_type);
-    put(
-        CE_TIME,
-        &meta.timestamp.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-    );
+    put(CE_TIME, crate::timestamp::text(&meta.timestamp).as_str());
     if let Some(subject) = attrs.subject {
         put(CE_SUBJECT, subject);
     }

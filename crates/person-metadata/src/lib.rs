@@ -31,6 +31,7 @@
 
 mod ids;
 mod metadata;
+mod timestamp;
 
 pub mod headers;
 

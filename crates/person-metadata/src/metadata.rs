@@ -37,7 +37,8 @@ pub struct EventMetadata {
     /// The command or event that directly caused this one; `None` for a root event.
     #[serde(default)]
     pub causation_id: Option<CausationId>,
-    /// When the event happened (UTC).
+    /// When the event happened (UTC). Written and read as chrono does, faster.
+    #[serde(with = "crate::timestamp")]
     pub timestamp: DateTime<Utc>,
     /// Who or what caused the event (a user, a service), when known.
     #[serde(default)]
