@@ -59,10 +59,10 @@ pub(crate) fn text(ts: &DateTime<Utc>) -> Text {
     put(&mut buf[17..19], ts.second());
     let digits = if nano == 0 {
         0
-    } else if nano % 1_000_000 == 0 {
+    } else if nano.is_multiple_of(1_000_000) {
         put(&mut buf[20..23], nano / 1_000_000);
         3
-    } else if nano % 1_000 == 0 {
+    } else if nano.is_multiple_of(1_000) {
         put(&mut buf[20..26], nano / 1_000);
         6
     } else {
