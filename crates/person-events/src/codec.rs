@@ -42,12 +42,13 @@ pub fn encode(envelope: &StreamingEventEnvelope) -> Result<Vec<u8>, EncodeError>
     Ok(buf)
 }
 
-/// Appends the envelope's JSON to `buf` (lets a publisher re-use one buffer).
+/// Writes the envelope's JSON to `out`, for example appends it to a buffer a publisher
+/// re-uses (a `Vec<u8>`, or a `bytes::BytesMut` through its `writer()`).
 pub fn encode_into(
     envelope: &StreamingEventEnvelope,
-    buf: &mut Vec<u8>,
+    out: impl std::io::Write,
 ) -> Result<(), EncodeError> {
-    serde_json::to_writer(buf, envelope)?;
+    serde_json::to_writer(out, envelope)?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::header::{self, HeaderMap, HeaderName, HeaderValue};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind as NatsKind};
 use async_nats::jetstream::{self, publish::PublishAck};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
@@ -322,7 +322,9 @@ impl Publisher {
                         // Never full (at most BUILD_AHEAD chunks are out); closed only
                         // if the runtime is shutting down: build this chunk here.
                         let chunk = unsent.into_inner();
-                        st.ready.extend(chunk.into_iter().map(|e| self.build(e)));
+                        let mut buf = BytesMut::new();
+                        st.ready
+                            .extend(chunk.into_iter().map(|e| self.build(e, &mut buf)));
                         break;
                     }
                     st.building += 1;
@@ -377,8 +379,15 @@ impl Publisher {
         let (built_tx, built_rx) = tokio::sync::mpsc::channel(BUILD_AHEAD);
         let builder = self.clone();
         tokio::spawn(async move {
+            // The bodies are written one after another into shared buffers: a body is a
+            // slice of one (no allocation of its own, nor a free on the connection's
+            // thread), and a buffer is freed once all its bodies have been sent.
+            let mut buf = BytesMut::new();
             while let Some(chunk) = rx.recv().await {
-                let built: Vec<_> = chunk.into_iter().map(|e| builder.build(e)).collect();
+                let built: Vec<_> = chunk
+                    .into_iter()
+                    .map(|e| builder.build(e, &mut buf))
+                    .collect();
                 if built_tx.send(built).await.is_err() {
                     break;
                 }
@@ -389,15 +398,18 @@ impl Publisher {
 
     /// `envelope` with its message. A panic while building is that envelope's error,
     /// so the builder task never dies and takes no other envelope with it.
-    fn build(&self, envelope: StreamingEventEnvelope) -> Built {
-        let out =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.outgoing(&envelope)))
-                .unwrap_or_else(|_| {
-                    Err(PublishError::new(
-                        PublishErrorKind::InvalidEvent,
-                        "building the message panicked",
-                    ))
-                });
+    fn build(&self, envelope: StreamingEventEnvelope, buf: &mut BytesMut) -> Built {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.outgoing_in(&envelope, Some(&mut *buf))
+        }))
+        .unwrap_or_else(|_| {
+            // Whatever the panic left half written is not part of any body.
+            buf.clear();
+            Err(PublishError::new(
+                PublishErrorKind::InvalidEvent,
+                "building the message panicked",
+            ))
+        });
         (envelope, out)
     }
 
@@ -421,7 +433,7 @@ impl Publisher {
         let started = std::time::Instant::now();
         let sent = self
             .js
-            .publish_with_headers(subject.clone(), headers, payload)
+            .publish_with_headers(subject, headers, payload)
             .await;
         Box::pin(async move {
             let first = match sent {
@@ -430,10 +442,17 @@ impl Publisher {
             };
             let result = match first {
                 Ok(receipt) => Ok(receipt),
-                Err(e) if self.retryable(&e, &subject) => {
-                    self.publish_with_retry(&envelope, 1).await
+                Err(e) => {
+                    // The subject again, only on this rare path (no copy per message).
+                    let subject = self
+                        .subjects
+                        .event_subject(&envelope.aggregate_id, envelope.event.event_type());
+                    if self.retryable(&e, &subject) {
+                        self.publish_with_retry(&envelope, 1).await
+                    } else {
+                        Err(self.classify_now(e, &subject, 1))
+                    }
                 }
-                Err(e) => Err(self.classify_now(e, &subject, 1)),
             };
             match &result {
                 Ok(receipt) => self.metrics.published(receipt, started.elapsed()),
@@ -1057,6 +1076,17 @@ impl Publisher {
     }
 
     fn outgoing(&self, envelope: &StreamingEventEnvelope) -> Result<Outgoing, PublishError> {
+        self.outgoing_in(envelope, None)
+    }
+
+    /// The message to send for `envelope`. With `buf`, its body is written at the end of
+    /// `buf` and split off it (`buf` keeps its spare room for the next body); without,
+    /// the body has a buffer of its own.
+    fn outgoing_in(
+        &self,
+        envelope: &StreamingEventEnvelope,
+        buf: Option<&mut BytesMut>,
+    ) -> Result<Outgoing, PublishError> {
         // The current trace context, when the caller's metadata has none: body and
         // headers both carry it (a copy of the envelope only in that case).
         #[cfg(feature = "opentelemetry")]
@@ -1066,7 +1096,24 @@ impl Publisher {
         envelope.validate().map_err(|e| {
             PublishError::with_source(PublishErrorKind::InvalidEvent, "inconsistent envelope", e)
         })?;
-        let payload = codec::encode(envelope).map_err(|e| {
+        let encoded = match buf {
+            Some(buf) => {
+                if buf.capacity() - buf.len() < BODY_ROOM {
+                    // A fresh buffer once the spare room is used up (the old one is
+                    // shared by the bodies split off it, so this allocates, not moves).
+                    buf.reserve(BODY_BUFFER);
+                }
+                match codec::encode_into(envelope, (&mut *buf).writer()) {
+                    Ok(()) => Ok(buf.split().freeze()),
+                    Err(e) => {
+                        buf.clear();
+                        Err(e)
+                    }
+                }
+            }
+            None => codec::encode(envelope).map(Bytes::from),
+        };
+        let payload = encoded.map_err(|e| {
             PublishError::with_source(
                 PublishErrorKind::InvalidEvent,
                 "cannot encode the envelope",
@@ -1085,7 +1132,7 @@ impl Publisher {
         Ok(Outgoing {
             subject,
             headers,
-            payload: Bytes::from(payload),
+            payload,
             event_id: envelope.event_id,
         })
     }
@@ -1184,6 +1231,11 @@ type Built = (StreamingEventEnvelope, Result<Outgoing, PublishError>);
 const BUILD_CHUNK: usize = 32;
 /// Chunks the builder may be ahead of the sending.
 const BUILD_AHEAD: usize = 4;
+/// The size of a buffer the builder writes bodies into: a chunk of typical bodies.
+const BODY_BUFFER: usize = 32 * 1024;
+/// The spare room under which a body starts a fresh buffer (a body larger than what is
+/// left grows the buffer while it is written).
+const BODY_ROOM: usize = 2 * 1024;
 
 /// The envelope with the caller's trace context, taken on the caller's task (the
 /// builder task has another current span).

@@ -242,6 +242,62 @@ async fn publish_all_reports_each_bad_envelope_in_its_place_and_stores_the_rest_
     assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 198);
 }
 
+/// `publish_all` writes the bodies one after another into shared buffers: each stored
+/// body is still exactly its envelope's encoding, whatever its size (small ones, one
+/// larger than a whole buffer, one that starts near a buffer's end) and whatever failed
+/// to build between them.
+#[tokio::test]
+async fn publish_all_stores_each_body_byte_for_byte() {
+    let (_server, client) = start(StreamingConfig::default()).await;
+    let person = PersonId::new();
+    let mut envelopes = Vec::new();
+    for v in 1..=300u64 {
+        let reason = match v % 50 {
+            7 => "x".repeat(100_000),
+            19 => "y".repeat(30_000),
+            23 => "z".repeat(1_900),
+            _ => format!("step {v}"),
+        };
+        envelopes.push(StreamingEventEnvelope::new(
+            person,
+            v,
+            PersonEventV2::Activated {
+                person_id: person,
+                reason,
+                metadata: EventMetadata::new(),
+            },
+        ));
+    }
+    // Two that cannot be built, among the others.
+    envelopes[40].aggregate_id = PersonId::new();
+    if let PersonEventV2::Activated { metadata, .. } = &mut envelopes[201].event {
+        metadata.actor = Some("bad\r\nvalue".into());
+    }
+    let expected: Vec<Vec<u8>> = envelopes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 40 && *i != 201)
+        .map(|(_, e)| person_events::codec::encode(e).unwrap())
+        .collect();
+    let results: Vec<_> = client.publisher().publish_all(envelopes).collect().await;
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 2);
+    let stream = client
+        .jetstream()
+        .get_stream("PERSON_EVENTS")
+        .await
+        .unwrap();
+    for (i, body) in expected.iter().enumerate() {
+        let stored = stream.get_raw_message(i as u64 + 1).await.unwrap();
+        assert_eq!(
+            stored.payload.as_ref(),
+            body.as_slice(),
+            "body of sequence {}",
+            i + 1
+        );
+    }
+    assert_eq!(stream_messages(&client, "PERSON_EVENTS").await, 298);
+}
+
 #[tokio::test]
 async fn fifty_thousand_pipelined_publishes() {
     let (_server, client) = start(StreamingConfig::default()).await;
