@@ -21,19 +21,18 @@ use serde::{Deserializer, Serializer, de};
 const MAX_LEN: usize = 30;
 
 /// A timestamp's text, as chrono writes it with `SecondsFormat::AutoSi` and `Z`.
-pub(crate) struct Text {
-    buf: [u8; MAX_LEN],
-    len: usize,
+pub(crate) enum Text {
+    /// The common shape, in a stack buffer (ASCII only).
+    Fixed { buf: [u8; MAX_LEN], len: usize },
     /// The rare shapes the fixed layout does not cover, written by chrono.
-    other: Option<String>,
+    Other(String),
 }
 
 impl Text {
     pub(crate) fn as_str(&self) -> &str {
-        match &self.other {
-            Some(s) => s,
-            // Only ASCII digits and separators are written into `buf`.
-            None => std::str::from_utf8(&self.buf[..self.len]).expect("ASCII"),
+        match self {
+            Self::Fixed { buf, len } => std::str::from_utf8(&buf[..*len]).expect("ASCII"),
+            Self::Other(s) => s,
         }
     }
 }
@@ -44,11 +43,7 @@ pub(crate) fn text(ts: &DateTime<Utc>) -> Text {
     let year = ts.year();
     let nano = ts.nanosecond();
     if !(0..=9999).contains(&year) || nano >= 1_000_000_000 {
-        return Text {
-            buf: [0; MAX_LEN],
-            len: 0,
-            other: Some(ts.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
-        };
+        return Text::Other(ts.to_rfc3339_opts(SecondsFormat::AutoSi, true));
     }
     let mut buf = *b"0000-00-00T00:00:00.000000000Z";
     put(&mut buf[0..4], year as u32);
@@ -69,18 +64,10 @@ pub(crate) fn text(ts: &DateTime<Utc>) -> Text {
         put(&mut buf[20..29], nano);
         9
     };
-    let len = if digits == 0 {
-        buf[19] = b'Z';
-        20
-    } else {
-        buf[20 + digits] = b'Z';
-        21 + digits
-    };
-    Text {
-        buf,
-        len,
-        other: None,
-    }
+    // The `Z` right after the seconds, or after the fraction's digits.
+    let end = if digits == 0 { 19 } else { 20 + digits };
+    buf[end] = b'Z';
+    Text::Fixed { buf, len: end + 1 }
 }
 
 /// Writes `value` as decimal digits filling `out`, zero-padded on the left.
