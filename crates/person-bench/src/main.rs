@@ -258,8 +258,7 @@ async fn main() -> Result<()> {
     if selected("latency") {
         // 4. Latency: publish to handled, at a steady 5,000 events/s.
         let secs = if quick { 5 } else { 20 };
-        let lat = latency::run(&server, 5_000, secs, false).await?;
-        let raw = latency::run(&server, 5_000, secs, true).await?;
+        let (lat, raw) = latency::run(&server, 5_000, secs).await?;
         println!(
             "latency over {} events at 5,000/s: p50 {:.0} µs, p99 {:.0} µs (raw: p50 {:.0} µs, p99 {:.0} µs)",
             lat.samples, lat.p50_us, lat.p99_us, raw.p50_us, raw.p99_us
